@@ -1,0 +1,99 @@
+"""Building a form: source -> .xlsx (xlsxwriter) -> XForm (pyxform) -> field dictionary.
+
+The XForm is compiled from the very .xlsx we write, so what a data manager uploads to
+KoboToolbox is exactly what was compiled and described in the dictionary.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import xlsxwriter
+from pyxform.errors import PyXFormError
+from pyxform.xls2xform import convert
+
+from forms.dictionary import FieldDictionary, build_dictionary
+from forms.errors import FormError
+from forms.source import FORMS_DIR, FormSource, load_source, source_paths
+
+BUILD_DIR = FORMS_DIR / "build"
+SHEET_ORDER = ("survey", "choices", "settings")
+
+
+@dataclass
+class BuiltForm:
+    form_id: str
+    version: str
+    source: FormSource
+    xlsx: bytes
+    xform: str
+    dictionary: FieldDictionary
+    warnings: list[str] = field(default_factory=list)
+
+
+def write_xlsx(source: FormSource) -> bytes:
+    """Writes the sheets as an XLSForm workbook. Every cell is written as text so that
+    expressions such as ``=`` comparisons never become spreadsheet formulas."""
+    buffer = io.BytesIO()
+    workbook = xlsxwriter.Workbook(buffer, {"in_memory": True, "strings_to_formulas": False,
+                                            "strings_to_numbers": False, "strings_to_urls": False})
+    bold = workbook.add_format({"bold": True})
+    names = [n for n in SHEET_ORDER if n in source.sheets] + [n for n in source.sheets if n not in SHEET_ORDER]
+    for name in names:
+        sheet = source.sheets[name]
+        worksheet = workbook.add_worksheet(name)
+        worksheet.write_row(0, 0, sheet.header, bold)
+        for row_number, row in enumerate(sheet.rows, start=1):
+            for column_number, value in enumerate(row):
+                if value:
+                    worksheet.write_string(row_number, column_number, value)
+        worksheet.freeze_panes(1, 0)
+    workbook.close()
+    return buffer.getvalue()
+
+
+def compile_xlsx(xlsx: bytes, form_id: str, origin: str) -> tuple[str, dict, list[str]]:
+    """Compiles an XLSForm workbook with pyxform; returns the XForm, the compiled survey and warnings."""
+    warnings: list[str] = []
+    try:
+        result = convert(io.BytesIO(xlsx), warnings=warnings, file_type=".xlsx", form_name=form_id,
+                         pretty_print=True)
+    except PyXFormError as error:
+        raise FormError(f"{origin}: {error}") from error
+    return result.xform, result._pyxform, warnings
+
+
+def build_form(path: Path) -> BuiltForm:
+    """Builds one form in memory (no files written)."""
+    source = load_source(path)
+    xlsx = write_xlsx(source)
+    xform, compiled, warnings = compile_xlsx(xlsx, source.form_id, path.name)
+    dictionary = build_dictionary(compiled)
+    return BuiltForm(form_id=dictionary.form_id, version=dictionary.version, source=source, xlsx=xlsx,
+                     xform=xform, dictionary=dictionary, warnings=warnings)
+
+
+def write_build(built: BuiltForm, out_dir: Path = BUILD_DIR) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{built.form_id}.xlsx", out_dir / f"{built.form_id}.xml",
+             out_dir / f"{built.form_id}.dictionary.json"]
+    paths[0].write_bytes(built.xlsx)
+    paths[1].write_text(built.xform, encoding="utf-8")
+    paths[2].write_text(built.dictionary.to_json(), encoding="utf-8")
+    return paths
+
+
+@lru_cache(maxsize=None)
+def project_forms() -> dict[str, BuiltForm]:
+    """Our own forms (forms/sources/*.md), built once per process, by form_id."""
+    return {built.form_id: built for built in (build_form(p) for p in source_paths())}
+
+
+def project_form(form_id: str) -> BuiltForm:
+    forms = project_forms()
+    if form_id not in forms:
+        raise FormError(f"no form '{form_id}' in forms/sources (known: {', '.join(sorted(forms))})")
+    return forms[form_id]

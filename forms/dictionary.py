@@ -1,0 +1,305 @@
+"""The field dictionary: what a compiled form says about each of its fields.
+
+It is derived by code from pyxform's compiled survey (never typed by hand) and is
+the one contract that drives test-data generation, typing, validation and the
+layout of the warehouse tables (DESIGN.md, contract 1).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator
+
+from forms.errors import FormError
+
+MAX_COLUMN_LENGTH = 63
+
+# XLSForm question type -> DuckDB type of its column(s). Types not listed are text.
+DUCKDB_TYPES: dict[str, str] = {
+    "integer": "BIGINT",
+    "decimal": "DOUBLE",
+    "range": "DOUBLE",
+    "date": "DATE",
+    "today": "DATE",
+    "dateTime": "TIMESTAMPTZ",
+    "start": "TIMESTAMPTZ",
+    "end": "TIMESTAMPTZ",
+    "time": "TIMETZ",
+    "select_multiple": "VARCHAR[]",
+    "geopoint": "DOUBLE",
+}
+GEOPOINT_PARTS = ("latitude", "longitude", "altitude", "accuracy")
+NO_DATA_TYPES = {"note", "group", "repeat"}
+PYXFORM_TYPE_NAMES = {
+    "select one": "select_one",
+    "select all that apply": "select_multiple",
+    "select one external": "select_one_external",
+}
+# Columns every table has before its fields; a field never takes one of these names.
+MAIN_SYSTEM_COLUMNS = (
+    "root_uuid", "submission_id", "uuid", "form_version", "submission_time",
+    "submitted_by", "validation_status",
+)
+REPEAT_SYSTEM_COLUMNS = ("root_uuid", "row_key", "parent_row_key", "position")
+SKIPPED_META = {"instanceID", "instanceName", "deprecatedID", "rootUuid"}
+
+
+@dataclass(frozen=True)
+class Choice:
+    name: str
+    labels: dict[str, str]
+    filters: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    kobo_key: str
+    xpath: str
+    column: str
+    xlsform_type: str
+    duckdb_type: str
+    table: str
+    labels: dict[str, str]
+    list_name: str | None = None
+    required: bool = False
+    relevant: str | None = None
+    constraint: str | None = None
+    constraint_message: dict[str, str] = field(default_factory=dict)
+    choice_filter: str | None = None
+    calculation: str | None = None
+    pii: bool = False
+    fake: str | None = None
+    parameters: dict[str, str] = field(default_factory=dict)
+
+    def columns(self) -> list[tuple[str, str]]:
+        """The physical columns this field fills, with their DuckDB types."""
+        if self.xlsform_type == "geopoint":
+            return [(f"{self.column}_{part}", "DOUBLE") for part in GEOPOINT_PARTS]
+        if self.xlsform_type == "select_multiple":
+            return [(self.column, "VARCHAR[]"), (f"{self.column}_raw", "VARCHAR")]
+        return [(self.column, self.duckdb_type)]
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    parent: str | None
+    repeat_key: str | None
+    labels: dict[str, str]
+    fields: list[Field]
+
+    @property
+    def is_repeat(self) -> bool:
+        return self.parent is not None
+
+    def system_columns(self) -> tuple[str, ...]:
+        return REPEAT_SYSTEM_COLUMNS if self.is_repeat else MAIN_SYSTEM_COLUMNS
+
+
+@dataclass(frozen=True)
+class FieldDictionary:
+    form_id: str
+    version: str
+    title: str
+    default_language: str
+    languages: list[str]
+    tables: dict[str, Table]
+    choices: dict[str, list[Choice]]
+
+    @property
+    def main_table(self) -> Table:
+        return next(t for t in self.tables.values() if not t.is_repeat)
+
+    def fields(self) -> Iterator[Field]:
+        for table in self.tables.values():
+            yield from table.fields
+
+    def field_by_name(self, name: str) -> Field:
+        for candidate in self.fields():
+            if candidate.name == name:
+                return candidate
+        raise KeyError(name)
+
+    def children_of(self, table_name: str) -> list[Table]:
+        return [t for t in self.tables.values() if t.parent == table_name]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False, indent=1, sort_keys=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> "FieldDictionary":
+        data = json.loads(text)
+        tables = {
+            name: Table(
+                name=t["name"], parent=t["parent"], repeat_key=t["repeat_key"], labels=t["labels"],
+                fields=[Field(**f) for f in t["fields"]],
+            )
+            for name, t in data["tables"].items()
+        }
+        choices = {name: [Choice(**c) for c in items] for name, items in data["choices"].items()}
+        return cls(
+            form_id=data["form_id"], version=data["version"], title=data["title"],
+            default_language=data["default_language"], languages=data["languages"],
+            tables=tables, choices=choices,
+        )
+
+
+def snake_case(name: str) -> str:
+    """A safe SQL/Stata column name: lower case, [a-z0-9_], not starting with a digit."""
+    text = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name)
+    text = re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_") or "field"
+    return f"f_{text}" if text[0].isdigit() else text
+
+
+class _ColumnNamer:
+    """Gives each field of one table a unique column name, deterministically in form
+    order: its own name, else prefixed by its group, else numbered."""
+
+    def __init__(self, reserved: tuple[str, ...]):
+        self.taken = set(reserved)
+
+    def name(self, field_name: str, group_path: list[str], suffixes: tuple[str, ...]) -> str:
+        base = snake_case(field_name)
+        candidates = [base]
+        if group_path:
+            candidates.append(snake_case("_".join(group_path[-1:] + [field_name])))
+        for candidate in candidates:
+            candidate = candidate[: MAX_COLUMN_LENGTH - max((len(s) for s in suffixes), default=0)]
+            if self._free(candidate, suffixes):
+                return self._take(candidate, suffixes)
+        number = 2
+        while True:
+            tail = f"_{number}"
+            candidate = base[: MAX_COLUMN_LENGTH - len(tail) - max((len(s) for s in suffixes), default=0)] + tail
+            if self._free(candidate, suffixes):
+                return self._take(candidate, suffixes)
+            number += 1
+
+    def _free(self, candidate: str, suffixes: tuple[str, ...]) -> bool:
+        return all(candidate + s not in self.taken for s in suffixes or ("",))
+
+    def _take(self, candidate: str, suffixes: tuple[str, ...]) -> str:
+        self.taken.update(candidate + s for s in suffixes or ("",))
+        return candidate
+
+
+def _suffixes(xlsform_type: str) -> tuple[str, ...]:
+    if xlsform_type == "geopoint":
+        return tuple(f"_{p}" for p in GEOPOINT_PARTS)
+    if xlsform_type == "select_multiple":
+        return ("", "_raw")
+    return ("",)
+
+
+def _labels(value: Any, default_language: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return {str(k): str(v) for k, v in value.items()}
+    return {default_language: str(value)}
+
+
+def _and(*expressions: str | None) -> str | None:
+    present = [e for e in expressions if e]
+    if not present:
+        return None
+    if len(present) == 1:
+        return present[0]
+    return " and ".join(f"({e})" for e in present)
+
+
+def build_dictionary(compiled: dict[str, Any]) -> FieldDictionary:
+    """Derives the field dictionary from pyxform's compiled survey (ConvertResult._pyxform)."""
+    form_id = compiled.get("id_string") or compiled.get("name")
+    if not form_id:
+        raise FormError("the form has no form_id in its settings sheet")
+    default_language = compiled.get("default_language") or "default"
+    main_table_name = compiled.get("terrain_table") or snake_case(form_id)
+    languages: list[str] = []
+    tables: dict[str, Table] = {}
+    root = compiled.get("name") or "data"
+
+    def note_languages(labels: dict[str, str]) -> None:
+        for language in labels:
+            if language not in languages:
+                languages.append(language)
+
+    def new_table(name: str, parent: str | None, repeat_key: str | None, labels: dict) -> tuple[Table, _ColumnNamer]:
+        name = snake_case(name)
+        while name in tables:
+            name = f"{name}_2"
+        table = Table(name=name, parent=parent, repeat_key=repeat_key, labels=labels, fields=[])
+        tables[name] = table
+        reserved = REPEAT_SYSTEM_COLUMNS if parent else MAIN_SYSTEM_COLUMNS
+        return table, _ColumnNamer(reserved)
+
+    def walk(children: list[dict], path: list[str], table: Table, namer: _ColumnNamer,
+             relevant: str | None, in_meta: bool) -> None:
+        for child in children:
+            kind = PYXFORM_TYPE_NAMES.get(child.get("type", ""), child.get("type", ""))
+            name = child["name"]
+            bind = child.get("bind", {}) or {}
+            own_relevant = _and(relevant, bind.get("relevant"))
+            labels = _labels(child.get("label"), default_language)
+            note_languages(labels)
+            if kind == "group":
+                walk(child.get("children", []), path + [name], table, namer, own_relevant, in_meta or name == "meta")
+                continue
+            if kind == "repeat":
+                key = "/".join(path + [name])
+                repeat_table, repeat_namer = new_table(child.get("terrain_table") or name, table.name, key, labels)
+                walk(child.get("children", []), path + [name], repeat_table, repeat_namer, own_relevant, False)
+                continue
+            if kind in NO_DATA_TYPES or (in_meta and name in SKIPPED_META):
+                continue
+            column = namer.name(name, path, _suffixes(kind))
+            message = _labels(bind.get("jr:constraintMsg"), default_language)
+            note_languages(message)
+            table.fields.append(Field(
+                name=name,
+                kobo_key="/".join(path + [name]),
+                xpath="/" + "/".join([root] + path + [name]),
+                column=column,
+                xlsform_type=kind,
+                duckdb_type=DUCKDB_TYPES.get(kind, "VARCHAR"),
+                table=table.name,
+                labels=labels,
+                list_name=child.get("list_name") or child.get("itemset"),
+                required=str(bind.get("required", "")).strip().lower() in ("yes", "true", "true()"),
+                relevant=own_relevant,
+                constraint=bind.get("constraint"),
+                constraint_message=message,
+                choice_filter=child.get("choice_filter"),
+                calculation=bind.get("calculate"),
+                pii=str(child.get("terrain_pii", "")).strip().lower() in ("yes", "true", "1"),
+                fake=child.get("terrain_fake"),
+                parameters={str(k): str(v) for k, v in (child.get("parameters") or {}).items()},
+            ))
+
+    main, main_namer = new_table(main_table_name, None, None, _labels(compiled.get("title"), default_language))
+    walk(compiled.get("children", []), [], main, main_namer, None, False)
+
+    choices: dict[str, list[Choice]] = {}
+    for list_name, items in (compiled.get("choices") or {}).items():
+        parsed = []
+        for item in items:
+            labels = _labels(item.get("label"), default_language)
+            note_languages(labels)
+            filters = {k: str(v) for k, v in item.items() if k not in ("name", "label", "media")}
+            parsed.append(Choice(name=str(item["name"]), labels=labels, filters=filters))
+        choices[list_name] = parsed
+    if default_language in languages:
+        languages.remove(default_language)
+    languages.insert(0, default_language)
+    return FieldDictionary(
+        form_id=form_id,
+        version=str(compiled.get("version") or ""),
+        title=str(compiled.get("title") or form_id),
+        default_language=default_language,
+        languages=languages,
+        tables=tables,
+        choices=choices,
+    )

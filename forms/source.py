@@ -1,0 +1,129 @@
+"""Reading the diffable text source of a form: XLSForm sheets written as markdown tables
+(the format pyxform's own tests use), with the shared administrative units merged
+into the choices sheet.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from forms.errors import FormError
+
+FORMS_DIR = Path(__file__).resolve().parent
+SOURCES_DIR = FORMS_DIR / "sources"
+ADMIN_UNITS_CSV = FORMS_DIR / "admin_units.csv"
+ADMIN_LEVELS = ("region", "cercle", "commune", "village")
+
+
+@dataclass
+class Sheet:
+    name: str
+    header: list[str]
+    rows: list[list[str]]
+
+    def records(self) -> list[dict[str, str]]:
+        return [{h: v for h, v in zip(self.header, row) if v} for row in self.rows]
+
+
+@dataclass
+class FormSource:
+    path: Path
+    sheets: dict[str, Sheet]
+
+    @property
+    def form_id(self) -> str:
+        settings = self.sheets.get("settings")
+        if settings and settings.records() and settings.records()[0].get("form_id"):
+            return settings.records()[0]["form_id"]
+        return self.path.stem
+
+
+def _cells(line: str) -> list[str]:
+    inner = line.strip()[1:]
+    if inner.endswith("|"):
+        inner = inner[:-1]
+    return [cell.strip().replace(r"\|", "|") for cell in re.split(r"(?<!\\)\|", inner)]
+
+
+def read_markdown_sheets(text: str, origin: str = "form") -> dict[str, Sheet]:
+    """Parses ``| sheet |`` blocks; the first cell of a row names a new sheet, the
+    following rows hold the header then the data, as in pyxform's markdown format."""
+    sheets: dict[str, Sheet] = {}
+    current: Sheet | None = None
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip().startswith("|"):
+            continue
+        cells = _cells(line)
+        if all(re.fullmatch(r":?-*:?", c) for c in cells):
+            continue
+        if cells[0]:
+            current = Sheet(name=cells[0].lower(), header=[], rows=[])
+            sheets[current.name] = current
+            if any(cells[1:]):
+                current.header = cells[1:]
+            continue
+        if current is None:
+            raise FormError(f"{origin}, line {number}: a table row comes before any sheet name")
+        if not current.header:
+            current.header = cells[1:]
+        elif any(cells[1:]):
+            current.rows.append(cells[1:] + [""] * (len(current.header) - len(cells[1:])))
+    return sheets
+
+
+def read_admin_units(path: Path = ADMIN_UNITS_CSV) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def admin_unit_choices(units: list[dict[str, str]]) -> list[dict[str, str]]:
+    """One choice per unit and level, each filtered on its parent level (for choice_filter)."""
+    choices: list[dict[str, str]] = []
+    seen: set[tuple[str, str]] = set()
+    for unit in units:
+        for depth, level in enumerate(ADMIN_LEVELS):
+            key = (level, unit[level])
+            if key in seen:
+                continue
+            seen.add(key)
+            choice = {"list_name": level, "name": unit[level], "label": unit[f"{level}_label"]}
+            if depth:
+                parent = ADMIN_LEVELS[depth - 1]
+                choice[parent] = unit[parent]
+            choices.append(choice)
+    return choices
+
+
+def load_source(path: Path, admin_units: Path = ADMIN_UNITS_CSV) -> FormSource:
+    """Reads a form's markdown source; if it uses the administrative cascade, appends
+    the units from the shared CSV so every form offers the same, extendable list."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise FormError(f"cannot read the form source {path}: {error.strerror}") from error
+    sheets = read_markdown_sheets(text, origin=path.name)
+    if "survey" not in sheets:
+        raise FormError(f"{path.name}: no 'survey' sheet found")
+    survey_types = {r.get("type", "") for r in sheets["survey"].records()}
+    uses_admin = any(t.split()[-1] in ADMIN_LEVELS for t in survey_types if t.startswith("select_one "))
+    if uses_admin:
+        choices = sheets.setdefault("choices", Sheet("choices", ["list_name", "name", "label"], []))
+        label_columns = [h for h in choices.header if h == "label" or h.startswith("label::")]
+        for level in ADMIN_LEVELS[:-1]:
+            if level not in choices.header:
+                choices.header.append(level)
+                for row in choices.rows:
+                    row.append("")
+        for choice in admin_unit_choices(read_admin_units(admin_units)):
+            row = []
+            for column in choices.header:
+                row.append(choice["label"] if column in label_columns else choice.get(column, ""))
+            choices.rows.append(row)
+    return FormSource(path=path, sheets=sheets)
+
+
+def source_paths(directory: Path = SOURCES_DIR) -> list[Path]:
+    return sorted(directory.glob("*.md"))
