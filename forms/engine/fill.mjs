@@ -148,7 +148,7 @@ class Filler {
 		this.errors = errors;
 		this.skipped = skipped;
 		this.keyOf = makeKeyOf(root.definition.nodeset);
-		/** @type {{node: any, where: string, value: string}[]} */
+		/** @type {{node: any, label: string, value: string}[]} */
 		this.setLeaves = [];
 	}
 
@@ -162,6 +162,13 @@ class Filler {
 		for (const child of parent.currentState.children ?? []) {
 			this.fillNode(child, answers, scope, where, used);
 		}
+	}
+
+	/** Readable position of an answer key, e.g. "members[2]/age". */
+	labelFor(answerKey, scope, where) {
+		const relative =
+			scope !== '' && answerKey.startsWith(`${scope}/`) ? answerKey.slice(scope.length + 1) : answerKey;
+		return `${where}${relative}`;
 	}
 
 	lookup(answers, key, scope) {
@@ -193,7 +200,7 @@ class Filler {
 		if (answerKey == null) return;
 		used.add(answerKey);
 		const raw = answers[answerKey];
-		const label = `${where}${answerKey}`;
+		const label = this.labelFor(answerKey, scope, where);
 		const value = asAnswerString(raw);
 		if (value == null) {
 			this.errors.push(`${label}: expected a string value, got ${JSON.stringify(raw)}`);
@@ -210,12 +217,12 @@ class Filler {
 			items = answers[answerKey];
 			if (!Array.isArray(items)) {
 				this.errors.push(
-					`${where}${answerKey}: is a repeat, expected a list of objects, got ${JSON.stringify(items)}`
+					`${this.labelFor(answerKey, scope, where)}: is a repeat, expected a list of objects, got ${JSON.stringify(items)}`
 				);
 				return;
 			}
 		}
-		const label = `${where}${answerKey ?? key}`;
+		const label = this.labelFor(answerKey ?? key, scope, where);
 
 		const current = range.currentState.children.length;
 		if (range.nodeType === 'repeat-range:uncontrolled') {
@@ -235,14 +242,15 @@ class Filler {
 		const count = Math.min(instances.length, items.length);
 		for (let index = 0; index < count; index += 1) {
 			const item = items[index];
-			const itemWhere = `${where}${key}[${index + 1}]/`;
+			const itemLabel = `${label}[${index + 1}]`;
+			const itemWhere = `${itemLabel}/`;
 			if (item == null || typeof item !== 'object' || Array.isArray(item)) {
-				this.errors.push(`${itemWhere}: expected an object, got ${JSON.stringify(item)}`);
+				this.errors.push(`${itemLabel}: expected an object, got ${JSON.stringify(item)}`);
 				continue;
 			}
 			const itemUsed = new Set();
 			this.fillChildren(instances[index], item, key, itemWhere, itemUsed);
-			this.reportUnused(item, itemUsed, itemWhere);
+			this.reportUnused(item, itemUsed, key, itemWhere);
 		}
 	}
 
@@ -303,10 +311,12 @@ class Filler {
 		this.setLeaves.push({ node, label, value });
 	}
 
-	reportUnused(answers, used, where) {
+	reportUnused(answers, used, scope, where) {
 		for (const key of Object.keys(answers)) {
 			if (used.has(key) || isIgnoredKey(key)) continue;
-			this.errors.push(`${where}${key}: answer key matches no question in the form`);
+			this.errors.push(
+				`${this.labelFor(key, scope, where)}: answer key ${JSON.stringify(key)} matches no question in the form`
+			);
 		}
 	}
 
@@ -388,7 +398,7 @@ const fillOne = async (form, answers, language, preload) => {
 	const filler = new Filler(root, errors, skipped);
 	const used = new Set();
 	filler.fillChildren(root, answers, '', '', used);
-	filler.reportUnused(answers, used, '');
+	filler.reportUnused(answers, used, '', '');
 	filler.finalChecks();
 
 	const violations = collectViolations(root, language);

@@ -1,0 +1,77 @@
+"""KoboToolbox's JSON form ``content`` (kpi's "ss structure", kobo-api.md §6.1).
+
+kpi keeps the XLSForm sheets as lists of rows where every translated column
+(label, hint, constraint_message...) is a list indexed by ``translations``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from forms.source import FormSource
+
+TRANSLATED_PREFIXES = ("label", "hint", "constraint_message", "required_message", "media::image")
+
+
+def _split_column(column: str) -> tuple[str, str | None]:
+    """'label::Français (fr)' -> ('label', 'Français (fr)'); 'name' -> ('name', None)."""
+    if "::" in column:
+        base, language = column.split("::", 1)
+        if base in TRANSLATED_PREFIXES:
+            return base, language
+    return column, None
+
+
+def translations_of(source: FormSource) -> list[str | None]:
+    settings = (source.sheets.get("settings").records() or [{}])[0] if "settings" in source.sheets else {}
+    default = settings.get("default_language")
+    languages: list[str | None] = []
+    for sheet in source.sheets.values():
+        for column in sheet.header:
+            _, language = _split_column(column)
+            if language and language not in languages:
+                languages.append(language)
+    if default in languages:
+        languages.remove(default)
+        languages.insert(0, default)
+    return languages or [None]
+
+
+def _rows(records: list[dict[str, str]], translations: list[str | None]) -> list[dict[str, Any]]:
+    rows = []
+    for record in records:
+        row: dict[str, Any] = {}
+        translated: dict[str, list[str | None]] = {}
+        for column, value in record.items():
+            base, language = _split_column(column)
+            if language is None and base in TRANSLATED_PREFIXES:
+                translated.setdefault(base, [None] * len(translations))[0] = value
+            elif language is not None:
+                translated.setdefault(base, [None] * len(translations))[translations.index(language)] = value
+            else:
+                row[base] = value
+        row.update(translated)
+        rows.append(row)
+    return rows
+
+
+def content_from_source(source: FormSource) -> dict[str, Any]:
+    """The ``content`` a KoboToolbox asset holds after importing this form's XLSForm."""
+    translations = translations_of(source)
+    survey = _rows(source.sheets["survey"].records(), translations)
+    for row in survey:
+        kind = row.get("type", "")
+        if kind.startswith(("select_one ", "select_multiple ")):
+            row["type"], row["select_from_list_name"] = kind.split(" ", 1)
+        if "name" in row:
+            row["$autoname"] = row["name"]
+    choices = _rows(source.sheets["choices"].records(), translations) if "choices" in source.sheets else []
+    settings = source.sheets["settings"].records()[0] if "settings" in source.sheets else {}
+    return {
+        "schema": "1",
+        "survey": survey,
+        "choices": choices,
+        "settings": dict(settings),
+        "translations": translations,
+        "translated": sorted({k for row in survey + choices for k, v in row.items() if isinstance(v, list)}),
+    }
