@@ -97,3 +97,12 @@ def project_form(form_id: str) -> BuiltForm:
     if form_id not in forms:
         raise FormError(f"no form '{form_id}' in forms/sources (known: {', '.join(sorted(forms))})")
     return forms[form_id]
+
+
+def dictionary_from_sheets(sheets: dict[str, list[dict[str, str]]], origin: str, form_name: str | None = None) -> FieldDictionary:
+    """Compiles XLSForm sheets given as dicts (e.g. from a KoboToolbox asset) into a field dictionary."""
+    try:
+        result = convert(dict(sheets), form_name=form_name)
+    except PyXFormError as error:
+        raise FormError(f"{origin}: {error}") from error
+    return build_dictionary(result._pyxform)

@@ -75,3 +75,37 @@ def content_from_source(source: FormSource) -> dict[str, Any]:
         "translations": translations,
         "translated": sorted({k for row in survey + choices for k, v in row.items() if isinstance(v, list)}),
     }
+
+
+def xlsform_from_content(content: dict[str, Any]) -> dict[str, list[dict[str, str]]]:
+    """The XLSForm sheets (as pyxform's dict input) behind a KoboToolbox asset's content,
+    so any project on the server compiles and gets a field dictionary like our own forms."""
+    translations = content.get("translations") or [None]
+
+    def sheet(rows: list[dict[str, Any]], skip: tuple[str, ...] = ()) -> list[dict[str, str]]:
+        records = []
+        for row in rows:
+            record: dict[str, str] = {}
+            for key, value in row.items():
+                if key.startswith("$") or key in skip or value in (None, "", []):
+                    continue
+                if isinstance(value, list):
+                    for language, text in zip(translations, value):
+                        if text not in (None, ""):
+                            record[f"{key}::{language}" if language else key] = str(text)
+                elif isinstance(value, bool):
+                    record[key] = "yes" if value else ""
+                else:
+                    record[key] = str(value)
+            if row.get("select_from_list_name") and "type" in record:
+                record["type"] = f"{record['type']} {row['select_from_list_name']}"
+                record.pop("select_from_list_name", None)
+            records.append(record)
+        return records
+
+    survey = sheet(content.get("survey") or [])
+    choices = sheet(content.get("choices") or [])
+    settings = {k: str(v) for k, v in (content.get("settings") or {}).items() if not isinstance(v, (list, dict))}
+    if translations[0] and "default_language" not in settings:
+        settings["default_language"] = translations[0]
+    return {"survey": survey, "choices": choices, "settings": [settings] if settings else []}

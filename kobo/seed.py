@@ -51,7 +51,7 @@ class SeededServer:
 
 
 def seeded_server(forms: list[BuiltForm], count: int, seed: int = 2026, token: str | None = None,
-                  new_style: bool = True, mistake_rate: float = 0.02) -> SeededServer:
+                  new_style: bool = True, mistake_rate: float = 0.02, port: int = 0) -> SeededServer:
     """A server holding ``count`` submissions of each form. ``_id`` is unique across the
     server and interleaved between forms, as on a real KoboToolbox server."""
     token = token or secrets.token_hex(20)
@@ -60,5 +60,5 @@ def seeded_server(forms: list[BuiltForm], count: int, seed: int = 2026, token: s
                                     mistake_rate=mistake_rate)
         for k, built in enumerate(forms)
     }
-    server = LocalKoboServer({token: "terrain_demo"}, list(assets.values()), new_style=new_style)
+    server = LocalKoboServer({token: "terrain_demo"}, list(assets.values()), new_style=new_style, port=port)
     return SeededServer(server=server, token=token, assets=assets)

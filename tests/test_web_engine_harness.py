@@ -44,7 +44,7 @@ XLSFORM_MD = """
 
 @pytest.fixture(scope="module")
 def xform(tmp_path_factory: pytest.TempPathFactory) -> str:
-    convert = pytest.importorskip("pyxform.xls2xform").convert
+    from pyxform.xls2xform import convert
     path = tmp_path_factory.mktemp("xlsform") / "household_survey.md"
     path.write_text(XLSFORM_MD, encoding="utf-8")
     return convert(str(path)).xform

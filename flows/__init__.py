@@ -1,0 +1,1 @@
+"""Flows: Prefect flows and tasks over plain sync functions, and the `terrain` command line."""

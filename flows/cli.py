@@ -1,0 +1,187 @@
+"""The `terrain` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from forms.errors import TerrainError
+
+DEFAULT_WAREHOUSE = "terrain.duckdb"
+DEMO_SUBMISSIONS = 1000
+
+
+def _format_table(columns: list[str], rows: list[tuple], max_width: int = 40) -> str:
+    def text(value: Any) -> str:
+        shown = "NULL" if value is None else str(value)
+        return shown if len(shown) <= max_width else shown[: max_width - 1] + "…"
+
+    cells = [[text(v) for v in row] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    line = "+".join("-" * (w + 2) for w in widths)
+    out = [" | ".join(c.ljust(w) for c, w in zip(columns, widths)), line]
+    out += [" | ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    out.append(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
+    return "\n".join(out)
+
+
+def cmd_forms_build(args: argparse.Namespace) -> int:
+    from forms.build import BUILD_DIR, build_form, write_build
+    from forms.source import source_paths
+
+    out = Path(args.out) if args.out else BUILD_DIR
+    for path in source_paths():
+        built = build_form(path)
+        written = write_build(built, out)
+        print(f"{built.form_id} (version {built.version}): " + ", ".join(str(p) for p in written))
+        for warning in built.warnings:
+            print(f"  warning: {warning}")
+    return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from flows.pipeline import sync_flow
+    from flows.sync import resolve_token
+    from kobo.client import KoboClient
+
+    # Check the server and token before starting the flow, so that a wrong token or
+    # project gives one clear line instead of a failed flow run.
+    with KoboClient(args.url, resolve_token()) as client:
+        for uid in args.asset or []:
+            client.get_asset(uid)
+        if not args.asset:
+            client.list_assets()
+
+    summaries = sync_flow(base_url=args.url, asset_uids=args.asset or None, warehouse_path=args.warehouse,
+                          page_size=args.page_size)
+    for s in summaries:
+        print(f"{s['form_id']} ({s['asset_uid']}): pulled {s['pulled']}, new {s['new']}, edited {s['edited']}, "
+              f"quarantined {s['quarantined']}, {s['seconds']} s")
+    return 0
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    from warehouse.store import Warehouse
+
+    with Warehouse(args.warehouse, read_only=True) as warehouse:
+        columns, rows = warehouse.query(args.query)
+    print(_format_table(columns, rows))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Local server with generated submissions -> the real Prefect flow -> a real DuckDB file."""
+    from flows.pipeline import sync_flow
+    from forms.build import BUILD_DIR, project_forms, write_build
+    from kobo.seed import seeded_server
+    from warehouse.store import Warehouse
+
+    started = time.monotonic()
+    forms = list(project_forms().values())
+    for built in forms:
+        write_build(built, BUILD_DIR)
+    seeded = seeded_server(forms, args.submissions, seed=args.seed)
+    generated = {form_id: len(asset.submissions) for form_id, asset in seeded.assets.items()}
+    print(f"Local KoboToolbox-compatible server: {sum(generated.values())} generated submissions "
+          f"({', '.join(f'{k}: {v}' for k, v in generated.items())})")
+    previous_token = os.environ.get("KOBO_TOKEN")
+    os.environ["KOBO_TOKEN"] = seeded.token
+    try:
+        with seeded.server as server:
+            print(f"Serving on {server.url}; syncing into {args.warehouse} with the Prefect flow...")
+            summaries = sync_flow(base_url=server.url, warehouse_path=args.warehouse)
+    finally:
+        if previous_token is None:
+            os.environ.pop("KOBO_TOKEN", None)
+        else:
+            os.environ["KOBO_TOKEN"] = previous_token
+    with Warehouse(args.warehouse) as warehouse:
+        counts = warehouse.table_counts()
+        quarantined = {s["asset_uid"]: warehouse.quarantined_count(s["asset_uid"]) for s in summaries}
+    print("\nTerrain demo summary")
+    print("--------------------")
+    for s in summaries:
+        print(f"{s['form_id']}: pulled {s['pulled']} this run (new {s['new']}, edited {s['edited']}), "
+              f"quarantined in total {quarantined[s['asset_uid']]}")
+    print("Rows per table: " + ", ".join(f"{name} {count}" for name, count in counts.items()))
+    print(f"Seconds taken: {time.monotonic() - started:.1f}")
+    print(f"Try: .venv/bin/terrain sql \"select region, count(*) from households group by region\"")
+    return 0
+
+
+def cmd_kobo_server(args: argparse.Namespace) -> int:
+    from forms.build import project_forms
+    from kobo.seed import seeded_server
+
+    seeded = seeded_server(list(project_forms().values()), args.submissions, seed=args.seed, port=args.port)
+    server = seeded.server
+    print(f"Local KoboToolbox-compatible server on {server.url}")
+    print("Token: export KOBO_TOKEN=<the token shown once below>")
+    print(seeded.token)
+    for form_id, asset in seeded.assets.items():
+        print(f"  {form_id}: asset {asset.uid}, {len(asset.submissions)} submissions")
+    server.start()
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        server.stop()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="terrain", description="Field data from KoboToolbox into a DuckDB warehouse.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="sync generated submissions from a local server into ./terrain.duckdb")
+    demo.add_argument("--submissions", type=int, default=DEMO_SUBMISSIONS, help="submissions per form")
+    demo.add_argument("--seed", type=int, default=2026)
+    demo.add_argument("--warehouse", default=DEFAULT_WAREHOUSE)
+    demo.set_defaults(func=cmd_demo)
+
+    forms = sub.add_parser("forms", help="build the XLSForms in forms/sources")
+    forms_sub = forms.add_subparsers(dest="forms_command", required=True)
+    build = forms_sub.add_parser("build", help="write .xlsx, XForm and field dictionary of every form")
+    build.add_argument("--out", help="output folder (default forms/build)")
+    build.set_defaults(func=cmd_forms_build)
+
+    sync = sub.add_parser("sync", help="pull submissions from KoboToolbox (token in KOBO_TOKEN)")
+    sync.add_argument("--url", default=os.environ.get("KOBO_URL", "https://kf.kobotoolbox.org"),
+                      help="server base URL (default: $KOBO_URL or https://kf.kobotoolbox.org)")
+    sync.add_argument("--asset", action="append", help="project (asset) uid; repeat for several; default: all deployed")
+    sync.add_argument("--warehouse", default=DEFAULT_WAREHOUSE)
+    sync.add_argument("--page-size", type=int, default=1000)
+    sync.set_defaults(func=cmd_sync)
+
+    sql = sub.add_parser("sql", help="run one SQL query on the warehouse and print a table")
+    sql.add_argument("query")
+    sql.add_argument("--warehouse", default=DEFAULT_WAREHOUSE)
+    sql.set_defaults(func=cmd_sql)
+
+    server = sub.add_parser("kobo-server", help="run the local KoboToolbox-compatible server in the foreground")
+    server.add_argument("--port", type=int, default=8000)
+    server.add_argument("--submissions", type=int, default=DEMO_SUBMISSIONS)
+    server.add_argument("--seed", type=int, default=2026)
+    server.set_defaults(func=cmd_kobo_server)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for room in ("flows", "forms", "kobo", "validation", "warehouse"):
+        logging.getLogger(room).setLevel(logging.INFO)
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except TerrainError as error:
+        print(f"terrain: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

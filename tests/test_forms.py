@@ -1,0 +1,130 @@
+"""forms/: the markdown source builds into an .xlsx, an XForm and a field dictionary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import openpyxl
+import pytest
+
+from forms.build import build_form, write_build
+from forms.dictionary import MAX_COLUMN_LENGTH, build_dictionary
+from forms.errors import FormError
+from forms.expressions import evaluate, is_true, numeric_bounds
+from forms.source import SOURCES_DIR, read_admin_units
+from pyxform.xls2xform import convert
+
+
+def test_build_writes_xlsx_xform_and_dictionary(household, tmp_path: Path) -> None:
+    xlsx, xform, dictionary = write_build(household, tmp_path)
+    workbook = openpyxl.load_workbook(xlsx)
+    assert workbook.sheetnames == ["survey", "choices", "settings"]
+    header = [c.value for c in workbook["survey"][1]]
+    assert "label::Français (fr)" in header and "label::English (en)" in header
+    # Expressions are stored as text, never turned into spreadsheet formulas.
+    relevant = [row[header.index("relevant")].value for row in workbook["survey"].iter_rows(min_row=2)]
+    assert "${consent} = 'yes'" in relevant
+    assert all(cell.data_type != "f" for row in workbook["survey"].iter_rows() for cell in row)
+    text = xform.read_text(encoding="utf-8")
+    assert 'id="household_survey"' in text and 'version="2026112401"' in text
+    assert '<translation lang="Français (fr)" default="true()">' in text and 'lang="English (en)"' in text
+    saved = json.loads(dictionary.read_text(encoding="utf-8"))
+    assert saved["form_id"] == "household_survey"
+    assert set(saved["tables"]) == {"households", "household_members"}
+
+
+def test_xform_is_compiled_from_the_written_xlsx(household, tmp_path: Path) -> None:
+    """What a data manager uploads (.xlsx) compiles to exactly our XForm."""
+    path = tmp_path / "household_survey.xlsx"
+    path.write_bytes(household.xlsx)
+    again = convert(str(path), form_name="household_survey", pretty_print=True)
+    assert again.xform == household.xform
+
+
+def test_dictionary_describes_tables_types_and_labels(household) -> None:
+    d = household.dictionary
+    assert d.languages == ["Français (fr)", "English (en)"]
+    members = d.tables["household_members"]
+    assert members.parent == "households" and members.repeat_key == "members"
+    age = d.field_by_name("member_age")
+    assert (age.table, age.kobo_key, age.duckdb_type, age.required) == ("household_members", "members/member_age", "BIGINT", True)
+    assert age.labels == {"Français (fr)": "Âge (années révolues)", "English (en)": "Age (completed years)"}
+    assert numeric_bounds(age.constraint) == (0.0, 110.0, True, True)
+    location = d.field_by_name("location")
+    assert [c for c, _ in location.columns()] == ["location_latitude", "location_longitude", "location_altitude", "location_accuracy"]
+    activities = d.field_by_name("income_activities")
+    assert activities.columns() == [("income_activities", "VARCHAR[]"), ("income_activities_raw", "VARCHAR")]
+    assert activities.kobo_key == "livelihood/income_activities"
+    # Group relevance is inherited by the questions inside the group.
+    assert "${consent} = 'yes'" in d.field_by_name("head_name").relevant
+    assert d.field_by_name("head_name").pii and not d.field_by_name("head_age").pii
+    # The administrative cascade comes from the shared CSV, with its filter columns.
+    units = read_admin_units()
+    assert len(d.choices["village"]) == len({u["village"] for u in units})
+    assert d.choices["cercle"][0].filters == {"region": "sikasso"}
+
+
+def test_column_names_are_unique_short_and_deterministic(tmp_path: Path) -> None:
+    source = """
+| survey |
+| | type | name | label |
+| | begin_group | a | A |
+| | integer | size | Size |
+| | end_group | | |
+| | begin_group | b | B |
+| | integer | size | Size again |
+| | end_group | | |
+| | text | Root_UUID | Clashes with a system column |
+| | text | aVeryLongQuestionNameThatGoesOnAndOnBeyondWhatPostgresAndStataAccept | Long |
+| settings |
+| | form_id |
+| | clash_test |
+"""
+    path = tmp_path / "clash.md"
+    path.write_text(source, encoding="utf-8")
+    compiled = convert(str(path))._pyxform
+    first, second = build_dictionary(compiled), build_dictionary(compiled)
+    columns = [f.column for f in first.main_table.fields]
+    assert columns == [f.column for f in second.main_table.fields]
+    assert columns[:3] == ["size", "b_size", "root_uuid_2"]
+    assert len(set(columns)) == len(columns)
+    assert all(len(c) <= MAX_COLUMN_LENGTH for c in columns)
+
+
+def test_broken_form_gives_a_form_error_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "broken.md"
+    path.write_text("| survey |\n| | type | name | label |\n| | select_one nolist | q | Q |\n", encoding="utf-8")
+    with pytest.raises(FormError, match="broken.md"):
+        build_form(path)
+
+
+def test_every_source_builds_without_warnings() -> None:
+    for path in sorted(SOURCES_DIR.glob("*.md")):
+        assert build_form(path).warnings == []
+
+
+@pytest.mark.parametrize("expression, answers, expected", [
+    ("${consent} = 'yes'", {"consent": "yes"}, True),
+    ("${consent} = 'yes'", {}, False),
+    ("${age} >= 6 and ${age} <= 16", {"age": "12"}, True),
+    ("${age} >= 6 and ${age} <= 16", {"age": "17"}, False),
+    ("${age} >= 6 and ${age} <= 16", {}, False),
+    ("selected(${acts}, 'other')", {"acts": "farming other"}, True),
+    ("not(selected(${acts}, 'other'))", {"acts": "farming"}, True),
+    ("${src} != 'piped' or ${n} > 2 * 3", {"src": "piped", "n": "7"}, True),
+    ("regex(${id}, '^[A-Z]{3}-[0-9]{4}$')", {"id": "SIK-0042"}, True),
+])
+def test_expressions(expression: str, answers: dict, expected: bool) -> None:
+    assert is_true(expression, answers.get) is expected
+
+
+def test_choice_filter_reads_choice_columns() -> None:
+    assert is_true("region=${region}", {"region": "gao"}.get, choice={"region": "gao"})
+    assert not is_true("region=${region}", {"region": "gao"}.get, choice={"region": "mopti"})
+    assert evaluate("string-length(.)", {}.get, current="abcd") == 4
+
+
+def test_unsupported_expression_is_reported() -> None:
+    with pytest.raises(FormError, match="not supported"):
+        is_true("pulldata('x', 'y', 'z', ${a})", {}.get)

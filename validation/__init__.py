@@ -1,0 +1,5 @@
+"""Validation: pandera schemas from the field dictionary, hand-written rules, quarantine."""
+
+from validation.schemas import FormValidator, TableSchema
+
+__all__ = ["FormValidator", "TableSchema"]

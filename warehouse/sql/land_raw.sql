@@ -1,0 +1,31 @@
+-- name: touch_seen
+-- Submissions seen again unchanged: only their last_seen moves.
+UPDATE raw.submissions AS r
+SET last_seen = $now, deleted_at = NULL
+FROM landing AS l
+WHERE r.asset_uid = l.asset_uid AND r.root_uuid = l.root_uuid AND r.content_hash = l.content_hash;
+
+-- name: new_versions
+-- Landing rows whose content is not yet in raw: new submissions and edits.
+CREATE OR REPLACE TEMP TABLE landing_new AS
+SELECT l.*, EXISTS (
+           SELECT 1 FROM raw.submissions AS o
+           WHERE o.asset_uid = l.asset_uid AND o.root_uuid = l.root_uuid
+       ) AS is_edit
+FROM landing AS l
+WHERE NOT EXISTS (
+    SELECT 1 FROM raw.submissions AS r
+    WHERE r.asset_uid = l.asset_uid AND r.root_uuid = l.root_uuid AND r.content_hash = l.content_hash
+);
+
+-- name: retire_old_versions
+UPDATE raw.submissions AS r
+SET is_current = FALSE
+FROM landing_new AS n
+WHERE r.asset_uid = n.asset_uid AND r.root_uuid = n.root_uuid AND r.is_current;
+
+-- name: insert_new_versions
+INSERT INTO raw.submissions
+SELECT asset_uid, form_id, submission_id, root_uuid, uuid, form_version, submission_time, content_hash,
+       payload, $now, $now, NULL, TRUE
+FROM landing_new;

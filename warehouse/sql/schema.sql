@@ -1,0 +1,86 @@
+-- Terrain warehouse: the fixed part of the schema. Clean tables (one per form and
+-- per repeat group) are created from each form's field dictionary.
+CREATE SCHEMA IF NOT EXISTS raw;
+CREATE SCHEMA IF NOT EXISTS meta;
+CREATE SCHEMA IF NOT EXISTS quality;
+
+-- Contract 2: every submission as received, append-only. An edit adds a row version
+-- (a new content hash); a deletion sets deleted_at, it never removes a row.
+CREATE TABLE IF NOT EXISTS raw.submissions (
+    asset_uid       VARCHAR     NOT NULL,
+    form_id         VARCHAR     NOT NULL,
+    submission_id   BIGINT      NOT NULL,
+    root_uuid       VARCHAR     NOT NULL,
+    uuid            VARCHAR     NOT NULL,
+    form_version    VARCHAR,
+    submission_time TIMESTAMPTZ,
+    content_hash    VARCHAR     NOT NULL,
+    payload         JSON        NOT NULL,
+    first_seen      TIMESTAMPTZ NOT NULL,
+    last_seen       TIMESTAMPTZ NOT NULL,
+    deleted_at      TIMESTAMPTZ,
+    is_current      BOOLEAN     NOT NULL,
+    PRIMARY KEY (asset_uid, root_uuid, content_hash)
+);
+
+-- Contract 1: each form version's field dictionary, so old submissions are typed
+-- with the version they were collected with.
+CREATE TABLE IF NOT EXISTS meta.form_versions (
+    form_id     VARCHAR     NOT NULL,
+    version     VARCHAR     NOT NULL,
+    dictionary  JSON        NOT NULL,
+    first_seen  TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (form_id, version)
+);
+
+-- Contract 5: per project, the watermark and the last reconciliation.
+CREATE TABLE IF NOT EXISTS meta.sync_state (
+    asset_uid           VARCHAR PRIMARY KEY,
+    form_id             VARCHAR NOT NULL,
+    watermark           BIGINT,
+    last_reconciled_at  TIMESTAMPTZ,
+    updated_at          TIMESTAMPTZ NOT NULL
+);
+
+CREATE SEQUENCE IF NOT EXISTS meta.sync_run_ids;
+CREATE TABLE IF NOT EXISTS meta.sync_runs (
+    run_id        BIGINT PRIMARY KEY DEFAULT nextval('meta.sync_run_ids'),
+    asset_uid     VARCHAR     NOT NULL,
+    form_id       VARCHAR     NOT NULL,
+    started_at    TIMESTAMPTZ NOT NULL,
+    finished_at   TIMESTAMPTZ,
+    pulled        BIGINT,
+    new           BIGINT,
+    edited        BIGINT,
+    unchanged     BIGINT,
+    quarantined   BIGINT,
+    status        VARCHAR     NOT NULL
+);
+
+-- Contract 4: one row per problem found in a submission.
+CREATE SEQUENCE IF NOT EXISTS quality.issue_ids;
+CREATE TABLE IF NOT EXISTS quality.issues (
+    issue_id      BIGINT PRIMARY KEY DEFAULT nextval('quality.issue_ids'),
+    asset_uid     VARCHAR     NOT NULL,
+    form_id       VARCHAR     NOT NULL,
+    root_uuid     VARCHAR     NOT NULL,
+    submission_id BIGINT,
+    table_name    VARCHAR     NOT NULL,
+    column_name   VARCHAR,
+    row_key       VARCHAR,
+    check_code    VARCHAR     NOT NULL,
+    value         VARCHAR,
+    severity      VARCHAR     NOT NULL,
+    message       VARCHAR     NOT NULL,
+    detected_at   TIMESTAMPTZ NOT NULL,
+    resolved_at   TIMESTAMPTZ
+);
+
+-- The submissions kept out of the clean tables: those with an open error.
+CREATE OR REPLACE VIEW quality.quarantine AS
+SELECT asset_uid, form_id, root_uuid, any_value(submission_id) AS submission_id,
+       count(*) AS errors, string_agg(message, ' | ' ORDER BY issue_id) AS reasons,
+       min(detected_at) AS quarantined_at
+FROM quality.issues
+WHERE severity = 'error' AND resolved_at IS NULL
+GROUP BY asset_uid, form_id, root_uuid;

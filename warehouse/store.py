@@ -1,0 +1,259 @@
+"""The DuckDB warehouse: raw landing, clean tables built from the field dictionary,
+the quarantine, and sync state. One class, so that moving to DuckLake later is a
+change of connection, not of callers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterator
+
+import duckdb
+import pandas as pd
+
+from forms.dictionary import FieldDictionary, Table
+from forms.errors import TerrainError
+from warehouse.typing import RELEVANT_PREFIX, Issue
+
+SQL_DIR = Path(__file__).resolve().parent / "sql"
+DEFAULT_PATH = Path("terrain.duckdb")
+HASH_EXCLUDED_KEYS = ("_validation_status",)  # a status change is not an edit of the answers
+
+
+class WarehouseError(TerrainError):
+    """The warehouse file cannot be opened or written."""
+
+
+@lru_cache(maxsize=None)
+def named_queries(file_name: str) -> dict[str, str]:
+    """Reads ``-- name: x`` sections of a .sql file."""
+    text = (SQL_DIR / file_name).read_text(encoding="utf-8")
+    queries: dict[str, str] = {}
+    for block in re.split(r"^-- name: ", text, flags=re.MULTILINE)[1:]:
+        name, _, body = block.partition("\n")
+        queries[name.strip()] = body.strip()
+    return queries
+
+
+def quote(identifier: str) -> str:
+    """Identifiers come only from the field dictionary; they are still always quoted."""
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def content_hash(submission: dict[str, Any]) -> str:
+    payload = {k: v for k, v in submission.items() if k not in HASH_EXCLUDED_KEYS}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+@dataclass
+class LandingResult:
+    new: int
+    edited: int
+    unchanged: int
+    changed: list[dict[str, Any]]  # submissions whose clean rows must be (re)built
+
+
+class Warehouse:
+    def __init__(self, path: str | Path = DEFAULT_PATH, read_only: bool = False):
+        self.path = Path(path)
+        if read_only and not self.path.exists():
+            raise WarehouseError(f"no warehouse at {self.path}: run `terrain sync` (or `make demo`) first")
+        try:
+            self.con = duckdb.connect(str(self.path), read_only=read_only)
+        except duckdb.IOException as error:
+            if "lock" in str(error).lower():
+                raise WarehouseError(f"the warehouse {self.path} is in use by another run; try again when it "
+                                     f"has finished") from None
+            raise WarehouseError(f"cannot open the warehouse {self.path}: {error}") from None
+        except duckdb.Error as error:
+            raise WarehouseError(f"{self.path} is not a usable DuckDB warehouse: {error}") from None
+        if not read_only:
+            self.con.execute((SQL_DIR / "schema.sql").read_text(encoding="utf-8"))
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> "Warehouse":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            yield
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        self.con.execute("COMMIT")
+
+    # -- forms and tables -----------------------------------------------------------------
+    def register_form_version(self, dictionary: FieldDictionary) -> None:
+        self.con.execute(
+            "INSERT INTO meta.form_versions VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            [dictionary.form_id, dictionary.version, dictionary.to_json(), dt.datetime.now(dt.timezone.utc)],
+        )
+        for table in dictionary.tables.values():
+            self._ensure_table(table)
+
+    def _ensure_table(self, table: Table) -> None:
+        """Creates the clean table, or adds the columns a new form version brought (never drops any)."""
+        system = {
+            "root_uuid": "VARCHAR NOT NULL", "submission_id": "BIGINT", "uuid": "VARCHAR",
+            "form_version": "VARCHAR", "submission_time": "TIMESTAMPTZ", "submitted_by": "VARCHAR",
+            "validation_status": "VARCHAR", "row_key": "VARCHAR NOT NULL", "parent_row_key": "VARCHAR",
+            "position": "BIGINT",
+        }
+        wanted = [(c, system[c]) for c in table.system_columns()]
+        wanted += [column for f in table.fields for column in f.columns()]
+        existing = {row[0] for row in self.con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = 'main' AND table_name = ?",
+            [table.name]).fetchall()}
+        if not existing:
+            key = "root_uuid, row_key" if table.is_repeat else "root_uuid"
+            columns = ", ".join(f"{quote(c)} {t}" for c, t in wanted)
+            self.con.execute(f"CREATE TABLE {quote(table.name)} ({columns}, PRIMARY KEY ({key}))")
+            return
+        for column, duck_type in wanted:
+            if column not in existing:
+                self.con.execute(f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(column)} "
+                                 f"{duck_type.replace(' NOT NULL', '')}")
+
+    # -- raw landing --------------------------------------------------------------------
+    def land(self, asset_uid: str, form_id: str, submissions: list[dict[str, Any]], now: dt.datetime) -> LandingResult:
+        """Lands a page of submissions as received; returns which of them are new or edited."""
+        if not submissions:
+            return LandingResult(0, 0, 0, [])
+        by_root: dict[str, dict[str, Any]] = {}
+        rows = []
+        for submission in submissions:
+            root = str(submission.get("meta/rootUuid") or f"uuid:{submission.get('_uuid')}")
+            by_root[root] = submission
+            time_text = submission.get("_submission_time")
+            rows.append({
+                "asset_uid": asset_uid, "form_id": form_id, "submission_id": int(submission["_id"]),
+                "root_uuid": root, "uuid": str(submission.get("_uuid") or ""),
+                "form_version": submission.get("__version__"),
+                "submission_time": pd.Timestamp(time_text, tz="UTC") if time_text else None,
+                "content_hash": content_hash(submission),
+                "payload": json.dumps(submission, ensure_ascii=False),
+            })
+        landing = pd.DataFrame(rows)
+        landing["submission_time"] = pd.to_datetime(landing["submission_time"], utc=True)
+        queries = named_queries("land_raw.sql")
+        self.con.register("landing_frame", landing)
+        try:
+            self.con.execute("CREATE OR REPLACE TEMP TABLE landing AS SELECT * FROM landing_frame")
+        finally:
+            self.con.unregister("landing_frame")
+        self.con.execute(queries["touch_seen"], {"now": now})
+        self.con.execute(queries["new_versions"])
+        changed = self.con.execute("SELECT root_uuid, is_edit FROM landing_new").fetchall()
+        self.con.execute(queries["retire_old_versions"])
+        self.con.execute(queries["insert_new_versions"], {"now": now})
+        edited = sum(1 for _, is_edit in changed if is_edit)
+        return LandingResult(new=len(changed) - edited, edited=edited, unchanged=len(rows) - len(changed),
+                             changed=[by_root[root] for root, _ in changed])
+
+    # -- clean tables and quarantine ------------------------------------------------------
+    def replace_clean(self, dictionary: FieldDictionary, root_uuids: list[str], tables: dict[str, pd.DataFrame],
+                      keep_out: set[str]) -> None:
+        """Replaces the clean rows of these submissions; those in ``keep_out`` (with errors) get none."""
+        if not root_uuids:
+            return
+        keys = pd.DataFrame({"root_uuid": root_uuids})
+        self.con.register("touched_keys", keys)
+        try:
+            for table in dictionary.tables.values():
+                self.con.execute(f"DELETE FROM {quote(table.name)} WHERE root_uuid IN (SELECT root_uuid FROM touched_keys)")
+                frame = tables[table.name]
+                frame = frame[[c for c in frame.columns if not c.startswith(RELEVANT_PREFIX)]]
+                if keep_out:
+                    frame = frame[~frame["root_uuid"].isin(keep_out)]
+                if frame.empty:
+                    continue
+                self.con.register("clean_frame", frame)
+                try:
+                    self.con.execute(f"INSERT INTO {quote(table.name)} BY NAME SELECT * FROM clean_frame")
+                finally:
+                    self.con.unregister("clean_frame")
+        finally:
+            self.con.unregister("touched_keys")
+
+    def record_issues(self, asset_uid: str, form_id: str, root_uuids: list[str], issues: list[Issue],
+                      now: dt.datetime) -> None:
+        """Resolves the open issues of re-checked submissions, then records what was found now."""
+        if root_uuids:
+            keys = pd.DataFrame({"root_uuid": root_uuids})
+            self.con.register("checked_keys", keys)
+            try:
+                self.con.execute(
+                    "UPDATE quality.issues SET resolved_at = ? WHERE asset_uid = ? AND resolved_at IS NULL "
+                    "AND root_uuid IN (SELECT root_uuid FROM checked_keys)", [now, asset_uid])
+            finally:
+                self.con.unregister("checked_keys")
+        if not issues:
+            return
+        frame = pd.DataFrame([issue.__dict__ for issue in issues])
+        frame["asset_uid"], frame["form_id"], frame["detected_at"] = asset_uid, form_id, now
+        frame["submission_id"] = frame["submission_id"].astype("Int64")
+        self.con.register("issue_frame", frame)
+        try:
+            self.con.execute(
+                "INSERT INTO quality.issues (asset_uid, form_id, root_uuid, submission_id, table_name, column_name, "
+                "row_key, check_code, value, severity, message, detected_at) "
+                "SELECT asset_uid, form_id, root_uuid, submission_id, table_name, column_name, row_key, check_code, "
+                "value, severity, message, detected_at FROM issue_frame")
+        finally:
+            self.con.unregister("issue_frame")
+
+    # -- sync state ---------------------------------------------------------------------
+    def watermark(self, asset_uid: str) -> int | None:
+        row = self.con.execute("SELECT watermark FROM meta.sync_state WHERE asset_uid = ?", [asset_uid]).fetchone()
+        return row[0] if row else None
+
+    def set_watermark(self, asset_uid: str, form_id: str, watermark: int | None, now: dt.datetime) -> None:
+        self.con.execute(
+            "INSERT INTO meta.sync_state (asset_uid, form_id, watermark, updated_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (asset_uid) DO UPDATE SET watermark = excluded.watermark, updated_at = excluded.updated_at",
+            [asset_uid, form_id, watermark, now])
+
+    def start_run(self, asset_uid: str, form_id: str, now: dt.datetime) -> int:
+        return self.con.execute(
+            "INSERT INTO meta.sync_runs (asset_uid, form_id, started_at, status) VALUES (?, ?, ?, 'running') "
+            "RETURNING run_id", [asset_uid, form_id, now]).fetchone()[0]
+
+    def finish_run(self, run_id: int, status: str, counts: dict[str, int], now: dt.datetime) -> None:
+        self.con.execute(
+            "UPDATE meta.sync_runs SET finished_at = ?, status = ?, pulled = ?, new = ?, edited = ?, unchanged = ?, "
+            "quarantined = ? WHERE run_id = ?",
+            [now, status, counts.get("pulled", 0), counts.get("new", 0), counts.get("edited", 0),
+             counts.get("unchanged", 0), counts.get("quarantined", 0), run_id])
+
+    # -- reading ------------------------------------------------------------------------
+    def query(self, sql: str, parameters: list[Any] | None = None) -> tuple[list[str], list[tuple]]:
+        try:
+            cursor = self.con.execute(sql, parameters or [])
+        except duckdb.Error as error:
+            raise WarehouseError(f"the query failed: {str(error).splitlines()[0]}") from None
+        columns = [d[0] for d in cursor.description or []]
+        return columns, cursor.fetchall()
+
+    def quarantined_count(self, asset_uid: str | None = None) -> int:
+        sql = "SELECT count(*) FROM quality.quarantine" + (" WHERE asset_uid = ?" if asset_uid else "")
+        return self.con.execute(sql, [asset_uid] if asset_uid else []).fetchone()[0]
+
+    def table_counts(self) -> dict[str, int]:
+        names = [r[0] for r in self.con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' AND table_type = 'BASE TABLE' "
+            "ORDER BY table_name").fetchall()]
+        return {name: self.con.execute(f"SELECT count(*) FROM {quote(name)}").fetchone()[0] for name in names}
