@@ -1,0 +1,70 @@
+"""The `terrain` command line, run as a user runs it (a subprocess)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+
+TERRAIN = [sys.executable, "-m", "flows.cli"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([*TERRAIN, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", **(env or {})})
+
+
+def test_bad_token_gives_one_line_and_never_prints_the_token(seeded) -> None:
+    secret = "a1b2c3d4" * 5
+    result = run("sync", "--url", seeded.server.url, "--asset", seeded.assets["household_survey"].uid,
+                 "--warehouse", os.devnull, env={"KOBO_TOKEN": secret})
+    assert result.returncode != 0
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert "rejected the token" in result.stderr
+    assert secret not in result.stdout + result.stderr
+
+
+def test_missing_token_is_explained(seeded) -> None:
+    result = run("sync", "--url", seeded.server.url, env={"KOBO_TOKEN": ""})
+    assert result.returncode != 0 and "KOBO_TOKEN" in result.stderr
+
+
+def test_forms_build_writes_the_three_outputs(tmp_path: Path) -> None:
+    result = run("forms", "build", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert {p.name for p in tmp_path.iterdir()} >= {"household_survey.xlsx", "household_survey.xml",
+                                                    "household_survey.dictionary.json"}
+
+
+def test_demo_twice_then_sql(tmp_path: Path) -> None:
+    """The issue's acceptance: households + quarantined = generated, and a second demo changes no count."""
+    warehouse = tmp_path / "demo.duckdb"
+    first = run("demo", "--submissions", "150", "--warehouse", str(warehouse))
+    assert first.returncode == 0, first.stderr[-2000:]
+    generated = int(re.search(r"(\d+) generated submissions", first.stdout).group(1))
+    assert "Rows per table:" in first.stdout and "Seconds taken:" in first.stdout
+    count = run("sql", "select count(*) as n from households", "--warehouse", str(warehouse))
+    assert count.returncode == 0, count.stderr
+    households = int(count.stdout.splitlines()[2].strip())
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        quarantined = con.execute("select count(*) from quality.quarantine").fetchone()[0]
+        tables_before = con.execute("select (select count(*) from households), (select count(*) from household_members), "
+                                    "(select count(*) from raw.submissions), (select count(*) from quality.issues)").fetchone()
+    assert households + quarantined == generated
+    second = run("demo", "--submissions", "150", "--warehouse", str(warehouse))
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "pulled 0 this run" in second.stdout
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        tables_after = con.execute("select (select count(*) from households), (select count(*) from household_members), "
+                                   "(select count(*) from raw.submissions), (select count(*) from quality.issues)").fetchone()
+    assert tables_after == tables_before
+
+
+def test_sql_errors_are_one_clear_line(tmp_path: Path) -> None:
+    missing = run("sql", "select 1", "--warehouse", str(tmp_path / "none.duckdb"))
+    assert missing.returncode != 0 and "no warehouse" in missing.stderr
