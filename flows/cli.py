@@ -24,8 +24,8 @@ def _format_table(columns: list[str], rows: list[tuple], max_width: int = 40) ->
     cells = [[text(v) for v in row] for row in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
     line = "+".join("-" * (w + 2) for w in widths)
-    out = [" | ".join(c.ljust(w) for c, w in zip(columns, widths)), line]
-    out += [" | ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    out = [" " + " | ".join(c.ljust(w) for c, w in zip(columns, widths)), line]
+    out += [" " + " | ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
     out.append(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
     return "\n".join(out)
 
