@@ -202,6 +202,14 @@ def _labels(value: Any, default_language: str) -> dict[str, str]:
     return {default_language: str(value)}
 
 
+def _parameters(value: Any) -> dict[str, str]:
+    """XLSForm parameters, given by pyxform as a dict or as the raw 'a=1 b=2' text."""
+    if isinstance(value, dict):
+        return {str(k): str(v) for k, v in value.items()}
+    pairs = (part.split("=", 1) for part in str(value or "").replace(";", " ").replace(",", " ").split())
+    return {k.strip(): v.strip() for k, v in (p for p in pairs if len(p) == 2)}
+
+
 def _and(*expressions: str | None) -> str | None:
     present = [e for e in expressions if e]
     if not present:
@@ -276,7 +284,7 @@ def build_dictionary(compiled: dict[str, Any]) -> FieldDictionary:
                 calculation=bind.get("calculate"),
                 pii=str(child.get("terrain_pii", "")).strip().lower() in ("yes", "true", "1"),
                 fake=child.get("terrain_fake"),
-                parameters={str(k): str(v) for k, v in (child.get("parameters") or {}).items()},
+                parameters=_parameters(child.get("parameters")),
             ))
 
     main, main_namer = new_table(main_table_name, None, None, _labels(compiled.get("title"), default_language))

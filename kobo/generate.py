@@ -34,6 +34,8 @@ FAMILY_NAMES = ["Traoré", "Coulibaly", "Diarra", "Keïta", "Koné", "Sangaré",
                 "Touré", "Maïga", "Cissé", "Sidibé", "Sanogo", "Bengaly", "Ouattara", "Dao", "Goïta"]
 OTHER_ACTIVITIES = ["Vente de bois de chauffe", "Orpaillage", "Forge", "Teinture de bazin",
                     "Fabrication de savon", "Transport en moto-taxi", "Meunerie"]
+VENUES = ["École de {village}", "Maison des femmes de {village}", "Vestibule du chef de village de {village}",
+          "Centre de santé communautaire de {village}", "Mairie de {village}"]
 ENUMERATORS = [f"enq_{n:02d}" for n in range(1, 13)]
 MALI_BOX = (10.2, 24.9, -12.2, 4.2)  # lat min, lat max, lon min, lon max
 MALI_UTC_OFFSET = "+00:00"  # Mali keeps GMT all year
@@ -104,6 +106,12 @@ class SubmissionGenerator:
             value = int(round(rng.lognormvariate(math.log(60000), 0.9) / 500) * 500)
         elif f.fake == "minutes":
             value = int(rng.choice([5, 10, 15, 20, 30, 30, 45, 60, 90, 120]))
+        elif f.fake == "fee":
+            value = int(rng.choice([0, 250, 500, 500, 1000, 1000, 1500, 2000]))
+        elif f.fake == "users":
+            value = int(rng.triangular(40, 1500, 350))
+        elif f.fake == "score":
+            value = int(rng.triangular(low, high, (low + high) * 0.6))
         else:
             value = rng.randint(low, min(high, low + 12))
         return max(low, min(high, value))
@@ -118,6 +126,9 @@ class SubmissionGenerator:
             return f"WP-{rng.randint(1, 400):04d}"
         if f.fake == "other_activity":
             return rng.choice(OTHER_ACTIVITIES)
+        if f.fake == "venue":
+            unit = self.units.get(context.resolve("village") or "")
+            return rng.choice(VENUES).format(village=unit["village_label"] if unit else "village")
         if f.fake == "phone":
             return f"+223 {rng.choice([6, 7, 9])}{rng.randint(0, 9)} {rng.randint(0, 99):02d} {rng.randint(0, 99):02d} {rng.randint(0, 99):02d}"
         return rng.choice(["RAS", "Néant", "Voir le chef de village", "Saison des pluies"])
@@ -162,8 +173,10 @@ class SubmissionGenerator:
             return self._geopoint(rng, context)
         if kind == "date":
             return (SURVEY_START.date() - dt.timedelta(days=rng.randint(0, 700))).isoformat()
-        if kind in ("image", "audio", "video", "file"):
+        if kind in ("image", "photo", "audio", "video", "file"):
             return f"{rng.randint(1_700_000_000_000, 1_799_999_999_999)}.jpg"
+        if kind == "audit":
+            return "audit.csv"
         if kind == "calculate":
             return None
         return self._text(f, rng, context, sex)
@@ -176,8 +189,13 @@ class SubmissionGenerator:
             if not f.required and f.xlsform_type not in times and rng.random() < 0.1:
                 continue
             value = None
-            for _ in range(20):
-                value = self._value(f, rng, context, times, sex)
+            # Constraints that depend on other answers (". <= ${members}") are met by trying
+            # again, and for numbers finally by the smallest values.
+            tries = [lambda: self._value(f, rng, context, times, sex)] * 20
+            if f.xlsform_type in ("integer", "decimal"):
+                tries += [lambda: "0", lambda: "1"]
+            for attempt in tries:
+                value = attempt()
                 if value is None or not f.constraint or is_true(f.constraint, context.resolve, current=value):
                     break
             else:
