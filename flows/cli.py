@@ -31,16 +31,22 @@ def _format_table(columns: list[str], rows: list[tuple], max_width: int = 40) ->
 
 
 def cmd_forms_build(args: argparse.Namespace) -> int:
-    from forms.build import BUILD_DIR, build_form, write_build
+    from forms.build import BUILD_DIR, build_form, record_versions, recorded_versions, version_problem, write_build
+    from forms.errors import FormError
     from forms.source import source_paths
 
     out = Path(args.out) if args.out else BUILD_DIR
-    for path in source_paths():
-        built = build_form(path)
+    forms = [build_form(path) for path in source_paths()]
+    recorded = recorded_versions()
+    problems = [p for p in (version_problem(built, recorded) for built in forms) if p]
+    if problems:
+        raise FormError("; ".join(problems))
+    for built in forms:
         written = write_build(built, out)
         print(f"{built.form_id} (version {built.version}): " + ", ".join(str(p) for p in written))
         for warning in built.warnings:
             print(f"  warning: {warning}")
+    record_versions(forms)
     return 0
 
 

@@ -106,3 +106,50 @@ def dictionary_from_sheets(sheets: dict[str, list[dict[str, str]]], origin: str,
     except PyXFormError as error:
         raise FormError(f"{origin}: {error}") from error
     return build_dictionary(result._pyxform)
+
+
+VERSIONS_FILE = FORMS_DIR / "versions.json"
+
+
+def source_fingerprint(built: BuiltForm) -> str:
+    """A hash of everything that makes up the form: its source and the admin units."""
+    from hashlib import sha256
+
+    from forms.source import ADMIN_UNITS_CSV
+
+    digest = sha256(built.source.path.read_bytes())
+    digest.update(ADMIN_UNITS_CSV.read_bytes())
+    return digest.hexdigest()
+
+
+def recorded_versions(path: Path = VERSIONS_FILE) -> dict[str, dict[str, str]]:
+    import json
+
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def version_problem(built: BuiltForm, recorded: dict[str, dict[str, str]]) -> str | None:
+    """Every change to a form must raise its settings version (ODK Collect and KoboToolbox
+    tell form versions apart by it); None when the form is consistent with the record."""
+    previous = recorded.get(built.form_id)
+    if previous is None:
+        return None
+    fingerprint = source_fingerprint(built)
+    if fingerprint == previous["fingerprint"]:
+        if built.version != previous["version"]:
+            return (f"{built.form_id}: version changed from {previous['version']} to {built.version} "
+                    f"but the form did not; run `terrain forms build` to record it")
+        return None
+    if not built.version.isdigit() or not previous["version"].isdigit() or int(built.version) <= int(previous["version"]):
+        return (f"{built.form_id}: the form changed since version {previous['version']} was recorded; "
+                f"raise 'version' in its settings sheet (e.g. to {int(previous['version']) + 1 if previous['version'].isdigit() else 'a higher number'})")
+    return None
+
+
+def record_versions(forms: list[BuiltForm], path: Path = VERSIONS_FILE) -> None:
+    import json
+
+    recorded = recorded_versions(path)
+    for built in forms:
+        recorded[built.form_id] = {"version": built.version, "fingerprint": source_fingerprint(built)}
+    path.write_text(json.dumps(dict(sorted(recorded.items())), indent=2) + "\n", encoding="utf-8")

@@ -128,3 +128,30 @@ def test_choice_filter_reads_choice_columns() -> None:
 def test_unsupported_expression_is_reported() -> None:
     with pytest.raises(FormError, match="not supported"):
         is_true("pulldata('x', 'y', 'z', ${a})", {}.get)
+
+
+def test_every_form_change_raised_its_version() -> None:
+    """forms/versions.json records each form's version with a fingerprint of its source:
+    a change without a higher version fails here (and in `terrain forms build`)."""
+    from forms.build import project_forms, recorded_versions, source_fingerprint, version_problem
+
+    recorded = recorded_versions()
+    for built in project_forms().values():
+        assert version_problem(built, recorded) is None
+        assert recorded[built.form_id] == {"version": built.version, "fingerprint": source_fingerprint(built)}, (
+            f"run `terrain forms build` to record {built.form_id} version {built.version}")
+
+
+def test_a_change_without_a_new_version_is_refused(household, tmp_path: Path) -> None:
+    from forms.build import recorded_versions, version_problem
+
+    changed = tmp_path / "household_survey.md"
+    changed.write_text(household.source.path.read_text(encoding="utf-8").replace(
+        "Photo de la concession", "Photo de la maison"), encoding="utf-8")
+    problem = version_problem(build_form(changed), recorded_versions())
+    assert problem is not None and "raise 'version'" in problem
+    bumped = tmp_path / "bumped" / "household_survey.md"
+    bumped.parent.mkdir()
+    bumped.write_text(changed.read_text(encoding="utf-8").replace("| household_survey | 2026112401 |",
+                                                                   "| household_survey | 2026112402 |"), encoding="utf-8")
+    assert version_problem(build_form(bumped), recorded_versions()) is None
