@@ -46,16 +46,18 @@ def test_demo_twice_then_sql(tmp_path: Path) -> None:
     warehouse = tmp_path / "demo.duckdb"
     first = run("demo", "--submissions", "150", "--warehouse", str(warehouse))
     assert first.returncode == 0, first.stderr[-2000:]
-    generated = int(re.search(r"(\d+) generated submissions", first.stdout).group(1))
+    generated = int(re.search(r"household_survey: (\d+)", first.stdout).group(1))
     assert "Rows per table:" in first.stdout and "Seconds taken:" in first.stdout
     count = run("sql", "select count(*) as n from households", "--warehouse", str(warehouse))
     assert count.returncode == 0, count.stderr
     households = int(count.stdout.splitlines()[2].strip())
     with duckdb.connect(str(warehouse), read_only=True) as con:
-        quarantined = con.execute("select count(*) from quality.quarantine").fetchone()[0]
+        quarantined = con.execute("select count(*) from quality.quarantine where form_id = 'household_survey'").fetchone()[0]
+        synced_forms = {r[0] for r in con.execute("select distinct form_id from raw.submissions").fetchall()}
         tables_before = con.execute("select (select count(*) from households), (select count(*) from household_members), "
                                     "(select count(*) from raw.submissions), (select count(*) from quality.issues)").fetchone()
-    assert households + quarantined == generated
+    assert households + quarantined == generated == 150
+    assert synced_forms == {"household_survey", "training_attendance", "water_point_inspection"}
     second = run("demo", "--submissions", "150", "--warehouse", str(warehouse))
     assert second.returncode == 0, second.stderr[-2000:]
     assert "pulled 0 this run" in second.stdout
