@@ -50,6 +50,12 @@ def cmd_forms_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_forms_check(args: argparse.Namespace) -> int:
+    from forms.check import run_check
+
+    return run_check(args.paths or None)
+
+
 def cmd_sync(args: argparse.Namespace) -> int:
     from flows.pipeline import sync_flow
     from flows.sync import resolve_token
@@ -155,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     build = forms_sub.add_parser("build", help="write .xlsx, XForm and field dictionary of every form")
     build.add_argument("--out", help="output folder (default forms/build)")
     build.set_defaults(func=cmd_forms_build)
+    check = forms_sub.add_parser("check", help="check XLSForm sources: errors with sheet, row and column, and house rules")
+    check.add_argument("paths", nargs="*", type=Path, help="markdown sources or folders (default: forms/sources)")
+    check.set_defaults(func=cmd_forms_check)
 
     sync = sub.add_parser("sync", help="pull submissions from KoboToolbox (token in KOBO_TOKEN)")
     sync.add_argument("--url", default=os.environ.get("KOBO_URL", "https://kf.kobotoolbox.org"),

@@ -170,37 +170,93 @@ class Warehouse:
         """Replaces the clean rows of these submissions; those in ``keep_out`` (with errors) get none."""
         if not root_uuids:
             return
-        keys = pd.DataFrame({"root_uuid": root_uuids})
-        self.con.register("touched_keys", keys)
+        self.delete_clean(dictionary, root_uuids)
+        for table in dictionary.tables.values():
+            frame = tables[table.name]
+            frame = frame[[c for c in frame.columns if not c.startswith(RELEVANT_PREFIX)]]
+            if keep_out:
+                frame = frame[~frame["root_uuid"].isin(keep_out)]
+            if frame.empty:
+                continue
+            self.con.register("clean_frame", frame)
+            try:
+                self.con.execute(f"INSERT INTO {quote(table.name)} BY NAME SELECT * FROM clean_frame")
+            finally:
+                self.con.unregister("clean_frame")
+
+    @contextmanager
+    def _keys(self, name: str, root_uuids: list[str]) -> Iterator[None]:
+        """A list of submission keys as a relation other statements can join."""
+        self.con.register(name, pd.DataFrame({"root_uuid": pd.Series(root_uuids, dtype="string")}))
         try:
+            yield
+        finally:
+            self.con.unregister(name)
+
+    def delete_clean(self, dictionary: FieldDictionary, root_uuids: list[str]) -> None:
+        with self._keys("touched_keys", root_uuids):
             for table in dictionary.tables.values():
                 self.con.execute(f"DELETE FROM {quote(table.name)} WHERE root_uuid IN (SELECT root_uuid FROM touched_keys)")
-                frame = tables[table.name]
-                frame = frame[[c for c in frame.columns if not c.startswith(RELEVANT_PREFIX)]]
-                if keep_out:
-                    frame = frame[~frame["root_uuid"].isin(keep_out)]
-                if frame.empty:
-                    continue
-                self.con.register("clean_frame", frame)
-                try:
-                    self.con.execute(f"INSERT INTO {quote(table.name)} BY NAME SELECT * FROM clean_frame")
-                finally:
-                    self.con.unregister("clean_frame")
+
+    # -- reconciliation: deletes and edits, which KoboToolbox does not announce -----------
+    def start_reconciliation(self) -> None:
+        self.con.execute("CREATE OR REPLACE TEMP TABLE server_index "
+                         "(root_uuid VARCHAR, uuid VARCHAR, submission_id BIGINT)")
+
+    def add_to_server_index(self, rows: list[dict[str, Any]]) -> None:
+        frame = pd.DataFrame({
+            "root_uuid": [str(r.get("meta/rootUuid") or f"uuid:{r.get('_uuid')}") for r in rows],
+            "uuid": [str(r.get("_uuid") or "") for r in rows],
+            "submission_id": [int(r["_id"]) for r in rows],
+        })
+        self.con.register("index_page", frame)
+        try:
+            self.con.execute("INSERT INTO server_index SELECT root_uuid, uuid, submission_id FROM index_page")
         finally:
-            self.con.unregister("touched_keys")
+            self.con.unregister("index_page")
+
+    def reconciliation_diff(self, asset_uid: str) -> tuple[list[str], list[int]]:
+        """(root uuids deleted on the server, _ids to fetch again because they changed or are missing)."""
+        queries = named_queries("land_raw.sql")
+        deleted = [r[0] for r in self.con.execute(queries["reconciliation_deleted"], {"asset_uid": asset_uid}).fetchall()]
+        changed = [r[0] for r in self.con.execute(queries["reconciliation_changed"], {"asset_uid": asset_uid}).fetchall()]
+        return deleted, changed
+
+    def mark_deleted(self, dictionary: FieldDictionary, asset_uid: str, root_uuids: list[str], now: dt.datetime) -> None:
+        """A deletion marks the raw history and removes clean rows; nothing leaves raw."""
+        if not root_uuids:
+            return
+        with self._keys("deleted_keys", root_uuids):
+            self.con.execute(named_queries("land_raw.sql")["mark_deleted"], {"asset_uid": asset_uid, "now": now})
+        self.delete_clean(dictionary, root_uuids)
+        self.record_issues(asset_uid, dictionary.form_id, root_uuids, [], now)
+
+    def mark_reconciled(self, asset_uid: str, now: dt.datetime) -> None:
+        self.con.execute("UPDATE meta.sync_state SET last_reconciled_at = ? WHERE asset_uid = ?", [now, asset_uid])
+
+    def last_reconciled(self, asset_uid: str) -> dt.datetime | None:
+        row = self.con.execute("SELECT last_reconciled_at FROM meta.sync_state WHERE asset_uid = ?", [asset_uid]).fetchone()
+        return row[0] if row else None
+
+    def overlap_start(self, asset_uid: str, overlap: int) -> int | None:
+        """Where an incremental pull starts: ``overlap`` submissions before the watermark, so
+        a slow upload that became visible after a higher ``_id`` is not missed (kobo-api.md §3.4)."""
+        watermark = self.watermark(asset_uid)
+        if watermark is None or overlap <= 0:
+            return watermark
+        row = self.con.execute(
+            "SELECT min(submission_id) FROM (SELECT submission_id FROM raw.submissions WHERE asset_uid = ? "
+            "AND submission_id <= ? ORDER BY submission_id DESC LIMIT ?)", [asset_uid, watermark, overlap]).fetchone()
+        return (row[0] - 1) if row and row[0] is not None else watermark
 
     def record_issues(self, asset_uid: str, form_id: str, root_uuids: list[str], issues: list[Issue],
                       now: dt.datetime) -> None:
         """Resolves the open issues of re-checked submissions, then records what was found now."""
         if root_uuids:
-            keys = pd.DataFrame({"root_uuid": root_uuids})
-            self.con.register("checked_keys", keys)
-            try:
+            with self._keys("checked_keys", root_uuids):
                 self.con.execute(
                     "UPDATE quality.issues SET resolved_at = ? WHERE asset_uid = ? AND resolved_at IS NULL "
                     "AND root_uuid IN (SELECT root_uuid FROM checked_keys)", [now, asset_uid])
-            finally:
-                self.con.unregister("checked_keys")
         if not issues:
             return
         frame = pd.DataFrame([issue.__dict__ for issue in issues])

@@ -29,3 +29,35 @@ INSERT INTO raw.submissions
 SELECT asset_uid, form_id, submission_id, root_uuid, uuid, form_version, submission_time, content_hash,
        payload, $now, $now, NULL, TRUE
 FROM landing_new;
+
+-- name: current_index
+-- What the warehouse holds now for one project: the latest version of every
+-- submission not known to be deleted.
+SELECT root_uuid, uuid, submission_id
+FROM raw.submissions
+WHERE asset_uid = $asset_uid AND is_current AND deleted_at IS NULL;
+
+-- name: reconciliation_deleted
+-- Submissions we hold that the server no longer lists: KoboToolbox deleted them.
+SELECT r.root_uuid
+FROM raw.submissions AS r
+WHERE r.asset_uid = $asset_uid AND r.is_current AND r.deleted_at IS NULL
+  AND NOT EXISTS (SELECT 1 FROM server_index AS s WHERE s.root_uuid = r.root_uuid);
+
+-- name: reconciliation_changed
+-- Submissions the server lists that we do not hold in that version: edits
+-- (same root uuid, new _uuid) and late arrivals below the watermark.
+SELECT s.submission_id
+FROM server_index AS s
+WHERE NOT EXISTS (
+    SELECT 1 FROM raw.submissions AS r
+    WHERE r.asset_uid = $asset_uid AND r.root_uuid = s.root_uuid AND r.uuid = s.uuid
+      AND r.is_current AND r.deleted_at IS NULL
+)
+ORDER BY s.submission_id;
+
+-- name: mark_deleted
+UPDATE raw.submissions
+SET deleted_at = $now
+WHERE asset_uid = $asset_uid AND is_current AND deleted_at IS NULL
+  AND root_uuid IN (SELECT root_uuid FROM deleted_keys);
