@@ -111,6 +111,76 @@ class KoboClient:
         except ValueError:
             raise ServerUnavailable(f"the answer from {where} was not complete JSON") from None
 
+    # -- writes -------------------------------------------------------------------------
+    # Retry policy for POST and PATCH: a write is retried only when it certainly never
+    # reached the server, i.e. the TCP connection could not be opened (refused, DNS
+    # failure, connect timeout), or the server answered 429 (throttled, so not processed).
+    # Anything else (a read timeout, a connection cut mid-request, a 5xx) may come after
+    # the server acted on the request: an import POSTed twice creates two import tasks,
+    # and so possibly two assets, so such failures are raised at once as ServerUnavailable
+    # and the caller decides (publish_form looks for the asset again before re-importing).
+    def post_json(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        """POST a JSON body; the JSON answer."""
+        return self._write("POST", path, json=body if body is not None else {})
+
+    def patch_json(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        """PATCH a JSON body; the JSON answer."""
+        return self._write("PATCH", path, json=body if body is not None else {})
+
+    def post_multipart(self, path: str, fields: dict[str, str] | None = None,
+                       files: dict[str, tuple[str, bytes, str]] | None = None) -> Any:
+        """POST multipart/form-data: ``fields`` as text parts, ``files`` as
+        ``{name: (filename, content, content_type)}``; the JSON answer."""
+        return self._write("POST", path, data=dict(fields or {}), files=dict(files or {}))
+
+    def _write(self, method: str, path: str, **body: Any) -> Any:
+        url = self._url(path)
+        where = url.split("?")[0]
+        for attempt in range(self.retries + 1):
+            try:
+                return self._write_once(method, url, where, body)
+            except ServerUnavailable as error:
+                if not getattr(error, "not_sent", False):
+                    raise
+                if attempt == self.retries:
+                    raise ServerUnavailable(f"{error} (gave up after {self.retries + 1} attempts)") from None
+                delay = getattr(error, "retry_after", None)
+                if delay is None:
+                    delay = min(self.max_backoff, self.backoff * 2 ** attempt) * random.uniform(0.5, 1.0)
+                log.warning("KoboToolbox: %s; the %s was not processed, retrying in %.1f s (attempt %d of %d)",
+                            error, method, delay, attempt + 2, self.retries + 1)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _write_once(self, method: str, url: str, where: str, body: dict[str, Any]) -> Any:
+        try:
+            response = self.session.request(method, url, timeout=self.timeout, **body)
+        except requests.ConnectTimeout:
+            raise _unsent(f"could not connect to {where} in time") from None
+        except requests.ConnectionError as error:
+            if _connection_never_opened(error):
+                raise _unsent(f"could not connect to {where}") from None
+            raise ServerUnavailable(f"the connection to {where} was cut during a {method}: the server may "
+                                    f"have processed it, so it was not retried") from None
+        except requests.Timeout:
+            raise ServerUnavailable(f"no answer from {where} in time to a {method}: the server may have "
+                                    f"processed it, so it was not retried") from None
+        status = response.status_code
+        if status == 429:
+            error = _unsent(f"the server answered 429 (too many requests) for {where}")
+            retry_after = response.headers.get("Retry-After", "")
+            error.retry_after = float(retry_after) if retry_after.replace(".", "", 1).isdigit() else None
+            raise error
+        if status >= 500:
+            raise ServerUnavailable(f"the server answered {status} for a {method} to {where}: it may have "
+                                    f"been processed in part, so it was not retried")
+        if status >= 400:
+            raise _terminal_error(status, _detail(response), where)
+        try:
+            return response.json()
+        except ValueError:
+            raise ServerUnavailable(f"the answer from {where} was not complete JSON") from None
+
     # -- resources ----------------------------------------------------------------------
     def list_assets(self, deployed_only: bool = True) -> list[dict[str, Any]]:
         params: dict[str, Any] = {"limit": 1000}
@@ -145,6 +215,22 @@ class KoboClient:
             yield Page(results=results, remaining=int(body.get("count", len(results))), last_id=last)
             if not results or not body.get("next"):
                 return
+
+
+def _unsent(message: str) -> ServerUnavailable:
+    error = ServerUnavailable(message)
+    error.not_sent = True  # the request never reached the server: safe to send again
+    return error
+
+
+def _connection_never_opened(error: requests.ConnectionError) -> bool:
+    """True when urllib3 failed to open the TCP connection (refused, DNS, unreachable),
+    so no byte of the request was sent."""
+    from urllib3.exceptions import NewConnectionError
+
+    reason = error.args[0] if error.args else None
+    reason = getattr(reason, "reason", reason)  # MaxRetryError wraps the cause
+    return isinstance(reason, NewConnectionError)
 
 
 def _detail(response: requests.Response) -> str:
