@@ -56,6 +56,23 @@ def cmd_forms_check(args: argparse.Namespace) -> int:
     return run_check(args.paths or None)
 
 
+def cmd_forms_publish(args: argparse.Namespace) -> int:
+    from flows.sync import resolve_token
+    from forms.build import project_form, project_forms
+    from kobo.client import KoboClient
+    from kobo.publish import publish_form
+
+    form_ids = args.form or sorted(project_forms())
+    if args.asset and len(form_ids) != 1:
+        raise TerrainError("--asset needs exactly one --form: a project holds one form")
+    with KoboClient(args.url, resolve_token()) as client:
+        for form_id in form_ids:
+            result = publish_form(client, project_form(form_id), existing_uid=args.asset)
+            action = "created and deployed" if result.created else "redeployed"
+            print(f"{form_id}: {action} as project {result.asset_uid}, version {result.version_id}")
+    return 0
+
+
 def cmd_sync(args: argparse.Namespace) -> int:
     from flows.pipeline import sync_flow
     from flows.sync import resolve_token
@@ -72,8 +89,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
     summaries = sync_flow(base_url=args.url, asset_uids=args.asset or None, warehouse_path=args.warehouse,
                           page_size=args.page_size)
     for s in summaries:
-        print(f"{s['form_id']} ({s['asset_uid']}): pulled {s['pulled']}, new {s['new']}, edited {s['edited']}, "
-              f"quarantined {s['quarantined']}, {s['seconds']} s")
+        print(f"{s['form_id']} ({s['asset_uid']}): pulled {s['pulled']}: new {s['new']}, edited {s['edited']}, "
+              f"deleted {s['deleted']}, quarantined {s['quarantined']}, {s['seconds']} s")
     return 0
 
 
@@ -118,8 +135,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("\nTerrain demo summary")
     print("--------------------")
     for s in summaries:
-        print(f"{s['form_id']}: pulled {s['pulled']} this run (new {s['new']}, edited {s['edited']}), "
-              f"quarantined in total {quarantined[s['asset_uid']]}")
+        print(f"{s['form_id']}: pulled {s['pulled']} this run: new {s['new']}, edited {s['edited']}, "
+              f"deleted {s['deleted']}, unchanged {s['unchanged']}; quarantined in total {quarantined[s['asset_uid']]}")
     print("Rows per table: " + ", ".join(f"{name} {count}" for name, count in counts.items()))
     print(f"Seconds taken: {time.monotonic() - started:.1f}")
     print(f"Try: .venv/bin/terrain sql \"select region, count(*) from households group by region\"")
@@ -164,6 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     check = forms_sub.add_parser("check", help="check XLSForm sources: errors with sheet, row and column, and house rules")
     check.add_argument("paths", nargs="*", type=Path, help="markdown sources or folders (default: forms/sources)")
     check.set_defaults(func=cmd_forms_check)
+    publish = forms_sub.add_parser("publish", help="import the forms' .xlsx into KoboToolbox and deploy them (token in KOBO_TOKEN)")
+    publish.add_argument("--url", default=os.environ.get("KOBO_URL", "https://kf.kobotoolbox.org"))
+    publish.add_argument("--form", action="append", help="form_id to publish; repeat for several; default: all")
+    publish.add_argument("--asset", help="the existing project (asset uid) to redeploy, if it cannot be found by form_id")
+    publish.set_defaults(func=cmd_forms_publish)
 
     sync = sub.add_parser("sync", help="pull submissions from KoboToolbox (token in KOBO_TOKEN)")
     sync.add_argument("--url", default=os.environ.get("KOBO_URL", "https://kf.kobotoolbox.org"),

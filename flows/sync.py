@@ -1,25 +1,48 @@
 """Syncing KoboToolbox projects into the warehouse: plain functions, testable without
-Prefect. The Prefect flows in flows/pipeline.py only call these."""
+Prefect. The Prefect flows in flows/pipeline.py only call these.
+
+KoboToolbox has no "modified since" and deletes without a trace (kobo-api.md §3.5,
+§3.7), so a sync is two passes: an incremental pull of new submissions after the
+``_id`` watermark (re-reading a small overlap for late arrivals), and a
+reconciliation that lists every ``_id``/``_uuid``/``rootUuid`` to find edits and
+hard deletes.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
+import queue
+import threading
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from forms.build import dictionary_from_sheets, project_forms
 from forms.dictionary import FieldDictionary
-from kobo.client import KoboClient
+from kobo.client import KoboClient, Page
 from kobo.content import xlsform_from_content
-from warehouse.load import FormLoader
+from warehouse.load import FormLoader, PageResult
 from warehouse.store import Warehouse
 
 log = logging.getLogger(__name__)
 TOKEN_ENV = "KOBO_TOKEN"
 SECRET_BLOCK = "kobo-token"
+INDEX_FIELDS = ["_id", "_uuid", "meta/rootUuid"]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    """How a sync pulls. Defaults suit a laptop on a slow link from Mali."""
+
+    page_size: int = 1000
+    overlap: int = 100  # submissions re-read below the watermark, for late arrivals
+    reconcile: str = "auto"  # "auto" | "always" | "never"
+    reconcile_below: int = 50_000  # auto: every sync under this many submissions, else daily
+    reconcile_every: dt.timedelta = dt.timedelta(days=1)
+    prefetch: bool = True  # fetch the next page while this one is loaded
 
 
 @dataclass
@@ -33,10 +56,17 @@ class SyncSummary:
     edited: int = 0
     unchanged: int = 0
     quarantined: int = 0
+    deleted: int = 0
+    reconciled: bool = False
     pages: int = 0
     seconds: float = 0.0
     status: str = "ok"
     error: str | None = None
+
+    def add(self, result: PageResult) -> None:
+        for name in ("pulled", "new", "edited", "unchanged", "quarantined"):
+            setattr(self, name, getattr(self, name) + getattr(result, name))
+        self.pages += 1
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -44,9 +74,12 @@ class SyncSummary:
 
 @dataclass
 class Progress:
-    """Reports pages as they land; a terminal bar or log lines are layered on this."""
+    """Reports pages as they land; the command line puts a bar on top of this."""
 
     report: Callable[[str], None] = field(default=lambda message: log.info(message))
+
+    def start(self, summary: SyncSummary, total: int | None) -> None:
+        self.report(f"{summary.form_id}: {total if total is not None else 'unknown number of'} submissions to pull")
 
     def page(self, summary: SyncSummary, remaining: int, started: float) -> None:
         elapsed = max(time.monotonic() - started, 1e-6)
@@ -54,6 +87,12 @@ class Progress:
         left = (remaining / rate) if rate else 0.0
         self.report(f"{summary.form_id}: page {summary.pages}, {summary.pulled} submissions, "
                     f"{rate:,.0f}/s, about {left:,.0f} s left")
+
+    def note(self, summary: SyncSummary, message: str) -> None:
+        self.report(f"{summary.form_id}: {message}")
+
+    def finish(self, summary: SyncSummary) -> None:
+        pass
 
 
 def resolve_token() -> str:
@@ -65,13 +104,14 @@ def resolve_token() -> str:
         from prefect.blocks.system import Secret
 
         return Secret.load(SECRET_BLOCK).get()
-    except Exception:  # noqa: BLE001 - no block, no API: fall through to the clear message
+    except Exception:  # noqa: BLE001 - no block, no API: the client gives the clear message
         return ""
 
 
 def dictionary_for_asset(asset: dict[str, Any]) -> FieldDictionary:
-    """Our own compiled form when the project is one of ours, else one compiled from the
-    project's content as served by KoboToolbox."""
+    """Our own compiled form when the project is one of ours (same form_id and version),
+    else one compiled from the project's content as served by KoboToolbox, so any
+    project a data manager already runs gets typed tables."""
     content = asset.get("content") or {}
     settings = content.get("settings") or {}
     form_id = settings.get("id_string") or settings.get("form_id")
@@ -85,8 +125,83 @@ def dictionary_for_asset(asset: dict[str, Any]) -> FieldDictionary:
                                   form_name=form_id or asset["uid"])
 
 
-def sync_asset(client: KoboClient, warehouse: Warehouse, asset_uid: str, progress: Progress | None = None) -> SyncSummary:
-    """Pulls every submission after the project's watermark and loads it, page by page."""
+def prefetched(items: Iterable[T], depth: int = 2) -> Iterator[T]:
+    """Yields ``items`` while a background thread already fetches the next ones, so the
+    network wait of page n+1 overlaps the loading of page n."""
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        buffer.put((item, None), timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            buffer.put((done, None))
+        except BaseException as error:  # noqa: BLE001 - handed to the consumer
+            buffer.put((done, error))
+
+    worker = threading.Thread(target=produce, name="page-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, error = buffer.get()
+            if error is not None:
+                raise error
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        worker.join(timeout=5)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def reconciliation_due(warehouse: Warehouse, asset_uid: str, total: int, settings: SyncSettings) -> bool:
+    if settings.reconcile == "always":
+        return True
+    if settings.reconcile == "never":
+        return False
+    if total < settings.reconcile_below:
+        return True
+    last = warehouse.last_reconciled(asset_uid)
+    return last is None or _now() - last >= settings.reconcile_every
+
+
+def reconcile(client: KoboClient, warehouse: Warehouse, loader: FormLoader, asset_uid: str,
+              summary: SyncSummary, progress: Progress | None) -> None:
+    """Lists every submission's identity on the server, fetches what changed or is missing,
+    and marks as deleted what the server no longer has."""
+    warehouse.start_reconciliation()
+    for page in client.iter_pages(asset_uid, fields=INDEX_FIELDS):
+        warehouse.add_to_server_index(page.results)
+    deleted, changed_ids = warehouse.reconciliation_diff(asset_uid)
+    for start in range(0, len(changed_ids), client.page_size):
+        chunk = changed_ids[start:start + client.page_size]
+        for page in client.iter_pages(asset_uid, ids=chunk):
+            summary.add(loader.load_page(page.results, None))
+    with warehouse.transaction():
+        warehouse.mark_deleted(loader.dictionary, asset_uid, deleted, _now())
+        warehouse.mark_reconciled(asset_uid, _now())
+    summary.deleted += len(deleted)
+    summary.reconciled = True
+    if progress:
+        progress.note(summary, f"reconciled: {len(changed_ids)} changed or late, {len(deleted)} deleted on the server")
+
+
+def sync_asset(client: KoboClient, warehouse: Warehouse, asset_uid: str, progress: Progress | None = None,
+               settings: SyncSettings = SyncSettings()) -> SyncSummary:
+    """Pulls new submissions after the project's watermark, page by page, then reconciles
+    when due. Each page is committed on its own, so a cut loses at most one page of work."""
     started = time.monotonic()
     asset = client.get_asset(asset_uid)
     dictionary = dictionary_for_asset(asset)
@@ -94,17 +209,26 @@ def sync_asset(client: KoboClient, warehouse: Warehouse, asset_uid: str, progres
     loader = FormLoader(warehouse, dictionary, asset_uid)
     run_id = warehouse.start_run(asset_uid, dictionary.form_id, _now())
     try:
-        for page in client.iter_pages(asset_uid, after_id=warehouse.watermark(asset_uid)):
-            result = loader.load_page(page.results, page.last_id)
-            summary.pages += 1
-            for name in ("pulled", "new", "edited", "unchanged", "quarantined"):
-                setattr(summary, name, getattr(summary, name) + getattr(result, name))
+        pages = client.iter_pages(asset_uid, after_id=warehouse.overlap_start(asset_uid, settings.overlap))
+        first = True
+        for page in (prefetched(pages) if settings.prefetch else pages):
+            if first and progress:
+                progress.start(summary, page.remaining)
+            first = False
+            summary.add(loader.load_page(page.results, page.last_id))
             if progress:
                 progress.page(summary, page.remaining - len(page.results), started)
-    except Exception as error:
+        total = int(asset.get("deployment__submission_count") or 0)
+        if reconciliation_due(warehouse, asset_uid, total, settings):
+            reconcile(client, warehouse, loader, asset_uid, summary, progress)
+    except BaseException as error:
         summary.status, summary.error = "failed", str(error)
+        summary.seconds = round(time.monotonic() - started, 2)
         warehouse.finish_run(run_id, "failed", summary.as_dict(), _now())
         raise
+    finally:
+        if progress:
+            progress.finish(summary)
     summary.seconds = round(time.monotonic() - started, 2)
     warehouse.finish_run(run_id, "ok", summary.as_dict(), _now())
     return summary
@@ -114,11 +238,5 @@ def deployed_asset_uids(client: KoboClient) -> list[str]:
     return [a["uid"] for a in client.list_assets(deployed_only=True)]
 
 
-def _now():
-    import datetime as dt
-
-    return dt.datetime.now(dt.timezone.utc)
-
-
-def open_warehouse(path: str | Path) -> Warehouse:
-    return Warehouse(path)
+__all__ = ["Page", "Progress", "SyncSettings", "SyncSummary", "dictionary_for_asset", "prefetched", "reconcile",
+           "resolve_token", "sync_asset"]

@@ -197,13 +197,22 @@ class KoboClient:
     def get_asset(self, uid: str) -> dict[str, Any]:
         return self.get_json(f"api/v2/assets/{uid}/")
 
-    def iter_pages(self, uid: str, after_id: int | None = None, fields: list[str] | None = None) -> Iterator[Page]:
-        """Every submission with ``_id > after_id``, in ``_id`` order, one page at a time."""
+    def iter_pages(self, uid: str, after_id: int | None = None, fields: list[str] | None = None,
+                   until_id: int | None = None, ids: list[int] | None = None) -> Iterator[Page]:
+        """Every submission with ``after_id < _id <= until_id`` (or among ``ids``), in ``_id``
+        order, one page at a time."""
         last = after_id
         while True:
             params: dict[str, Any] = {"limit": self.page_size, "start": 0, "sort": json.dumps({"_id": 1})}
+            bounds: dict[str, Any] = {}
             if last is not None:
-                params["query"] = json.dumps({"_id": {"$gt": last}})
+                bounds["$gt"] = last
+            if until_id is not None:
+                bounds["$lte"] = until_id
+            if ids is not None:
+                bounds["$in"] = ids
+            if bounds:
+                params["query"] = json.dumps({"_id": bounds})
             if fields is not None:
                 params["fields"] = json.dumps(fields)
             body = self.get_json(f"api/v2/assets/{uid}/data/", params)

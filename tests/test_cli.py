@@ -60,7 +60,7 @@ def test_demo_twice_then_sql(tmp_path: Path) -> None:
     assert synced_forms == {"household_survey", "training_attendance", "water_point_inspection"}
     second = run("demo", "--submissions", "150", "--warehouse", str(warehouse))
     assert second.returncode == 0, second.stderr[-2000:]
-    assert "pulled 0 this run" in second.stdout
+    assert second.stdout.count("new 0, edited 0, deleted 0") == 3
     with duckdb.connect(str(warehouse), read_only=True) as con:
         tables_after = con.execute("select (select count(*) from households), (select count(*) from household_members), "
                                    "(select count(*) from raw.submissions), (select count(*) from quality.issues)").fetchone()
@@ -70,3 +70,21 @@ def test_demo_twice_then_sql(tmp_path: Path) -> None:
 def test_sql_errors_are_one_clear_line(tmp_path: Path) -> None:
     missing = run("sql", "select 1", "--warehouse", str(tmp_path / "none.duckdb"))
     assert missing.returncode != 0 and "no warehouse" in missing.stderr
+
+
+def test_forms_publish_creates_then_redeploys_on_the_local_server() -> None:
+    from kobo.server import LocalKoboServer
+
+    token = "c0ffee" * 6 + "abcd"
+    with LocalKoboServer({token: "data_manager"}) as server:
+        first = run("forms", "publish", "--url", server.url, env={"KOBO_TOKEN": token})
+        assert first.returncode == 0, first.stderr
+        assert first.stdout.count("created and deployed") == 3
+        assets = {a.content["settings"]["form_id"]: a for a in server.assets.values()}
+        assert set(assets) == {"household_survey", "training_attendance", "water_point_inspection"}
+        assert all(a.deployed for a in assets.values())
+        again = run("forms", "publish", "--url", server.url, "--form", "household_survey", env={"KOBO_TOKEN": token})
+        assert again.returncode == 0, again.stderr
+        assert "redeployed as project " + assets["household_survey"].uid in again.stdout
+        assert len(server.assets) == 3
+    assert token not in first.stdout + first.stderr + again.stdout + again.stderr

@@ -33,7 +33,8 @@ def test_flow_run_lands_types_validates_and_is_idempotent(seeded, warehouse_path
     assert members == expected_members
 
     again = sync_flow(base_url=seeded.server.url, warehouse_path=str(warehouse_path), page_size=100)
-    assert again[0]["pulled"] == 0
+    assert (again[0]["new"], again[0]["edited"], again[0]["deleted"]) == (0, 0, 0)
+    assert again[0]["pulled"] == again[0]["unchanged"] == 100  # the overlap re-read below the watermark
     assert _counts(warehouse_path) == (households, members, quarantined, raw)
 
 

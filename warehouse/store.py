@@ -291,9 +291,10 @@ class Warehouse:
     def finish_run(self, run_id: int, status: str, counts: dict[str, int], now: dt.datetime) -> None:
         self.con.execute(
             "UPDATE meta.sync_runs SET finished_at = ?, status = ?, pulled = ?, new = ?, edited = ?, unchanged = ?, "
-            "quarantined = ? WHERE run_id = ?",
+            "quarantined = ?, deleted = ?, reconciled = ? WHERE run_id = ?",
             [now, status, counts.get("pulled", 0), counts.get("new", 0), counts.get("edited", 0),
-             counts.get("unchanged", 0), counts.get("quarantined", 0), run_id])
+             counts.get("unchanged", 0), counts.get("quarantined", 0), counts.get("deleted", 0),
+             bool(counts.get("reconciled")), run_id])
 
     # -- reading ------------------------------------------------------------------------
     def query(self, sql: str, parameters: list[Any] | None = None) -> tuple[list[str], list[tuple]]:

@@ -54,6 +54,8 @@ CREATE TABLE IF NOT EXISTS meta.sync_runs (
     edited        BIGINT,
     unchanged     BIGINT,
     quarantined   BIGINT,
+    deleted       BIGINT,
+    reconciled    BOOLEAN,
     status        VARCHAR     NOT NULL
 );
 
