@@ -14,8 +14,9 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator
-from urllib.parse import urljoin
+from pathlib import Path
+from typing import Any, Callable, Iterator, TypeVar
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import requests
 
@@ -23,9 +24,12 @@ from kobo.errors import (ApiGone, BadRequest, KoboError, NotDeployed, Permission
                          ServerUnavailable, TokenRejected)
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 KF_URL = "https://kf.kobotoolbox.org"
 EU_URL = "https://eu.kobotoolbox.org"
 DEFAULT_PAGE_SIZE = 1000  # the cap of current servers; older ones allow 30000
+VALIDATION_STATUSES = {"validation_status_approved": "Approved", "validation_status_not_approved": "Not Approved",
+                       "validation_status_on_hold": "On Hold"}
 
 
 @dataclass(frozen=True)
@@ -71,43 +75,57 @@ class KoboClient:
 
     # -- transport ----------------------------------------------------------------------
     def _url(self, path: str) -> str:
-        return path if path.startswith(("http://", "https://")) else urljoin(self.base_url, path.lstrip("/"))
+        """An absolute URL on this client's server. Absolute URLs given by the server
+        (``next``, attachment ``download_url``) keep only their path and query, so the
+        token is never sent to another host."""
+        if path.startswith(("http://", "https://")):
+            given, base = urlsplit(path), urlsplit(self.base_url)
+            return urlunsplit((base.scheme, base.netloc, given.path, given.query, ""))
+        return urljoin(self.base_url, path.lstrip("/"))
 
-    def get_json(self, path: str, params: dict[str, Any] | None = None) -> Any:
-        """GET a JSON document, retrying transient failures with capped exponential backoff and jitter."""
-        url = self._url(path)
+    def _retrying(self, attempt_once: Callable[[], T], retryable: Callable[[ServerUnavailable], bool],
+                  what: str) -> T:
+        """Runs a request, retrying transient failures with capped exponential backoff and jitter
+        (or the server's Retry-After); terminal errors (4xx) are raised at once."""
         for attempt in range(self.retries + 1):
             try:
-                return self._get_once(url, params)
+                return attempt_once()
             except ServerUnavailable as error:
+                if not retryable(error):
+                    raise
                 if attempt == self.retries:
                     raise ServerUnavailable(f"{error} (gave up after {self.retries + 1} attempts)") from None
                 delay = getattr(error, "retry_after", None)
                 if delay is None:
                     delay = min(self.max_backoff, self.backoff * 2 ** attempt) * random.uniform(0.5, 1.0)
-                log.warning("KoboToolbox: %s; retrying in %.1f s (attempt %d of %d)", error, delay,
+                log.warning("KoboToolbox: %s; retrying the %s in %.1f s (attempt %d of %d)", error, what, delay,
                             attempt + 2, self.retries + 1)
                 time.sleep(delay)
         raise AssertionError("unreachable")
 
-    def _get_once(self, url: str, params: dict[str, Any] | None) -> Any:
+    def get_json(self, path: str, params: dict[str, Any] | None = None) -> Any:
+        """GET a JSON document; every transient failure is retried (a GET changes nothing)."""
+        url = self._url(path)
+        return self._retrying(lambda: self._json_once("GET", url, {"params": params}), lambda e: True, "GET")
+
+    def _json_once(self, method: str, url: str, body: dict[str, Any], idempotent: bool = True) -> Any:
         where = url.split("?")[0]
         try:
-            response = self.session.get(url, params=params, timeout=self.timeout)
+            response = self.session.request(method, url, timeout=self.timeout, **body)
+            _raise_for_status(response, method, where, idempotent)
+            if response.status_code == 204 or not response.content:
+                return {}
+            return response.json()
+        except requests.ConnectTimeout:
+            raise _unsent(f"could not connect to {where} in time") from None
         except requests.Timeout:
             raise ServerUnavailable(f"no answer from {where} in time") from None
-        except requests.ConnectionError:
-            raise ServerUnavailable(f"connection to {where} failed or was cut") from None
-        status = response.status_code
-        if status == 429 or status >= 500:
-            error = ServerUnavailable(f"the server answered {status} for {where}")
-            retry_after = response.headers.get("Retry-After", "")
-            error.retry_after = float(retry_after) if retry_after.replace(".", "", 1).isdigit() else None
-            raise error
-        if status >= 400:
-            raise _terminal_error(status, _detail(response), where)
-        try:
-            return response.json()
+        except requests.ConnectionError as error:
+            if _connection_never_opened(error):
+                raise _unsent(f"could not connect to {where}") from None
+            raise ServerUnavailable(f"the connection to {where} was cut") from None
+        except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError):
+            raise ServerUnavailable(f"the answer from {where} was cut short") from None
         except ValueError:
             raise ServerUnavailable(f"the answer from {where} was not complete JSON") from None
 
@@ -119,13 +137,14 @@ class KoboClient:
     # the server acted on the request: an import POSTed twice creates two import tasks,
     # and so possibly two assets, so such failures are raised at once as ServerUnavailable
     # and the caller decides (publish_form looks for the asset again before re-importing).
+    # Writes that are idempotent (setting a validation status) are retried like reads.
     def post_json(self, path: str, body: dict[str, Any] | None = None) -> Any:
         """POST a JSON body; the JSON answer."""
         return self._write("POST", path, json=body if body is not None else {})
 
-    def patch_json(self, path: str, body: dict[str, Any] | None = None) -> Any:
+    def patch_json(self, path: str, body: dict[str, Any] | None = None, idempotent: bool = False) -> Any:
         """PATCH a JSON body; the JSON answer."""
-        return self._write("PATCH", path, json=body if body is not None else {})
+        return self._write("PATCH", path, idempotent=idempotent, json=body if body is not None else {})
 
     def post_multipart(self, path: str, fields: dict[str, str] | None = None,
                        files: dict[str, tuple[str, bytes, str]] | None = None) -> Any:
@@ -133,53 +152,42 @@ class KoboClient:
         ``{name: (filename, content, content_type)}``; the JSON answer."""
         return self._write("POST", path, data=dict(fields or {}), files=dict(files or {}))
 
-    def _write(self, method: str, path: str, **body: Any) -> Any:
+    def _write(self, method: str, path: str, idempotent: bool = False, **body: Any) -> Any:
         url = self._url(path)
-        where = url.split("?")[0]
-        for attempt in range(self.retries + 1):
-            try:
-                return self._write_once(method, url, where, body)
-            except ServerUnavailable as error:
-                if not getattr(error, "not_sent", False):
-                    raise
-                if attempt == self.retries:
-                    raise ServerUnavailable(f"{error} (gave up after {self.retries + 1} attempts)") from None
-                delay = getattr(error, "retry_after", None)
-                if delay is None:
-                    delay = min(self.max_backoff, self.backoff * 2 ** attempt) * random.uniform(0.5, 1.0)
-                log.warning("KoboToolbox: %s; the %s was not processed, retrying in %.1f s (attempt %d of %d)",
-                            error, method, delay, attempt + 2, self.retries + 1)
-                time.sleep(delay)
-        raise AssertionError("unreachable")
+        retryable = (lambda e: True) if idempotent else (lambda e: getattr(e, "not_sent", False))
+        return self._retrying(lambda: self._json_once(method, url, body, idempotent), retryable, method)
 
-    def _write_once(self, method: str, url: str, where: str, body: dict[str, Any]) -> Any:
-        try:
-            response = self.session.request(method, url, timeout=self.timeout, **body)
-        except requests.ConnectTimeout:
-            raise _unsent(f"could not connect to {where} in time") from None
-        except requests.ConnectionError as error:
-            if _connection_never_opened(error):
-                raise _unsent(f"could not connect to {where}") from None
-            raise ServerUnavailable(f"the connection to {where} was cut during a {method}: the server may "
-                                    f"have processed it, so it was not retried") from None
-        except requests.Timeout:
-            raise ServerUnavailable(f"no answer from {where} in time to a {method}: the server may have "
-                                    f"processed it, so it was not retried") from None
-        status = response.status_code
-        if status == 429:
-            error = _unsent(f"the server answered 429 (too many requests) for {where}")
-            retry_after = response.headers.get("Retry-After", "")
-            error.retry_after = float(retry_after) if retry_after.replace(".", "", 1).isdigit() else None
-            raise error
-        if status >= 500:
-            raise ServerUnavailable(f"the server answered {status} for a {method} to {where}: it may have "
-                                    f"been processed in part, so it was not retried")
-        if status >= 400:
-            raise _terminal_error(status, _detail(response), where)
-        try:
-            return response.json()
-        except ValueError:
-            raise ServerUnavailable(f"the answer from {where} was not complete JSON") from None
+    # -- files --------------------------------------------------------------------------
+    def download(self, url: str, destination: Path) -> int:
+        """Streams a file (an attachment) to ``destination``, resuming a partial file with an
+        HTTP Range request after a cut; returns its size."""
+        url = self._url(url)
+        where = url.split("?")[0]
+
+        def once() -> int:
+            have = destination.stat().st_size if destination.exists() else 0
+            headers = {"Range": f"bytes={have}-"} if have else {}
+            try:
+                with self.session.get(url, headers=headers, stream=True, timeout=self.timeout) as response:
+                    if response.status_code == 416:  # nothing left to fetch
+                        return have
+                    _raise_for_status(response, "GET", where, True)
+                    resumed = response.status_code == 206
+                    expected = int(response.headers.get("Content-Length", "-1"))
+                    written = 0
+                    with destination.open("ab" if resumed else "wb") as handle:
+                        for chunk in response.iter_content(chunk_size=256 * 1024):
+                            handle.write(chunk)
+                            written += len(chunk)
+                    if 0 <= expected != written:
+                        raise ServerUnavailable(f"the download of {where} was cut short")
+                    return (have if resumed else 0) + written
+            except requests.Timeout:
+                raise ServerUnavailable(f"no answer from {where} in time") from None
+            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError):
+                raise ServerUnavailable(f"the download of {where} was cut") from None
+
+        return self._retrying(once, lambda e: True, "download")
 
     # -- resources ----------------------------------------------------------------------
     def list_assets(self, deployed_only: bool = True) -> list[dict[str, Any]]:
@@ -196,6 +204,29 @@ class KoboClient:
 
     def get_asset(self, uid: str) -> dict[str, Any]:
         return self.get_json(f"api/v2/assets/{uid}/")
+
+    # -- validation statuses (kobo-api.md §7) -----------------------------------------------
+    def get_validation_status(self, uid: str, submission_id: int | str) -> dict[str, Any]:
+        return self.get_json(f"api/v2/assets/{uid}/data/{submission_id}/validation_status/")
+
+    def set_validation_status(self, uid: str, submission_id: int | str, status_uid: str) -> dict[str, Any]:
+        """Sets one submission's status (validation_status_approved, _not_approved, _on_hold)."""
+        return self.patch_json(f"api/v2/assets/{uid}/data/{submission_id}/validation_status/",
+                               {"validation_status.uid": status_uid}, idempotent=True)
+
+    def set_validation_statuses(self, uid: str, submission_ids: list[int], status_uid: str) -> int:
+        """Sets the status of many submissions at once; returns how many the server updated."""
+        if status_uid not in VALIDATION_STATUSES:
+            # kpi's bulk endpoint does not check the uid and would clear the statuses instead.
+            raise ValueError(f"unknown validation status {status_uid!r}; use one of {sorted(VALIDATION_STATUSES)}")
+        updated = 0
+        for start in range(0, len(submission_ids), self.page_size):
+            chunk = [int(i) for i in submission_ids[start:start + self.page_size]]
+            answer = self.patch_json(f"api/v2/assets/{uid}/data/validation_statuses/",
+                                     {"payload": {"submission_ids": chunk, "validation_status.uid": status_uid}},
+                                     idempotent=True)
+            updated += int(str(answer.get("detail", "0")).split()[0] or 0)
+        return updated
 
     def iter_pages(self, uid: str, after_id: int | None = None, fields: list[str] | None = None,
                    until_id: int | None = None, ids: list[int] | None = None) -> Iterator[Page]:
@@ -240,6 +271,22 @@ def _connection_never_opened(error: requests.ConnectionError) -> bool:
     reason = error.args[0] if error.args else None
     reason = getattr(reason, "reason", reason)  # MaxRetryError wraps the cause
     return isinstance(reason, NewConnectionError)
+
+
+def _raise_for_status(response: requests.Response, method: str, where: str, idempotent: bool) -> None:
+    status = response.status_code
+    if status == 429:
+        error = _unsent(f"the server answered 429 (too many requests) for {where}")
+        retry_after = response.headers.get("Retry-After", "")
+        error.retry_after = float(retry_after) if retry_after.replace(".", "", 1).isdigit() else None
+        raise error
+    if status >= 500:
+        if method in ("GET", "HEAD") or idempotent:
+            raise ServerUnavailable(f"the server answered {status} for {where}")
+        raise ServerUnavailable(f"the server answered {status} for a {method} to {where}: it may have "
+                                f"been processed in part, so it was not retried")
+    if status >= 400:
+        raise _terminal_error(status, _detail(response), where)
 
 
 def _detail(response: requests.Response) -> str:
