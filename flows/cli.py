@@ -87,7 +87,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
             client.list_assets()
 
     summaries = sync_flow(base_url=args.url, asset_uids=args.asset or None, warehouse_path=args.warehouse,
-                          page_size=args.page_size)
+                          page_size=args.page_size, parallel=args.parallel, reconcile=args.reconcile,
+                          download_attachments=not args.no_attachments, attachments_dir=args.attachments)
     for s in summaries:
         print(f"{s['form_id']} ({s['asset_uid']}): pulled {s['pulled']}: new {s['new']}, edited {s['edited']}, "
               f"deleted {s['deleted']}, quarantined {s['quarantined']}, {s['seconds']} s")
@@ -192,7 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help="server base URL (default: $KOBO_URL or https://kf.kobotoolbox.org)")
     sync.add_argument("--asset", action="append", help="project (asset) uid; repeat for several; default: all deployed")
     sync.add_argument("--warehouse", default=DEFAULT_WAREHOUSE)
-    sync.add_argument("--page-size", type=int, default=1000)
+    sync.add_argument("--page-size", type=int, default=1000, help="submissions per request (at most 1000 on current servers)")
+    sync.add_argument("--parallel", type=int, default=1, help="fetch this many _id ranges at once (slow links)")
+    sync.add_argument("--reconcile", choices=["auto", "always", "never"], default="auto",
+                      help="list every submission to find edits and deletions (auto: every sync under 50,000 "
+                           "submissions, else daily)")
+    sync.add_argument("--attachments", help="folder for attachments (default: 'attachments' beside the warehouse)")
+    sync.add_argument("--no-attachments", action="store_true", help="do not download attachments")
     sync.set_defaults(func=cmd_sync)
 
     sql = sub.add_parser("sql", help="run one SQL query on the warehouse and print a table")

@@ -23,6 +23,7 @@ from forms.build import dictionary_from_sheets, project_forms
 from forms.dictionary import FieldDictionary
 from kobo.client import KoboClient, Page
 from kobo.content import xlsform_from_content
+from warehouse.attachments import AttachmentStore, fetch_pending_attachments
 from warehouse.load import FormLoader, PageResult
 from warehouse.store import Warehouse
 
@@ -43,6 +44,9 @@ class SyncSettings:
     reconcile_below: int = 50_000  # auto: every sync under this many submissions, else daily
     reconcile_every: dt.timedelta = dt.timedelta(days=1)
     prefetch: bool = True  # fetch the next page while this one is loaded
+    parallel: int = 1  # >1: fetch that many _id ranges at once (new submissions only)
+    download_attachments: bool = True
+    attachments_dir: str | None = None  # default: "attachments" beside the warehouse file
 
 
 @dataclass
@@ -57,6 +61,7 @@ class SyncSummary:
     unchanged: int = 0
     quarantined: int = 0
     deleted: int = 0
+    attachments: int = 0
     reconciled: bool = False
     pages: int = 0
     seconds: float = 0.0
@@ -209,18 +214,30 @@ def sync_asset(client: KoboClient, warehouse: Warehouse, asset_uid: str, progres
     loader = FormLoader(warehouse, dictionary, asset_uid)
     run_id = warehouse.start_run(asset_uid, dictionary.form_id, _now())
     try:
-        pages = client.iter_pages(asset_uid, after_id=warehouse.overlap_start(asset_uid, settings.overlap))
+        after = warehouse.overlap_start(asset_uid, settings.overlap)
+        pages, in_order = _new_pages(client, asset_uid, after, settings)
         first = True
-        for page in (prefetched(pages) if settings.prefetch else pages):
+        highest: int | None = None
+        for page in pages:
             if first and progress:
                 progress.start(summary, page.remaining)
             first = False
-            summary.add(loader.load_page(page.results, page.last_id))
+            summary.add(loader.load_page(page.results, page.last_id if in_order else None))
+            if page.last_id is not None:
+                highest = max(highest or page.last_id, page.last_id)
             if progress:
                 progress.page(summary, page.remaining - len(page.results), started)
+        if not in_order and highest is not None:
+            warehouse.set_watermark(asset_uid, dictionary.form_id, highest, _now())
         total = int(asset.get("deployment__submission_count") or 0)
         if reconciliation_due(warehouse, asset_uid, total, settings):
             reconcile(client, warehouse, loader, asset_uid, summary, progress)
+        if settings.download_attachments:
+            folder = settings.attachments_dir or warehouse.path.resolve().parent / "attachments"
+            counts = fetch_pending_attachments(client, warehouse, AttachmentStore(folder), asset_uid)
+            summary.attachments = counts.downloaded
+            if counts.failed and progress:
+                progress.note(summary, f"{counts.failed} attachments could not be downloaded; the next sync retries them")
     except BaseException as error:
         summary.status, summary.error = "failed", str(error)
         summary.seconds = round(time.monotonic() - started, 2)
@@ -232,6 +249,64 @@ def sync_asset(client: KoboClient, warehouse: Warehouse, asset_uid: str, progres
     summary.seconds = round(time.monotonic() - started, 2)
     warehouse.finish_run(run_id, "ok", summary.as_dict(), _now())
     return summary
+
+
+def _new_pages(client: KoboClient, asset_uid: str, after: int | None,
+               settings: SyncSettings) -> tuple[Iterable[Page], bool]:
+    """The pages of new submissions, and whether they arrive in ``_id`` order (then the
+    watermark can move page by page; parallel ranges move it once, at the end)."""
+    if settings.parallel <= 1:
+        pages = client.iter_pages(asset_uid, after_id=after)
+        return (prefetched(pages) if settings.prefetch else pages), True
+    last = client.last_submission_id(asset_uid)
+    if last is None or (after is not None and last <= after):
+        return iter(()), True
+    low = after if after is not None else 0
+    step = max(1, -(-(last - low) // settings.parallel))
+    ranges = [(start, min(start + step, last)) for start in range(low, last, step)]
+    return merged_pages(client, asset_uid, ranges, depth=2 * settings.parallel), False
+
+
+def merged_pages(client: KoboClient, asset_uid: str, ranges: list[tuple[int, int]], depth: int) -> Iterator[Page]:
+    """Fetches several ``_id`` ranges at once, each with its own session, and yields their
+    pages as they come; loading stays on the caller's thread (one warehouse writer)."""
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def fetch(low: int, high: int) -> None:
+        worker_client = client.copy()
+        try:
+            for page in worker_client.iter_pages(asset_uid, after_id=low, until_id=high):
+                if stop.is_set():
+                    return
+                buffer.put((page, None))
+            buffer.put((done, None))
+        except BaseException as error:  # noqa: BLE001 - handed to the consumer
+            buffer.put((done, error))
+        finally:
+            worker_client.close()
+
+    workers = [threading.Thread(target=fetch, args=r, name=f"range-{r[0]}", daemon=True) for r in ranges]
+    for worker in workers:
+        worker.start()
+    finished = 0
+    try:
+        while finished < len(workers):
+            item, error = buffer.get()
+            if error is not None:
+                raise error
+            if item is done:
+                finished += 1
+                continue
+            yield item
+    finally:
+        stop.set()
+        while any(w.is_alive() for w in workers):  # let blocked producers finish their put()
+            try:
+                buffer.get_nowait()
+            except queue.Empty:
+                time.sleep(0.05)
 
 
 def deployed_asset_uids(client: KoboClient) -> list[str]:

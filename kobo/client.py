@@ -61,6 +61,22 @@ class KoboClient:
         if not verify_tls:
             log.warning("TLS certificate verification is OFF for %s: use only on a trusted network", self.base_url)
 
+    def copy(self) -> "KoboClient":
+        """A client with its own session (sessions are not shared between threads)."""
+        twin = object.__new__(KoboClient)
+        twin.__dict__.update(self.__dict__)
+        twin.session = requests.Session()
+        twin.session.headers.update(self.session.headers)
+        twin.session.verify = self.session.verify
+        return twin
+
+    def last_submission_id(self, uid: str) -> int | None:
+        """The highest ``_id`` of a project (one tiny request), to split it into ranges."""
+        body = self.get_json(f"api/v2/assets/{uid}/data/", {"limit": 1, "sort": json.dumps({"_id": -1}),
+                                                             "fields": json.dumps(["_id"])})
+        results = body.get("results") or []
+        return int(results[0]["_id"]) if results else None
+
     def __repr__(self) -> str:
         return f"KoboClient(base_url={self.base_url!r}, token=<hidden>)"
 

@@ -61,3 +61,23 @@ UPDATE raw.submissions
 SET deleted_at = $now
 WHERE asset_uid = $asset_uid AND is_current AND deleted_at IS NULL
   AND root_uuid IN (SELECT root_uuid FROM deleted_keys);
+
+-- name: pending_attachments
+-- Attachments listed by the current version of submissions that are not stored yet.
+WITH listed AS (
+    SELECT r.root_uuid, r.submission_id, unnest(CAST(json_extract(r.payload, '$._attachments') AS JSON[])) AS item
+    FROM raw.submissions AS r
+    WHERE r.asset_uid = $asset_uid AND r.is_current AND r.deleted_at IS NULL
+)
+SELECT root_uuid, submission_id,
+       json_extract_string(item, '$.uid') AS attachment_uid,
+       json_extract_string(item, '$.download_url') AS download_url,
+       json_extract_string(item, '$.question_xpath') AS question_xpath,
+       json_extract_string(item, '$.media_file_basename') AS file_name,
+       json_extract_string(item, '$.mimetype') AS mimetype
+FROM listed
+WHERE NOT coalesce(CAST(json_extract(item, '$.is_deleted') AS BOOLEAN), FALSE)
+  AND json_extract_string(item, '$.uid') IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM attachments AS a
+                  WHERE a.asset_uid = $asset_uid AND a.attachment_uid = json_extract_string(item, '$.uid'))
+ORDER BY submission_id;

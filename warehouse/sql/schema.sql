@@ -86,3 +86,20 @@ SELECT asset_uid, form_id, root_uuid, any_value(submission_id) AS submission_id,
 FROM quality.issues
 WHERE severity = 'error' AND resolved_at IS NULL
 GROUP BY asset_uid, form_id, root_uuid;
+
+-- Files attached to submissions (photos, audit logs), stored by content hash: the
+-- server's file name is kept as data, it never chooses a path on disk.
+CREATE TABLE IF NOT EXISTS attachments (
+    asset_uid       VARCHAR     NOT NULL,
+    attachment_uid  VARCHAR     NOT NULL,
+    root_uuid       VARCHAR     NOT NULL,
+    submission_id   BIGINT,
+    question_xpath  VARCHAR,
+    file_name       VARCHAR,
+    mimetype        VARCHAR,
+    sha256          VARCHAR     NOT NULL,
+    size_bytes      BIGINT      NOT NULL,
+    stored_path     VARCHAR     NOT NULL,
+    downloaded_at   TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (asset_uid, attachment_uid)
+);
