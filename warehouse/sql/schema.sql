@@ -103,3 +103,14 @@ CREATE TABLE IF NOT EXISTS attachments (
     downloaded_at   TIMESTAMPTZ NOT NULL,
     PRIMARY KEY (asset_uid, attachment_uid)
 );
+
+-- What changed, when: each submission's arrival, its edits and its deletion.
+CREATE OR REPLACE VIEW raw.history AS
+SELECT asset_uid, form_id, root_uuid, submission_id, uuid, first_seen AS changed_at,
+       CASE WHEN row_number() OVER (PARTITION BY asset_uid, root_uuid ORDER BY first_seen, uuid) = 1
+            THEN 'new' ELSE 'edited' END AS change
+FROM raw.submissions
+UNION ALL
+SELECT asset_uid, form_id, root_uuid, submission_id, uuid, deleted_at, 'deleted'
+FROM raw.submissions
+WHERE deleted_at IS NOT NULL;
