@@ -20,6 +20,7 @@ import pandas as pd
 
 from forms.dictionary import FieldDictionary, Table
 from forms.errors import TerrainError
+from warehouse.labels import create_labelled_views, store_labels
 from warehouse.typing import RELEVANT_PREFIX, Issue
 
 SQL_DIR = Path(__file__).resolve().parent / "sql"
@@ -104,6 +105,8 @@ class Warehouse:
         )
         for table in dictionary.tables.values():
             self._ensure_table(table)
+        store_labels(self.con, dictionary)
+        create_labelled_views(self.con, dictionary)
 
     def _ensure_table(self, table: Table) -> None:
         """Creates the clean table, or adds the columns a new form version brought (never drops any)."""

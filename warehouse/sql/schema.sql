@@ -114,3 +114,28 @@ UNION ALL
 SELECT asset_uid, form_id, root_uuid, submission_id, uuid, deleted_at, 'deleted'
 FROM raw.submissions
 WHERE deleted_at IS NOT NULL;
+
+-- Labels as data: what each column and each choice is called, per form version and language.
+CREATE TABLE IF NOT EXISTS meta.field_labels (
+    form_id      VARCHAR NOT NULL,
+    version      VARCHAR NOT NULL,
+    table_name   VARCHAR NOT NULL,
+    column_name  VARCHAR NOT NULL,
+    field_name   VARCHAR NOT NULL,
+    kobo_key     VARCHAR NOT NULL,
+    xlsform_type VARCHAR NOT NULL,
+    list_name    VARCHAR,
+    is_pii       BOOLEAN NOT NULL,
+    language     VARCHAR NOT NULL,
+    label        VARCHAR,
+    PRIMARY KEY (form_id, version, table_name, column_name, language)
+);
+CREATE TABLE IF NOT EXISTS meta.choice_labels (
+    form_id      VARCHAR NOT NULL,
+    version      VARCHAR NOT NULL,
+    list_name    VARCHAR NOT NULL,
+    choice_name  VARCHAR NOT NULL,
+    language     VARCHAR NOT NULL,
+    label        VARCHAR,
+    PRIMARY KEY (form_id, version, list_name, choice_name, language)
+);
