@@ -104,6 +104,19 @@ def cmd_sql(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from warehouse.exports import export_tables
+    from warehouse.store import Warehouse
+
+    with Warehouse(args.warehouse) as warehouse:
+        tables = warehouse.refresh_analyst_tables()
+        result = export_tables(warehouse.con, args.table or tables, Path(args.out), args.format, args.language)
+    for path in result.files:
+        print(path)
+    print(", ".join(f"{table} {rows} rows" for table, rows in result.rows.items()))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Local server with generated submissions -> the real Prefect flow -> a real DuckDB file."""
     from flows.pipeline import sync_flow
@@ -206,6 +219,14 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("query")
     sql.add_argument("--warehouse", default=DEFAULT_WAREHOUSE)
     sql.set_defaults(func=cmd_sql)
+
+    export = sub.add_parser("export", help="write the tables without personal data as Parquet, CSV or XLSX")
+    export.add_argument("--format", choices=["parquet", "csv", "xlsx"], default="parquet")
+    export.add_argument("--out", default="exports", help="output folder (default: exports)")
+    export.add_argument("--table", action="append", help="table to export; repeat for several; default: all")
+    export.add_argument("--language", default="fr", help="language of the XLSX column labels (fr or en)")
+    export.add_argument("--warehouse", default=DEFAULT_WAREHOUSE)
+    export.set_defaults(func=cmd_export)
 
     server = sub.add_parser("kobo-server", help="run the local KoboToolbox-compatible server in the foreground")
     server.add_argument("--port", type=int, default=8000)

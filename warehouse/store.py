@@ -108,6 +108,20 @@ class Warehouse:
         store_labels(self.con, dictionary)
         create_labelled_views(self.con, dictionary)
 
+    def latest_dictionaries(self) -> list[FieldDictionary]:
+        """The newest field dictionary of every form in the warehouse."""
+        rows = self.con.execute(
+            "SELECT arg_max(dictionary, first_seen)::VARCHAR FROM meta.form_versions GROUP BY form_id ORDER BY form_id"
+        ).fetchall()
+        return [FieldDictionary.from_json(row[0]) for row in rows]
+
+    def refresh_analyst_tables(self) -> list[str]:
+        """Rebuilds the analyst schema (clean tables without personal data)."""
+        from warehouse.exports import pii_salt, refresh_analyst_tables
+
+        with self.transaction():
+            return refresh_analyst_tables(self.con, self.latest_dictionaries(), pii_salt(self.path))
+
     def _ensure_table(self, table: Table) -> None:
         """Creates the clean table, or adds the columns a new form version brought (never drops any)."""
         system = {

@@ -1,0 +1,165 @@
+"""What analysts take away: tables without personal data, as Parquet, CSV or XLSX.
+
+Fields the form marks ``terrain_pii`` (names, phones, exact household GPS) never leave
+the warehouse as they are: text becomes a salted SHA-256 (the same person gives the
+same hash, so counts and joins still work), and a GPS point is rounded to 0.01°
+(about 1 km) without altitude and accuracy. The salt lives outside the warehouse.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import xlsxwriter
+
+from forms.dictionary import FieldDictionary, Table
+from forms.errors import TerrainError
+from warehouse.labels import language_code
+
+ANALYST_SCHEMA = "analyst"
+SALT_ENV = "TERRAIN_PII_SALT"
+XLSX_MAX_ROWS = 1_048_575  # Excel's limit, less the header row
+FORMATS = ("parquet", "csv", "xlsx")
+
+
+class ExportError(TerrainError):
+    """An export cannot be written."""
+
+
+def pii_salt(warehouse_path: Path) -> str:
+    """The salt for hashing personal data: $TERRAIN_PII_SALT, else a file beside the
+    warehouse created once (readable by its owner only). Never stored in the warehouse."""
+    from_env = os.environ.get(SALT_ENV, "").strip()
+    if from_env:
+        return from_env
+    salt_file = warehouse_path.resolve().with_suffix(".salt")
+    if not salt_file.exists():
+        salt_file.write_text(secrets.token_hex(32), encoding="utf-8")
+        salt_file.chmod(0o600)
+    return salt_file.read_text(encoding="utf-8").strip()
+
+
+def _analyst_select(table: Table) -> str:
+    replaced, excluded = [], []
+    for f in table.fields:
+        if not f.pii:
+            continue
+        if f.xlsform_type == "geopoint":
+            for part in ("latitude", "longitude"):
+                column = f'"{f.column}_{part}"'
+                replaced.append(f"round({column}, 2) AS {column}")
+            excluded += [f'"{f.column}_altitude"', f'"{f.column}_accuracy"']
+        elif f.xlsform_type == "select_multiple":
+            excluded += [f'"{f.column}"', f'"{f.column}_raw"']
+        else:
+            column = f'"{f.column}"'
+            replaced.append(f"CASE WHEN {column} IS NULL THEN NULL ELSE sha256($salt || CAST({column} AS VARCHAR)) END "
+                            f"AS {column}")
+    select = "t.*"
+    if excluded:
+        select += f" EXCLUDE ({', '.join(excluded)})"
+    if replaced:
+        select += f" REPLACE ({', '.join(replaced)})"
+    return select
+
+
+def refresh_analyst_tables(con: duckdb.DuckDBPyConnection, dictionaries: list[FieldDictionary], salt: str) -> list[str]:
+    """Rebuilds ``analyst.<table>`` for every clean table: the same rows without personal data."""
+    con.execute(f"CREATE SCHEMA IF NOT EXISTS {ANALYST_SCHEMA}")
+    names = []
+    for dictionary in dictionaries:
+        for table in dictionary.tables.values():
+            sql = (f'CREATE OR REPLACE TABLE {ANALYST_SCHEMA}."{table.name}" AS '
+                   f'SELECT {_analyst_select(table)} FROM main."{table.name}" t')
+            con.execute(sql, {"salt": salt} if "$salt" in sql else None)
+            names.append(table.name)
+    return names
+
+
+@dataclass
+class ExportResult:
+    files: list[Path]
+    rows: dict[str, int]
+
+
+def export_tables(con: duckdb.DuckDBPyConnection, tables: list[str], out_dir: Path, fmt: str,
+                  language: str = "fr") -> ExportResult:
+    """Writes ``analyst.<table>`` for each table: one Parquet or CSV file per table, or one
+    XLSX workbook with a sheet per table and the column labels in ``language``."""
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format '{fmt}': use one of {', '.join(FORMATS)}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = {t: con.execute(f'SELECT count(*) FROM {ANALYST_SCHEMA}."{t}"').fetchone()[0] for t in tables}
+    if fmt in ("parquet", "csv"):
+        files = []
+        for table in tables:
+            path = out_dir / f"{table}.{fmt}"
+            options = "FORMAT parquet" if fmt == "parquet" else "FORMAT csv, HEADER true"
+            target = str(path).replace("'", "''")
+            con.execute(f"COPY (SELECT * FROM {ANALYST_SCHEMA}.\"{table}\") TO '{target}' ({options})")
+            files.append(path)
+        return ExportResult(files=files, rows=rows)
+    path = out_dir / "terrain.xlsx"
+    _write_workbook(con, tables, path, language)
+    return ExportResult(files=[path], rows=rows)
+
+
+def _write_workbook(con: duckdb.DuckDBPyConnection, tables: list[str], path: Path, language: str) -> None:
+    workbook = xlsxwriter.Workbook(str(path), {
+        # Text from the field stays text: "=HYPERLINK(...)" in an answer is never a formula.
+        "strings_to_formulas": False, "strings_to_urls": False, "strings_to_numbers": False,
+        "remove_timezone": True, "constant_memory": True,
+    })
+    header = workbook.add_format({"bold": True, "text_wrap": True, "valign": "top", "bg_color": "#DDEBF7"})
+    date = workbook.add_format({"num_format": "yyyy-mm-dd"})
+    stamp = workbook.add_format({"num_format": "yyyy-mm-dd hh:mm"})
+    for table in tables:
+        count = con.execute(f'SELECT count(*) FROM {ANALYST_SCHEMA}."{table}"').fetchone()[0]
+        if count > XLSX_MAX_ROWS:
+            raise ExportError(f"{table} has {count} rows, more than Excel allows ({XLSX_MAX_ROWS}): "
+                              f"export it as Parquet or CSV instead")
+        cursor = con.execute(f'SELECT * FROM {ANALYST_SCHEMA}."{table}"')
+        columns = [d[0] for d in cursor.description]
+        labels = dict(con.execute(
+            "SELECT column_name, arg_max(label, version) FROM meta.field_labels WHERE table_name = ? AND language = ? "
+            "GROUP BY column_name", [table, language]).fetchall())
+        sheet = workbook.add_worksheet(table[:31])
+        for index, column in enumerate(columns):
+            label = labels.get(column)
+            sheet.write_string(0, index, f"{label}\n({column})" if label else column, header)
+        sheet.set_row(0, 45)
+        sheet.freeze_panes(1, 0)
+        row_number = 1
+        while batch := cursor.fetchmany(10_000):
+            for row in batch:
+                for index, value in enumerate(row):
+                    _write_cell(sheet, row_number, index, value, date, stamp)
+                row_number += 1
+    workbook.close()
+
+
+def _write_cell(sheet, row: int, column: int, value, date_format, stamp_format) -> None:
+    import datetime as dt
+
+    if value is None:
+        return
+    if isinstance(value, bool):
+        sheet.write_boolean(row, column, value)
+    elif isinstance(value, (int, float)):
+        sheet.write_number(row, column, value)
+    elif isinstance(value, dt.datetime):
+        sheet.write_datetime(row, column, value.replace(tzinfo=None) if value.tzinfo is None else
+                             value.astimezone(dt.timezone.utc).replace(tzinfo=None), stamp_format)
+    elif isinstance(value, dt.date):
+        sheet.write_datetime(row, column, dt.datetime(value.year, value.month, value.day), date_format)
+    elif isinstance(value, list):
+        sheet.write_string(row, column, " ".join(str(v) for v in value))
+    else:
+        sheet.write_string(row, column, str(value))
+
+
+__all__ = ["ExportError", "export_tables", "language_code", "pii_salt", "refresh_analyst_tables"]
