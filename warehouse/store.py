@@ -107,6 +107,19 @@ class Warehouse:
             self._ensure_table(table)
         store_labels(self.con, dictionary)
         create_labelled_views(self.con, dictionary)
+        self.create_marts()
+
+    def create_marts(self) -> list[str]:
+        """Creates the indicator views whose tables exist; returns their names."""
+        self.con.execute("CREATE SCHEMA IF NOT EXISTS marts")
+        created = []
+        for name, sql in named_queries("marts.sql").items():
+            try:
+                self.con.execute(sql)
+                created.append(name)
+            except duckdb.CatalogException:
+                continue  # a form it reads has not been synced yet
+        return created
 
     def latest_dictionaries(self) -> list[FieldDictionary]:
         """The newest field dictionary of every form in the warehouse."""
