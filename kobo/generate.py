@@ -23,6 +23,7 @@ from forms.dictionary import Field, FieldDictionary, Table
 from forms.errors import FormError
 from forms.expressions import is_true, numeric_bounds
 from forms.source import read_admin_units
+from kobo.server import BASE_PLACEHOLDER, DEFAULT_OWNER, MEDIA_TYPES, attachments_for
 
 FIRST_NAMES = {
     "female": ["Aminata", "Fatoumata", "Mariam", "Awa", "Kadiatou", "Oumou", "Djeneba", "Assétou",
@@ -85,6 +86,7 @@ class SubmissionGenerator:
         self.repeat_counts = {
             f.fake.split(":", 1)[1]: f.name for f in dictionary.fields() if f.fake and f.fake.startswith("count:")
         }
+        self.media_keys = frozenset(f.kobo_key for f in dictionary.fields() if f.xlsform_type in MEDIA_TYPES)
 
     # -- values -----------------------------------------------------------------------
     def _choices(self, f: Field, context: _Context) -> list[str]:
@@ -289,7 +291,11 @@ class SubmissionGenerator:
             "meta/rootUuid": f"uuid:{instance}",
             "_xform_id_string": self.deployment.asset_uid,
             "_uuid": instance,
-            "_attachments": [],
+            # Listed as kpi lists them (kobo-api.md §4.3); the server puts its address for the placeholder.
+            "_attachments": attachments_for(answers, self.media_keys, base=BASE_PLACEHOLDER,
+                                            asset_uid=self.deployment.asset_uid, submission_id=submission_id,
+                                            owner=DEFAULT_OWNER, formhub_uuid=self.deployment.formhub_uuid,
+                                            root_uuid=f"uuid:{instance}"),
             "_status": "submitted_via_web",
             "_geolocation": geolocation,
             "_submission_time": received.isoformat(timespec="seconds"),

@@ -6,6 +6,7 @@ import hashlib
 import secrets
 import string
 from dataclasses import dataclass
+from typing import Any
 
 from forms.build import BuiltForm
 from kobo.content import content_from_source
@@ -51,14 +52,17 @@ class SeededServer:
 
 
 def seeded_server(forms: list[BuiltForm], count: int, seed: int = 2026, token: str | None = None,
-                  new_style: bool = True, mistake_rate: float = 0.02, port: int = 0) -> SeededServer:
+                  new_style: bool = True, mistake_rate: float = 0.02, port: int = 0,
+                  **server_options: Any) -> SeededServer:
     """A server holding ``count`` submissions of each form. ``_id`` is unique across the
-    server and interleaved between forms, as on a real KoboToolbox server."""
+    server and interleaved between forms, as on a real KoboToolbox server.
+    ``server_options`` go to LocalKoboServer (``faults``, ``passwords``, ``attachment_size``...)."""
     token = token or secrets.token_hex(20)
     assets = {
         built.form_id: seeded_asset(built, count, seed=seed, first_id=1000 + k, id_step=len(forms),
                                     mistake_rate=mistake_rate)
         for k, built in enumerate(forms)
     }
-    server = LocalKoboServer({token: "terrain_demo"}, list(assets.values()), new_style=new_style, port=port)
+    server = LocalKoboServer({token: "terrain_demo"}, list(assets.values()), new_style=new_style, port=port,
+                             **server_options)
     return SeededServer(server=server, token=token, assets=assets)

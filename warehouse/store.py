@@ -25,7 +25,9 @@ from warehouse.typing import RELEVANT_PREFIX, Issue
 
 SQL_DIR = Path(__file__).resolve().parent / "sql"
 DEFAULT_PATH = Path("terrain.duckdb")
-HASH_EXCLUDED_KEYS = ("_validation_status",)  # a status change is not an edit of the answers
+# Not part of the answers: a status change, the old servers' _tags/_notes, and the
+# server's host in attachment URLs (it differs with the name the server is reached by).
+HASH_EXCLUDED_KEYS = ("_validation_status", "_tags", "_notes")
 
 
 class WarehouseError(TerrainError):
@@ -49,7 +51,11 @@ def quote(identifier: str) -> str:
 
 
 def content_hash(submission: dict[str, Any]) -> str:
+    """Tells an edit from the same submission seen again."""
     payload = {k: v for k, v in submission.items() if k not in HASH_EXCLUDED_KEYS}
+    if isinstance(payload.get("_attachments"), list):
+        payload["_attachments"] = [{k: v for k, v in a.items() if not k.startswith("download")}
+                                   if isinstance(a, dict) else a for a in payload["_attachments"]]
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
