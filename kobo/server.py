@@ -1303,6 +1303,9 @@ NO_CREDENTIALS = {"detail": "Authentication credentials were not provided."}
 def _handler_for(server: LocalKoboServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Headers and body go out as separate writes: without TCP_NODELAY, Nagle and the
+        # client's delayed ACK add 40 ms to every small answer.
+        disable_nagle_algorithm = True
         server_version = "LocalKobo/1.0"
         truncate = False  # set by a "truncated" fault: the answer's body is cut
 
