@@ -13,14 +13,14 @@ from flows.sync import Progress, SyncSummary
 class TerminalProgress(Progress):
     """One rich progress bar per form: pages, submissions, rate and time left."""
 
-    def __init__(self, report: Callable[[str], None]):
+    def __init__(self, report: Callable[[str], None], console=None):
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn,
                                    TimeRemainingColumn)
 
         super().__init__(report=report)
         self.bar = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                 TextColumn("{task.fields[rate]}/s · page {task.fields[pages]}"), TimeRemainingColumn(),
-                                transient=False)
+                                transient=False, console=console)
         self.tasks: dict[str, int] = {}
         self.started: dict[str, float] = {}
 

@@ -49,3 +49,65 @@ def test_unknown_project_is_reported_as_not_found(seeded) -> None:
     with KoboClient(seeded.server.url, seeded.token) as client:
         with pytest.raises(ProjectNotFound, match="project not found"):
             list(client.iter_pages("aNoSuchProject00000000"))
+
+
+def test_validation_statuses_read_and_written_single_and_bulk(seeded) -> None:
+    uid = seeded.assets["household_survey"].uid
+    ids = [s["_id"] for s in seeded.assets["household_survey"].submissions[:5]]
+    with KoboClient(seeded.server.url, seeded.token) as client:
+        assert client.get_validation_status(uid, ids[0]) == {}
+        status = client.set_validation_status(uid, ids[0], "validation_status_on_hold")
+        assert status["uid"] == "validation_status_on_hold" and status["label"] == "On Hold"
+        assert isinstance(status["timestamp"], int)
+        assert client.set_validation_statuses(uid, ids[1:], "validation_status_approved") == 4
+        assert client.get_validation_status(uid, ids[4])["label"] == "Approved"
+        with pytest.raises(ValueError, match="unknown validation status"):
+            client.set_validation_statuses(uid, ids, "validation_status_typo")
+
+
+def test_errors_a_data_manager_can_act_on(seeded) -> None:
+    from kobo.errors import ApiGone, NotDeployed
+
+    asset = seeded.assets["household_survey"]
+    with KoboClient(seeded.server.url, seeded.token) as client:
+        with pytest.raises(ApiGone, match="410"):
+            client.get_json("api/v1/data")
+        asset.deployed = False
+        try:
+            with pytest.raises(NotDeployed, match="deploy it in KoboToolbox first"):
+                list(client.iter_pages(asset.uid))
+        finally:
+            asset.deployed = True
+
+
+def test_transient_failures_are_retried_and_terminal_ones_are_not(household) -> None:
+    from kobo.errors import ServerUnavailable
+    from kobo.server import FaultPlan
+
+    seeded = seeded_server([household], 50, seed=3,
+                           faults=FaultPlan(rate=1.0, kinds=("429",), retry_after=0, max_in_a_row=2, seed=1))
+    uid = seeded.assets["household_survey"].uid
+    with seeded.server as server, KoboClient(server.url, seeded.token, backoff=0.01) as client:
+        pages = list(client.iter_pages(uid))  # two 429s, then the answer
+        assert sum(len(p.results) for p in pages) == 50
+        assert server.faults_injected["429"] >= 2
+        server.faults = None
+        served = server.requests_served
+        with pytest.raises(ProjectNotFound):
+            client.get_asset("aNoSuchProject00000000")
+        assert server.requests_served - served == 1  # a 404 is not retried
+        server.faults = FaultPlan(rate=1.0, kinds=("500",), max_in_a_row=100, seed=1)
+        with KoboClient(server.url, seeded.token, backoff=0.001, retries=2) as impatient:
+            with pytest.raises(ServerUnavailable, match="gave up after 3 attempts"):
+                impatient.get_asset(uid)
+
+
+def test_base_url_with_a_path_prefix(household) -> None:
+    from kobo.server import LocalKoboServer
+
+    seeded = seeded_server([household], 20, seed=4)
+    server = LocalKoboServer({seeded.token: "me"}, list(seeded.assets.values()), prefix="/kobo")
+    with server, KoboClient(server.url, seeded.token) as client:
+        assert server.url.endswith("/kobo")
+        assert len(client.list_assets()) == 1
+        assert sum(len(p.results) for p in client.iter_pages(seeded.assets["household_survey"].uid)) == 20

@@ -1,0 +1,164 @@
+"""A sync that misses nothing: edits, hard deletes, late and new submissions, 20% faults,
+attachments, and a token that never leaks."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from flows.sync import SyncSettings, sync_asset
+from kobo.client import KoboClient
+from kobo.seed import seeded_server
+from kobo.server import FaultPlan
+from warehouse.store import Warehouse
+
+from test_sync_kobo import warehouse_snapshot  # noqa: E402  (tests/ is on sys.path)
+
+NO_FILES = SyncSettings(download_attachments=False)
+
+
+def sync(server, token: str, path: Path, settings: SyncSettings = NO_FILES, **client_options):
+    options = {"backoff": 0.01, "max_backoff": 0.05, **client_options}
+    with KoboClient(server.url, token, **options) as client, Warehouse(path) as warehouse:
+        return [sync_asset(client, warehouse, uid, settings=settings) for uid in server.assets]
+
+
+def clean_roots(path: Path, table: str = "households") -> set[str]:
+    with duckdb.connect(str(path), read_only=True) as con:
+        quarantined = {r[0] for r in con.execute("select root_uuid from quality.quarantine").fetchall()}
+        clean = {r[0] for r in con.execute(f"select root_uuid from {table}").fetchall()}
+    return clean | quarantined
+
+
+def test_edits_deletes_and_new_submissions_leave_the_server_state_plus_history(household, tmp_path: Path) -> None:
+    seeded = seeded_server([household], 300, seed=31)
+    asset = seeded.assets["household_survey"]
+    path = tmp_path / "w.duckdb"
+    with seeded.server as server:
+        sync(server, seeded.token, path)
+        consenting = [s for s in asset.submissions if s.get("consent") == "yes"]
+        edited = server.edit_submission(asset.uid, consenting[0]["_id"], {"identification/head_age": "77"})
+        server.delete_submission(asset.uid, consenting[1]["_id"])
+        deleted_root = consenting[1]["meta/rootUuid"]
+        added = server.generate_submissions(asset.uid, 25, seed=5, mistake_rate=0.0)
+        # A late arrival: visible now, with an _id far below the watermark.
+        late = server.add_submissions(asset.uid, [{k: v for k, v in consenting[2].items() if not k.startswith("_")
+                                                   and not k.startswith("meta/") and k != "formhub/uuid"}])[0]
+        asset.delete(late["_id"])
+        late["_id"] = 5
+        asset.add(late)
+        [summary] = sync(server, seeded.token, path)
+        current = {s["meta/rootUuid"] for s in asset.submissions}
+
+    assert (summary.new, summary.edited, summary.deleted) == (26, 1, 1)
+    assert summary.reconciled
+    assert clean_roots(path) == current
+    with duckdb.connect(str(path), read_only=True) as con:
+        assert con.execute("select head_age, uuid from households where root_uuid = ?",
+                           [edited["meta/rootUuid"]]).fetchone() == (77, edited["_uuid"])
+        history = con.execute("select change from raw.history where root_uuid = ? order by changed_at, change",
+                              [edited["meta/rootUuid"]]).fetchall()
+        assert [h[0] for h in history] == ["new", "edited"]
+        # A deleted submission leaves the clean tables but never the raw history.
+        assert con.execute("select count(*) from households where root_uuid = ?", [deleted_root]).fetchone()[0] == 0
+        kept = con.execute("select deleted_at is not null, payload::varchar from raw.submissions where root_uuid = ?",
+                           [deleted_root]).fetchone()
+        assert kept[0] and json.loads(kept[1])["meta/rootUuid"] == deleted_root
+        assert con.execute("select count(*) from raw.history where change = 'deleted'").fetchone()[0] == 1
+        assert con.execute("select count(*) from household_members where root_uuid = ?", [deleted_root]).fetchone()[0] == 0
+        runs = con.execute("select new, edited, deleted, reconciled from meta.sync_runs order by run_id").fetchall()
+        assert runs[-1] == (26, 1, 1, True)
+
+
+def test_twenty_percent_faults_give_the_same_warehouse_as_a_calm_sync(household, tmp_path: Path) -> None:
+    calm = seeded_server([household], 400, seed=32)
+    stormy = seeded_server([household], 400, seed=32,
+                           faults=FaultPlan(rate=0.2, timeout_seconds=0.3, retry_after=0, seed=7))
+    with calm.server, stormy.server:
+        sync(calm.server, calm.token, tmp_path / "calm.duckdb", page_size=50)
+        sync(stormy.server, stormy.token, tmp_path / "storm.duckdb", page_size=50, timeout=(0.5, 0.25), retries=8)
+        injected = dict(stormy.server.faults_injected)
+    assert sum(injected.values()) >= 5 and len([k for k, v in injected.items() if v]) >= 4
+    assert warehouse_snapshot(tmp_path / "calm.duckdb") == warehouse_snapshot(tmp_path / "storm.duckdb")
+
+
+def test_attachments_are_stored_by_content_skipped_when_present_and_resumed(household, tmp_path: Path) -> None:
+    seeded = seeded_server([household], 30, seed=33, attachment_size=300_000)
+    store = tmp_path / "files"
+    settings = SyncSettings(attachments_dir=str(store))
+    path = tmp_path / "w.duckdb"
+    with seeded.server as server:
+        asset = seeded.assets["household_survey"]
+        listed = [a for s in asset.submissions for a in s["_attachments"]]
+        # A cut: the first file was half downloaded when the connection dropped.
+        from warehouse.attachments import AttachmentStore
+
+        first = listed[0]
+        with KoboClient(server.url, seeded.token) as client:
+            partial = AttachmentStore(store).partial_path(asset.uid, first["uid"])
+            partial.parent.mkdir(parents=True)
+            whole = tmp_path / "whole"
+            client.download(first["download_url"], whole)
+            partial.write_bytes(whole.read_bytes()[:100_000])
+        requests_before = server.requests_served
+        [summary] = sync(server, seeded.token, path, settings)
+        assert summary.attachments == len(listed)
+        [again] = sync(server, seeded.token, path, settings)
+        assert again.attachments == 0
+    with duckdb.connect(str(path), read_only=True) as con:
+        rows = con.execute("select attachment_uid, root_uuid, question_xpath, file_name, sha256, size_bytes, "
+                           "stored_path from attachments").fetchall()
+    assert len(rows) == len(listed)
+    by_uid = {r[0]: r for r in rows}
+    assert {a["question_xpath"] for a in listed} == {r[2] for r in rows} >= {"photo", "meta/audit"}
+    for uid, root, xpath, name, sha256, size, stored in rows:
+        stored_path = Path(stored)
+        assert stored_path.parent.parent == store and stored_path.name == sha256  # never the server's name
+        assert stored_path.stat().st_size == size
+    resumed = by_uid[first["uid"]]
+    assert Path(resumed[6]).read_bytes() == whole.read_bytes()
+    assert not any((store / ".partial").iterdir())
+    assert server.requests_served > requests_before
+
+
+def test_hostile_attachment_names_never_choose_the_path(household, tmp_path: Path) -> None:
+    seeded = seeded_server([household], 3, seed=34)
+    asset = seeded.assets["household_survey"]
+    for submission in asset.submissions:
+        for attachment in submission["_attachments"]:
+            attachment["media_file_basename"] = "../../../etc/passwd"
+            attachment["filename"] = "../../outside.jpg"
+        asset._encoded.pop(submission["_id"], None)
+    with seeded.server as server:
+        sync(server, seeded.token, tmp_path / "w.duckdb", SyncSettings(attachments_dir=str(tmp_path / "files")))
+    assert not (tmp_path / "outside.jpg").exists() and not (tmp_path.parent / "outside.jpg").exists()
+    with duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True) as con:
+        names = con.execute("select distinct file_name from attachments").fetchall()
+    assert names == [("../../../etc/passwd",)]  # kept as data only
+
+
+def test_the_token_appears_nowhere(household, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    seeded = seeded_server([household], 120, seed=35, faults=FaultPlan(rate=0.3, timeout_seconds=0.2, retry_after=0, seed=2))
+    caplog.set_level(logging.DEBUG)
+    path = tmp_path / "w.duckdb"
+    errors = []
+    with seeded.server as server:
+        sync(server, seeded.token, path, SyncSettings(attachments_dir=str(tmp_path / "files")),
+             page_size=40, timeout=(0.5, 0.15), retries=8)
+        with KoboClient(server.url, "f" * 40) as bad:
+            try:
+                bad.get_asset(seeded.assets["household_survey"].uid)
+            except Exception as error:  # noqa: BLE001
+                errors.append(repr(error) + str(error) + repr(bad))
+    assert seeded.token not in caplog.text
+    assert all(seeded.token not in e for e in errors) and errors
+    assert seeded.token.encode() not in path.read_bytes()
+    with duckdb.connect(str(path), read_only=True) as con:
+        text = " ".join(str(v) for row in con.execute(
+            "select payload::varchar from raw.submissions union all select message from quality.issues").fetchall()
+            for v in row)
+    assert seeded.token not in text
