@@ -117,6 +117,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    from warehouse.rebuild import rebuild_all
+    from warehouse.store import Warehouse
+
+    with Warehouse(args.warehouse) as warehouse:
+        for result in rebuild_all(warehouse):
+            print(f"{result.form_id} ({result.asset_uid}): {result.submissions} submissions retyped, "
+                  f"{result.quarantined} in quarantine")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Local server with generated submissions -> the real Prefect flow -> a real DuckDB file."""
     from flows.pipeline import sync_flow
@@ -227,6 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--language", default="fr", help="language of the XLSX column labels (fr or en)")
     export.add_argument("--warehouse", default=DEFAULT_WAREHOUSE)
     export.set_defaults(func=cmd_export)
+
+    rebuild = sub.add_parser("rebuild", help="rebuild the clean tables from the raw submissions (no network)")
+    rebuild.add_argument("--warehouse", default=DEFAULT_WAREHOUSE)
+    rebuild.set_defaults(func=cmd_rebuild)
 
     server = sub.add_parser("kobo-server", help="run the local KoboToolbox-compatible server in the foreground")
     server.add_argument("--port", type=int, default=8000)

@@ -23,6 +23,7 @@ from forms.build import dictionary_from_sheets, project_forms
 from forms.dictionary import FieldDictionary
 from kobo.client import KoboClient, Page
 from kobo.content import xlsform_from_content
+from kobo.errors import ProjectNotFound
 from warehouse.attachments import AttachmentStore, fetch_pending_attachments
 from warehouse.load import FormLoader, PageResult
 from warehouse.store import Warehouse
@@ -130,6 +131,24 @@ def dictionary_for_asset(asset: dict[str, Any]) -> FieldDictionary:
                                   form_name=form_id or asset["uid"])
 
 
+def version_lookup(client: KoboClient, warehouse: Warehouse, asset: dict[str, Any]) -> Callable[[str], FieldDictionary | None]:
+    """Finds the dictionary of an older form version: from the warehouse if it was seen
+    before, else from the version's content on the server (``/versions/{uid}/``)."""
+    def lookup(version_uid: str) -> FieldDictionary | None:
+        known = warehouse.dictionary_for(asset["uid"], version_uid)
+        if known is not None:
+            return known
+        try:
+            version = client.get_json(f"api/v2/assets/{asset['uid']}/versions/{version_uid}/")
+        except ProjectNotFound:
+            log.warning("form version %s of project %s is unknown to the server; its submissions are typed "
+                        "with the deployed version", version_uid, asset["uid"])
+            return None
+        return dictionary_for_asset({"uid": asset["uid"], "content": version.get("content") or {}})
+
+    return lookup
+
+
 def prefetched(items: Iterable[T], depth: int = 2) -> Iterator[T]:
     """Yields ``items`` while a background thread already fetches the next ones, so the
     network wait of page n+1 overlaps the loading of page n."""
@@ -211,7 +230,8 @@ def sync_asset(client: KoboClient, warehouse: Warehouse, asset_uid: str, progres
     asset = client.get_asset(asset_uid)
     dictionary = dictionary_for_asset(asset)
     summary = SyncSummary(form_id=dictionary.form_id, asset_uid=asset_uid)
-    loader = FormLoader(warehouse, dictionary, asset_uid)
+    loader = FormLoader(warehouse, dictionary, asset_uid, version_lookup=version_lookup(client, warehouse, asset),
+                        deployed_version=asset.get("deployed_version_id"))
     run_id = warehouse.start_run(asset_uid, dictionary.form_id, _now())
     try:
         after = warehouse.overlap_start(asset_uid, settings.overlap)

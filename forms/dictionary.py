@@ -73,13 +73,15 @@ class Field:
     pii: bool = False
     fake: str | None = None
     parameters: dict[str, str] = field(default_factory=dict)
+    choice_names: list[str] = field(default_factory=list)  # select_multiple: one boolean column each
 
     def columns(self) -> list[tuple[str, str]]:
         """The physical columns this field fills, with their DuckDB types."""
         if self.xlsform_type == "geopoint":
             return [(f"{self.column}_{part}", "DOUBLE") for part in GEOPOINT_PARTS]
         if self.xlsform_type == "select_multiple":
-            return [(self.column, "VARCHAR[]"), (f"{self.column}_raw", "VARCHAR")]
+            return [(self.column, "VARCHAR[]"), (f"{self.column}_raw", "VARCHAR")] + [
+                (self.column + suffix, "BOOLEAN") for suffix in choice_suffixes(self.choice_names)]
         return [(self.column, self.duckdb_type)]
 
 
@@ -186,11 +188,16 @@ class _ColumnNamer:
         return candidate
 
 
-def _suffixes(xlsform_type: str) -> tuple[str, ...]:
+def choice_suffixes(choice_names: list[str]) -> list[str]:
+    """``__<choice>`` for each choice of a select_multiple (its boolean column)."""
+    return [f"__{snake_case(name)}" for name in choice_names]
+
+
+def _suffixes(xlsform_type: str, choice_names: list[str]) -> tuple[str, ...]:
     if xlsform_type == "geopoint":
         return tuple(f"_{p}" for p in GEOPOINT_PARTS)
     if xlsform_type == "select_multiple":
-        return ("", "_raw")
+        return ("", "_raw", *choice_suffixes(choice_names))
     return ("",)
 
 
@@ -263,7 +270,10 @@ def build_dictionary(compiled: dict[str, Any]) -> FieldDictionary:
                 continue
             if kind in NO_DATA_TYPES or (in_meta and name in SKIPPED_META):
                 continue
-            column = namer.name(name, path, _suffixes(kind))
+            list_name = child.get("list_name") or child.get("itemset")
+            choice_names = ([str(c["name"]) for c in (compiled.get("choices") or {}).get(list_name, [])]
+                            if kind == "select_multiple" else [])
+            column = namer.name(name, path, _suffixes(kind, choice_names))
             message = _labels(bind.get("jr:constraintMsg"), default_language)
             note_languages(message)
             table.fields.append(Field(
@@ -275,7 +285,7 @@ def build_dictionary(compiled: dict[str, Any]) -> FieldDictionary:
                 duckdb_type=DUCKDB_TYPES.get(kind, "VARCHAR"),
                 table=table.name,
                 labels=labels,
-                list_name=child.get("list_name") or child.get("itemset"),
+                list_name=list_name,
                 required=str(bind.get("required", "")).strip().lower() in ("yes", "true", "true()"),
                 relevant=own_relevant,
                 constraint=bind.get("constraint"),
@@ -285,6 +295,7 @@ def build_dictionary(compiled: dict[str, Any]) -> FieldDictionary:
                 pii=str(child.get("terrain_pii", "")).strip().lower() in ("yes", "true", "1"),
                 fake=child.get("terrain_fake"),
                 parameters=_parameters(child.get("parameters")),
+                choice_names=choice_names,
             ))
 
     main, main_namer = new_table(main_table_name, None, None, _labels(compiled.get("title"), default_language))

@@ -180,6 +180,7 @@ class ServedAsset:
     asset_type: str = "survey"  # survey | block | question | template | empty
     active: bool = True  # False: deployed but archived
     deployed_versions: list[str] = field(default_factory=list)  # newest first
+    version_contents: dict[str, dict[str, Any]] = field(default_factory=dict)  # every version's content
     _ids: list[int] = field(default_factory=list, repr=False)
     _encoded: dict[int, bytes] = field(default_factory=dict, repr=False)
 
@@ -188,6 +189,13 @@ class ServedAsset:
         self._ids = [s["_id"] for s in self.submissions]
         if self.deployed and not self.deployed_versions:
             self.deployed_versions = [self.version_uid]
+        self.version_contents.setdefault(self.version_uid, self.content)
+
+    def new_version(self, content: dict[str, Any]) -> None:
+        """kpi: every content change is a new version, and old versions stay readable."""
+        self.content = content
+        self.version_uid = random_uid("v")
+        self.version_contents[self.version_uid] = content
 
     @property
     def versions_deployed(self) -> list[str]:
@@ -676,6 +684,19 @@ class LocalKoboServer:
             "settings": {"description": "", "country": [{"value": "MLI", "label": "Mali"}]},
         }
 
+    def versions(self, asset: ServedAsset, version_uid: str, base: str) -> dict[str, Any]:
+        """``/versions/`` (a list) or ``/versions/{uid}/`` (one version with its content)."""
+        def item(uid: str) -> dict[str, Any]:
+            return {"uid": uid, "url": f"{base}/api/v2/assets/{asset.uid}/versions/{uid}/",
+                    "date_deployed": None, "content_hash": None}
+
+        if not version_uid:
+            uids = list(reversed(asset.version_contents))
+            return {"count": len(uids), "next": None, "previous": None, "results": [item(u) for u in uids]}
+        if version_uid not in asset.version_contents:
+            raise ApiError(404, {"detail": "Not found."})
+        return {**item(version_uid), "content": asset.version_contents[version_uid]}
+
     def asset_detail(self, asset: ServedAsset, base: str) -> dict[str, Any]:
         detail = self.asset_summary(asset, base)
         detail["content"] = asset.content
@@ -1034,8 +1055,7 @@ class LocalKoboServer:
                 if asset.asset_type == "empty":
                     asset.asset_type = "survey"
                 asset.name = title or asset.name or filename
-                asset.content = content
-                asset.version_uid = random_uid("v")  # kpi: every content change is a new version
+                asset.new_version(content)
                 key = "updated"
             messages[key] = [{"uid": asset.uid, "summary": summary, "kind": "asset",
                               "owner__username": task.user}]
@@ -1524,6 +1544,8 @@ def _handler_for(server: LocalKoboServer) -> type[BaseHTTPRequestHandler]:
             if asset is None or user is None:
                 detail = "No Asset matches the given query." if (user and rest) else "Not found."
                 return self.send_json(404, {"detail": detail})
+            if rest == "versions" or rest.startswith("versions/"):
+                return self.send_json(200, server.versions(asset, rest.partition("/")[2], base))
             if rest in ("", ".json"):
                 return self.send_json(200, server.asset_detail(asset, base))
             if rest in ("data", "data.json"):

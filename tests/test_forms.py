@@ -54,7 +54,9 @@ def test_dictionary_describes_tables_types_and_labels(household) -> None:
     location = d.field_by_name("location")
     assert [c for c, _ in location.columns()] == ["location_latitude", "location_longitude", "location_altitude", "location_accuracy"]
     activities = d.field_by_name("income_activities")
-    assert activities.columns() == [("income_activities", "VARCHAR[]"), ("income_activities_raw", "VARCHAR")]
+    assert activities.columns()[:3] == [("income_activities", "VARCHAR[]"), ("income_activities_raw", "VARCHAR"),
+                                        ("income_activities__farming", "BOOLEAN")]
+    assert len(activities.columns()) == 2 + len(d.choices["activity"])
     assert activities.kobo_key == "livelihood/income_activities"
     # Group relevance is inherited by the questions inside the group.
     assert "${consent} = 'yes'" in d.field_by_name("head_name").relevant

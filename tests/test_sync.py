@@ -52,7 +52,8 @@ def test_typed_tables_hold_what_the_server_sent(seeded, warehouse_path) -> None:
                       and s["meta/rootUuid"] not in _roots(warehouse))
         row = warehouse.con.execute(
             "select household_size, avec_savings_fcfa, income_activities, income_activities_raw, location_latitude, "
-            "location_accuracy, submission_time, start, submission_id from households where root_uuid = ?",
+            "location_accuracy, submission_time, start, submission_id, income_activities__farming, "
+            "income_activities__other from households where root_uuid = ?",
             [source["meta/rootUuid"]]).fetchone()
         lat, _, _, accuracy = (float(x) for x in source["location"].split())
         assert row[0] == int(source["identification/household_size"])
@@ -61,6 +62,8 @@ def test_typed_tables_hold_what_the_server_sent(seeded, warehouse_path) -> None:
         assert abs(row[4] - lat) < 1e-9 and abs(row[5] - accuracy) < 1e-9
         assert row[6].isoformat().startswith(source["_submission_time"]) and row[6].utcoffset().total_seconds() == 0
         assert row[8] == source["_id"]
+        chosen = source["livelihood/income_activities"].split()
+        assert (row[9], row[10]) == ("farming" in chosen, "other" in chosen)
         members = warehouse.con.execute(
             "select row_key, position, member_age, member_relation from household_members where root_uuid = ? "
             "order by position", [source["meta/rootUuid"]]).fetchall()

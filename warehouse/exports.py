@@ -54,7 +54,7 @@ def _analyst_select(table: Table) -> str:
                 replaced.append(f"round({column}, 2) AS {column}")
             excluded += [f'"{f.column}_altitude"', f'"{f.column}_accuracy"']
         elif f.xlsform_type == "select_multiple":
-            excluded += [f'"{f.column}"', f'"{f.column}_raw"']
+            excluded += [f'"{column}"' for column, _ in f.columns()]
         else:
             column = f'"{f.column}"'
             replaced.append(f"CASE WHEN {column} IS NULL THEN NULL ELSE sha256($salt || CAST({column} AS VARCHAR)) END "

@@ -115,6 +115,17 @@ class Warehouse:
         create_labelled_views(self.con, dictionary)
         self.create_marts()
 
+    def register_asset_version(self, asset_uid: str, version_uid: str, dictionary: FieldDictionary) -> None:
+        self.con.execute("INSERT INTO meta.asset_versions VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                         [asset_uid, version_uid, dictionary.form_id, dictionary.version])
+
+    def dictionary_for(self, asset_uid: str, version_uid: str | None) -> FieldDictionary | None:
+        """The stored dictionary a submission of this version uid was typed with."""
+        row = self.con.execute(
+            "SELECT f.dictionary::VARCHAR FROM meta.asset_versions a JOIN meta.form_versions f USING (form_id, version) "
+            "WHERE a.asset_uid = ? AND a.version_uid = ?", [asset_uid, version_uid]).fetchone()
+        return FieldDictionary.from_json(row[0]) if row else None
+
     def create_marts(self) -> list[str]:
         """Creates the indicator views whose tables exist; returns their names."""
         self.con.execute("CREATE SCHEMA IF NOT EXISTS marts")
@@ -132,6 +143,11 @@ class Warehouse:
         rows = self.con.execute(
             "SELECT arg_max(dictionary, first_seen)::VARCHAR FROM meta.form_versions GROUP BY form_id ORDER BY form_id"
         ).fetchall()
+        return [FieldDictionary.from_json(row[0]) for row in rows]
+
+    def all_dictionaries(self, form_id: str) -> list[FieldDictionary]:
+        rows = self.con.execute("SELECT dictionary::VARCHAR FROM meta.form_versions WHERE form_id = ? ORDER BY first_seen",
+                                [form_id]).fetchall()
         return [FieldDictionary.from_json(row[0]) for row in rows]
 
     def refresh_analyst_tables(self) -> list[str]:

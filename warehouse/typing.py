@@ -181,7 +181,8 @@ class _Typer:
         if raw is None or raw == "":
             return [None] * width
         if f.xlsform_type == "select_multiple":
-            return [raw.split(), raw]
+            chosen = raw.split()
+            return [chosen, raw] + [name in chosen for name in f.choice_names]
         cast = CASTS.get(f.xlsform_type)
         if cast is None:
             return [raw]

@@ -139,3 +139,12 @@ CREATE TABLE IF NOT EXISTS meta.choice_labels (
     label        VARCHAR,
     PRIMARY KEY (form_id, version, list_name, choice_name, language)
 );
+
+-- Which form version each KoboToolbox version uid (a submission's __version__) is.
+CREATE TABLE IF NOT EXISTS meta.asset_versions (
+    asset_uid    VARCHAR NOT NULL,
+    version_uid  VARCHAR NOT NULL,
+    form_id      VARCHAR NOT NULL,
+    version      VARCHAR NOT NULL,
+    PRIMARY KEY (asset_uid, version_uid)
+);
