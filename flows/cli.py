@@ -73,6 +73,24 @@ def cmd_forms_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_forms_diff(args: argparse.Namespace) -> int:
+    from forms.build import project_form
+    from forms.diff import diff_dictionaries
+    from warehouse.store import Warehouse
+
+    with Warehouse(args.warehouse, read_only=True) as warehouse:
+        versions = {d.version: d for d in warehouse.all_dictionaries(args.form_id)}
+    if args.new is None:
+        versions["source"] = project_form(args.form_id).dictionary
+    missing = [v for v in (args.old, args.new or "source") if v not in versions]
+    if missing:
+        known = ", ".join(sorted(versions)) or "none"
+        raise TerrainError(f"{args.form_id}: no version {', '.join(missing)} in the warehouse (known: {known})")
+    lines = diff_dictionaries(versions[args.old], versions[args.new or "source"])
+    print("\n".join(lines) if lines else "No difference.")
+    return 0
+
+
 def cmd_sync(args: argparse.Namespace) -> int:
     from flows.pipeline import sync_flow
     from flows.sync import resolve_token
@@ -206,6 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
     check = forms_sub.add_parser("check", help="check XLSForm sources: errors with sheet, row and column, and house rules")
     check.add_argument("paths", nargs="*", type=Path, help="markdown sources or folders (default: forms/sources)")
     check.set_defaults(func=cmd_forms_check)
+    diff = forms_sub.add_parser("diff", help="what changed between two versions of a form in the warehouse")
+    diff.add_argument("form_id")
+    diff.add_argument("old", help="the older version (as in the form's settings)")
+    diff.add_argument("new", nargs="?", help="the newer version (default: the form's current source)")
+    diff.add_argument("--warehouse", default=DEFAULT_WAREHOUSE)
+    diff.set_defaults(func=cmd_forms_diff)
     publish = forms_sub.add_parser("publish", help="import the forms' .xlsx into KoboToolbox and deploy them (token in KOBO_TOKEN)")
     publish.add_argument("--url", default=os.environ.get("KOBO_URL", "https://kf.kobotoolbox.org"))
     publish.add_argument("--form", action="append", help="form_id to publish; repeat for several; default: all")

@@ -122,11 +122,12 @@ def _write_workbook(con: duckdb.DuckDBPyConnection, tables: list[str], path: Pat
         if count > XLSX_MAX_ROWS:
             raise ExportError(f"{table} has {count} rows, more than Excel allows ({XLSX_MAX_ROWS}): "
                               f"export it as Parquet or CSV instead")
-        cursor = con.execute(f'SELECT * FROM {ANALYST_SCHEMA}."{table}"')
-        columns = [d[0] for d in cursor.description]
         labels = dict(con.execute(
             "SELECT column_name, arg_max(label, version) FROM meta.field_labels WHERE table_name = ? AND language = ? "
             "GROUP BY column_name", [table, language]).fetchall())
+        # A cursor of its own: con.execute() would replace this result with the next query's.
+        cursor = con.cursor().execute(f'SELECT * FROM {ANALYST_SCHEMA}."{table}"')
+        columns = [d[0] for d in cursor.description]
         sheet = workbook.add_worksheet(table[:31])
         for index, column in enumerate(columns):
             label = labels.get(column)

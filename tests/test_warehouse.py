@@ -1,0 +1,219 @@
+"""warehouse/: form versions side by side, rebuild from raw, labelled views, marts,
+personal data and exports."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import openpyxl
+import pytest
+
+from flows.sync import SyncSettings, sync_asset
+from forms.build import build_form
+from kobo.client import KoboClient
+from kobo.content import content_from_source
+from kobo.generate import Deployment, SubmissionGenerator
+from kobo.seed import seeded_server
+from warehouse.rebuild import rebuild_all
+from warehouse.store import Warehouse
+
+from test_sync_kobo import warehouse_snapshot  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+NO_FILES = SyncSettings(download_attachments=False)
+
+
+def sync(server, token: str, path: Path) -> None:
+    with KoboClient(server.url, token) as client, Warehouse(path) as warehouse:
+        for uid in server.assets:
+            sync_asset(client, warehouse, uid, settings=NO_FILES)
+
+
+def second_version(household, tmp_path: Path):
+    """Version 2 of the household survey: 'water_treated' removed, 'latrine' added."""
+    text = household.source.path.read_text(encoding="utf-8")
+    lines = [line for line in text.splitlines() if "| water_treated |" not in line]
+    text = "\n".join(lines).replace("| household_survey | 2026112401 |", "| household_survey | 2026112402 |")
+    anchor = next(line for line in text.splitlines() if "| water_point_id |" in line)
+    cells = anchor.split("|")
+    cells[2:6] = [" select_one yes_no ", " latrine ", " Le ménage a-t-il une latrine ? ",
+                  " Does the household have a latrine? "]
+    cells[6:-1] = [" "] * (len(cells) - 7)
+    text = text.replace(anchor, anchor + "\n" + "|".join(cells))
+    path = tmp_path / "v2" / "household_survey.md"
+    path.parent.mkdir()
+    path.write_text(text, encoding="utf-8")
+    return build_form(path)
+
+
+def test_a_second_form_version_loads_beside_the_first_without_loss(household, tmp_path: Path) -> None:
+    v2 = second_version(household, tmp_path)
+    assert {f.name for f in v2.dictionary.fields()} ^ {f.name for f in household.dictionary.fields()} == {
+        "water_treated", "latrine"}
+    seeded = seeded_server([household], 60, seed=41, mistake_rate=0.0)
+    asset = seeded.assets["household_survey"]
+    path = tmp_path / "w.duckdb"
+    with seeded.server as server:
+        sync(server, seeded.token, path)
+        asset.new_version(content_from_source(v2.source))
+        asset.deployed_versions.insert(0, asset.version_uid)
+        generator = SubmissionGenerator(v2.dictionary, Deployment(asset.uid, asset.version_uid, asset.formhub_uuid),
+                                        seed=42, mistake_rate=0.0)
+        fresh = [generator.submission(i, 0) for i in range(30)]
+        stored = server.add_submissions(asset.uid, [{k: v for k, v in s.items() if not k.startswith("_")
+                                                     and not k.startswith(("meta/", "formhub/"))} for s in fresh])
+        sync(server, seeded.token, path)
+    old_version = asset.deployed_versions[1]
+    with duckdb.connect(str(path), read_only=True) as con:
+        versions = dict(con.execute("select form_version, count(*) from households group by 1").fetchall())
+        assert versions == {old_version: sum(1 for s in asset.submissions if s["__version__"] == old_version),
+                            asset.version_uid: 30}
+        treated = con.execute("select count(water_treated) from households where form_version = ?", [old_version]).fetchone()[0]
+        assert treated == sum(1 for s in asset.submissions if "water/water_treated" in s)  # old answers kept
+        latrines = con.execute("select count(latrine) from households where form_version = ?", [asset.version_uid]).fetchone()[0]
+        assert latrines == sum(1 for s in stored if "water/latrine" in s) > 0
+        assert con.execute("select count(*) from meta.form_versions").fetchone()[0] == 2
+    diff = subprocess.run([sys.executable, "-m", "flows.cli", "forms", "diff", "household_survey", "2026112401",
+                           "2026112402", "--warehouse", str(path)], cwd=ROOT, capture_output=True, text=True)
+    assert diff.returncode == 0, diff.stderr
+    assert "+ question water/latrine (select_one) added" in diff.stdout
+    assert "- question water/water_treated (select_one) removed" in diff.stdout
+
+
+def test_rebuild_from_raw_gives_identical_clean_tables(household, tmp_path: Path) -> None:
+    seeded = seeded_server([household], 200, seed=43)
+    asset = seeded.assets["household_survey"]
+    path = tmp_path / "w.duckdb"
+    with seeded.server as server:
+        sync(server, seeded.token, path)
+        consenting = [s for s in asset.submissions if s.get("consent") == "yes"]
+        server.edit_submission(asset.uid, consenting[0]["_id"], {"identification/head_age": "66"})
+        server.delete_submission(asset.uid, consenting[1]["_id"])
+        sync(server, seeded.token, path)
+    before = warehouse_snapshot(path)
+    with Warehouse(path) as warehouse:
+        warehouse.con.execute("delete from household_members where position > 1")  # damage, then rebuild
+        [result] = rebuild_all(warehouse)
+    assert result.submissions == len(asset.submissions)
+    assert warehouse_snapshot(path) == before
+
+
+def test_labelled_views_in_french_and_english(seeded, warehouse_path) -> None:
+    sync(seeded.server, seeded.token, warehouse_path)
+    with duckdb.connect(str(warehouse_path), read_only=True) as con:
+        root = con.execute("select root_uuid from households where water_source = 'borehole' and "
+                           "list_contains(income_activities, 'farming') limit 1").fetchone()[0]
+        fr = con.execute("select water_source, income_activities, region from fr.households where root_uuid = ?", [root]).fetchone()
+        en = con.execute("select water_source, income_activities from en.households where root_uuid = ?", [root]).fetchone()
+        assert fr[0] == "Forage équipé de pompe" and "Agriculture" in fr[1]
+        assert en[0] == "Borehole with pump" and "Farming" in en[1]
+        assert fr[2] in {"Sikasso", "Ségou", "Gao", "Mopti"}
+        labels = dict(con.execute("select language, label from meta.field_labels where column_name = 'water_source'").fetchall())
+        assert labels == {"fr": "Principale source d'eau de boisson du ménage", "en": "Main source of drinking water of the household"}
+        assert con.execute("select count(*) from en.household_members").fetchone()[0] == \
+            con.execute("select count(*) from household_members").fetchone()[0]
+
+
+def _answers(**values: str) -> dict:
+    return values
+
+
+def test_marts_on_a_small_hand_made_data_set(household, tmp_path: Path) -> None:
+    from forms.build import project_forms
+
+    forms = project_forms()
+    seeded = seeded_server([forms["household_survey"], forms["training_attendance"], forms["water_point_inspection"]],
+                           0, seed=1)
+    assets = seeded.assets
+    place = {"place/region": "sikasso", "place/cercle": "sikasso", "place/commune": "dembela", "place/village": "kafana"}
+    base_wp = {**place, "water_point_type": "borehole_handpump", "location": "11.42 -5.64 300 5",
+               "status/users_per_day": "200", "committee/committee_exists": "no", "committee/fee_fcfa_per_month": "500",
+               "maintenance/repaired_before": "no", "quality/quality_tested": "no", "today": "2026-10-05"}
+    inspections = [
+        {**base_wp, "water_point_id": "WP-0001", "status/functional_status": "functional"},
+        {**base_wp, "water_point_id": "WP-0002", "status/functional_status": "functional"},
+        {**base_wp, "water_point_id": "WP-0003", "status/functional_status": "not_functional", "status/broken_since": "2026-08-01"},
+        {**base_wp, "water_point_id": "WP-0004", "status/functional_status": "partially_functional"},
+    ]
+    ident = {"identification/region": "sikasso", "identification/cercle": "sikasso", "identification/commune": "tella",
+             "identification/village": "tella", "identification/head_name": "Awa Traoré", "identification/head_sex": "female",
+             "identification/head_age": "40", "identification/household_size": "1", "consent": "yes",
+             "location": "11.59 -5.39 300 5", "livelihood/income_activities": "farming"}
+    member = [{"members/member_name": "Awa Traoré", "members/member_sex": "female", "members/member_age": "40",
+               "members/member_relation": "head"}]
+    households = [
+        {**ident, "identification/household_id": "TEL-0001", "members": member, "water/water_source": "borehole",
+         "water/water_trip_minutes": "20", "water/water_treated": "yes", "livelihood/avec_member": "yes",
+         "livelihood/avec_savings_fcfa": "30000"},
+        {**ident, "identification/household_id": "TEL-0002", "members": member, "water/water_source": "borehole",
+         "water/water_trip_minutes": "45", "water/water_treated": "no", "livelihood/avec_member": "yes",
+         "livelihood/avec_savings_fcfa": "50000"},
+        {**ident, "identification/household_id": "TEL-0003", "members": member, "water/water_source": "surface_water",
+         "water/water_trip_minutes": "10", "water/water_treated": "no", "livelihood/avec_member": "no"},
+    ]
+    session = {"session/session_date": "2026-10-01", "session/topic": "wash_hygiene", "session/trainer_name": "Issa Koné",
+               "session/region": "sikasso", "session/cercle": "sikasso", "session/commune": "tella",
+               "session/village": "tella", "session/venue": "Mairie de Tella", "session/duration_hours": "3"}
+    people = [("female", "22", "8", "14"), ("female", "30", "10", "12"), ("male", "31", "12", "12")]
+    trainings = [{**session, "participants": [
+        {"participants/participant_name": f"P{i}", "participants/participant_sex": sex, "participants/participant_age": age,
+         "participants/participant_role": "avec_member", "participants/pre_test_score": pre,
+         "participants/post_test_score": post} for i, (sex, age, pre, post) in enumerate(people)]}]
+    path = tmp_path / "w.duckdb"
+    with seeded.server as server:
+        server.add_submissions(assets["water_point_inspection"].uid, inspections)
+        server.add_submissions(assets["household_survey"].uid, households)
+        server.add_submissions(assets["training_attendance"].uid, trainings)
+        sync(server, seeded.token, path)
+    with duckdb.connect(str(path), read_only=True) as con:
+        assert con.execute("select count(*) from quality.quarantine").fetchone()[0] == 0
+        wp = con.execute("select commune, commune_label, month, water_points_inspected, functional, not_functional, "
+                         "functionality_rate from marts.water_point_functionality").fetchall()
+        assert [w[:2] + w[3:] for w in wp] == [("dembela", "Dembela", 4, 2, 1, 0.5)]
+        assert str(wp[0][2])[:7] == "2026-10"
+        service = dict(con.execute("select service_level, households from marts.household_water_service").fetchall())
+        assert service == {"basic": 1, "limited": 1, "surface_water": 1}
+        training = con.execute("select sex, age_group, participants, mean_score_gain from marts.training_participation "
+                               "order by sex, age_group").fetchall()
+        assert training == [("female", "15-24", 1, 6.0), ("female", "25-34", 1, 2.0), ("male", "25-34", 1, 0.0)]
+        avec = con.execute("select households, avec_households, avec_membership_rate, total_savings_fcfa, "
+                           "mean_savings_fcfa from marts.avec_savings").fetchall()
+        assert avec == [(3, 2, 0.667, 80000, 40000)]
+
+
+def test_exports_leave_out_personal_data_and_never_write_formulas(seeded, warehouse_path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from warehouse.exports import export_tables
+
+    monkeypatch.setenv("TERRAIN_PII_SALT", "test-salt")
+    asset = seeded.assets["household_survey"]
+    victim = next(s for s in asset.submissions if s.get("consent") == "yes" and s["identification/household_id"])
+    seeded.server.edit_submission(asset.uid, victim["_id"], {"livelihood/income_other": "=HYPERLINK(\"http://x\")",
+                                                             "livelihood/income_activities": "farming other"})
+    sync(seeded.server, seeded.token, warehouse_path)
+    with Warehouse(warehouse_path) as warehouse:
+        tables = warehouse.refresh_analyst_tables()
+        names = {r[0] for r in warehouse.con.execute("select head_name from analyst.households").fetchall()}
+        real = {r[0] for r in warehouse.con.execute("select head_name from main.households").fetchall()}
+        assert not (names & real) - {None} and all(n is None or len(n) == 64 for n in names)
+        lat = warehouse.con.execute("select location_latitude from analyst.households where location_latitude is not null "
+                                    "limit 1").fetchone()[0]
+        assert round(lat, 2) == lat
+        columns = {r[0] for r in warehouse.con.execute("select column_name from information_schema.columns "
+                                                       "where table_schema = 'analyst' and table_name = 'households'").fetchall()}
+        assert "location_accuracy" not in columns and "head_age" in columns
+        results = {fmt: export_tables(warehouse.con, tables, tmp_path / fmt, fmt) for fmt in ("parquet", "csv", "xlsx")}
+    assert {p.name for p in results["parquet"].files} == {f"{t}.parquet" for t in tables}
+    parquet_rows = duckdb.sql(f"select count(*) from '{tmp_path / 'parquet' / 'households.parquet'}'").fetchone()[0]
+    assert parquet_rows == results["parquet"].rows["households"]
+    workbook = openpyxl.load_workbook(results["xlsx"].files[0])
+    assert set(workbook.sheetnames) == set(tables)
+    sheet = workbook["households"]
+    header = [c.value for c in sheet[1]]
+    assert "Principale source d'eau de boisson du ménage\n(water_source)" in header
+    cells = [c for row in sheet.iter_rows() for c in row]
+    assert not any(c.data_type == "f" for c in cells)
+    assert any(c.value == '=HYPERLINK("http://x")' for c in cells)
