@@ -127,6 +127,14 @@ class _Typer:
         self.dictionary = dictionary
         self.buffers = {name: _Columns(t) for name, t in dictionary.tables.items()}
         self.issues: list[Issue] = []
+        # Worked out once per table, not once per row: each field's columns and buffers.
+        self.plans = {
+            name: [(f, [self.buffers[name].data[c] for c, _ in f.columns()],
+                    self.buffers[name].data.get(RELEVANT_PREFIX + f.column) if f.required and f.relevant else None)
+                   for f in t.fields]
+            for name, t in dictionary.tables.items()
+        }
+        self.children = {name: self.dictionary.children_of(name) for name in dictionary.tables}
 
     def add(self, submission: dict[str, Any]) -> str:
         root_uuid = str(submission.get("meta/rootUuid") or submission.get("_uuid") or submission.get("_id"))
@@ -151,17 +159,19 @@ class _Typer:
         for column, value in system.items():
             buffer.data[column].append(value)
         scope = dict(answers)
-        for f in table.fields:
+        plan = self.plans[table.name]
+        for f, _, _ in plan:
             raw = source.get(f.kobo_key)
             scope[f.name] = raw if raw is None else str(raw)
-        for f in table.fields:
+        for f, buffers, relevant in plan:
             raw = scope[f.name]
-            values = self._cast(f, raw, root_uuid, submission_id, table.name, row_key)
-            for (column, _), value in zip(f.columns(), values):
-                buffer.data[column].append(value)
-            if f.required and f.relevant:
-                buffer.data[RELEVANT_PREFIX + f.column].append(is_true(f.relevant, scope.get))
-        for child in self.dictionary.children_of(table.name):
+            values = self._cast(f, raw, len(buffers), root_uuid, submission_id, table.name, row_key)
+            for target, value in zip(buffers, values):
+                target.append(value)
+            if relevant is not None:
+                # Relevance matters only for a missing answer: an answer meets "required" anyway.
+                relevant.append(True if raw not in (None, "") else is_true(f.relevant, scope.get))
+        for child in self.children[table.name]:
             items = source.get(child.repeat_key) or []
             if not isinstance(items, list):
                 self.issues.append(Issue(root_uuid, submission_id, child.name, None, row_key, "type.repeat",
@@ -176,8 +186,8 @@ class _Typer:
                 self._row(child, item if isinstance(item, dict) else {}, child_system, scope, root_uuid,
                           submission_id, key)
 
-    def _cast(self, f: Field, raw: Any, root_uuid: str, submission_id: Any, table: str, row_key: str | None) -> list[Any]:
-        width = len(f.columns())
+    def _cast(self, f: Field, raw: Any, width: int, root_uuid: str, submission_id: Any, table: str,
+              row_key: str | None) -> list[Any]:
         if raw is None or raw == "":
             return [None] * width
         if f.xlsform_type == "select_multiple":
