@@ -105,6 +105,12 @@ class Warehouse:
 
     # -- forms and tables -----------------------------------------------------------------
     def register_form_version(self, dictionary: FieldDictionary) -> None:
+        """Records a form version's dictionary, and creates or widens its tables, labels and
+        views; a version already recorded costs one lookup."""
+        known = self.con.execute("SELECT count(*) FROM meta.form_versions WHERE form_id = ? AND version = ?",
+                                 [dictionary.form_id, dictionary.version]).fetchone()[0]
+        if known and all(self._table_exists(t.name) for t in dictionary.tables.values()):
+            return
         self.con.execute(
             "INSERT INTO meta.form_versions VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
             [dictionary.form_id, dictionary.version, dictionary.to_json(), dt.datetime.now(dt.timezone.utc)],
@@ -156,6 +162,10 @@ class Warehouse:
 
         with self.transaction():
             return refresh_analyst_tables(self.con, self.latest_dictionaries(), pii_salt(self.path))
+
+    def _table_exists(self, name: str) -> bool:
+        return bool(self.con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'main' "
+                                     "AND table_name = ?", [name]).fetchone()[0])
 
     def _ensure_table(self, table: Table) -> None:
         """Creates the clean table, or adds the columns a new form version brought (never drops any)."""
