@@ -40,7 +40,7 @@ VENUES = ["École de {village}", "Maison des femmes de {village}", "Vestibule du
 ENUMERATORS = [f"enq_{n:02d}" for n in range(1, 13)]
 MALI_BOX = (10.2, 24.9, -12.2, 4.2)  # lat min, lat max, lon min, lon max
 MALI_UTC_OFFSET = "+00:00"  # Mali keeps GMT all year
-SURVEY_START = dt.datetime(2026, 9, 1, 7, 30)
+SURVEY_START = dt.datetime(2026, 6, 1, 7, 30)  # all generated dates are in the past
 MISTAKES = ("swapped_gps", "age_typo", "missing_required")
 
 
@@ -50,6 +50,13 @@ class Deployment:
     asset_uid: str
     version_uid: str
     formhub_uuid: str
+
+
+def _number(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _uuid(rng: random.Random) -> str:
@@ -95,12 +102,29 @@ class SubmissionGenerator:
             items = [c for c in items if is_true(f.choice_filter, context.resolve, choice=c.filters)]
         return [c.name for c in items]
 
-    def _integer(self, f: Field, rng: random.Random) -> int:
+    def _relation(self, rng: random.Random, context: _Context, options: list[str]) -> str:
+        """A relation to the head that fits the ages: children are younger, parents older."""
+        age, head_age = _number(context.row.get("member_age")), _number(context.main.get("head_age"))
+        if age is None or head_age is None:
+            return rng.choice([o for o in options if o != "head"])
+        if age <= head_age - 15:
+            pool = {"child": 70, "grandchild": 12 if age <= head_age - 35 else 0, "other_relative": 12, "not_related": 6}
+        elif age >= head_age + 16:
+            pool = {"parent": 60, "other_relative": 30, "not_related": 10}
+        else:
+            pool = {"spouse": 55, "other_relative": 35, "not_related": 10}
+        names = [o for o in pool if o in options and pool[o]]
+        return rng.choices(names, weights=[pool[o] for o in names])[0]
+
+    def _integer(self, f: Field, rng: random.Random, context: _Context | None = None) -> int:
         bounds = numeric_bounds(f.constraint)
         low, high = (bounds[0], bounds[1]) if bounds else (None, None)
         low = 0 if low is None else math.ceil(low)
         high = low + 100 if high is None else math.floor(high)
-        if f.fake == "age":
+        if f.fake == "age" and context is not None and context.row.get("__position") == "1" \
+                and _number(context.main.get("head_age")) is not None:
+            value = int(_number(context.main.get("head_age")))  # the first member is the head
+        elif f.fake == "age":
             value = int(min(rng.expovariate(1 / 22), 95))
         elif f.fake == "adult_age":
             value = int(rng.triangular(20, 85, 42))
@@ -156,6 +180,8 @@ class SubmissionGenerator:
             options = self._choices(f, context)
             if "head" in options and context.row.get("__position") == "1":
                 return "head"  # the first member listed is the head of household
+            if "head" in options:
+                return self._relation(rng, context, options)
             if f.fake and f.fake.startswith("choice:"):
                 return _weighted(rng, f.fake.split(":", 1)[1])
             if f.list_name == "sex":
@@ -167,7 +193,7 @@ class SubmissionGenerator:
             picked = rng.sample(options, k=min(len(options), rng.choice([1, 1, 2, 2, 3])))
             return " ".join(o for o in options if o in picked)
         if kind == "integer":
-            return str(self._integer(f, rng))
+            return str(self._integer(f, rng, context))
         if kind == "decimal":
             bounds = numeric_bounds(f.constraint) or (0, 100, True, True)
             return f"{rng.uniform(bounds[0] or 0, bounds[1] or 100):.2f}"

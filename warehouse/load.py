@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from forms.dictionary import FieldDictionary
+from validation.rules import QualitySettings, run_rules
 from validation.schemas import FormValidator
 from warehouse.store import Warehouse
 from warehouse.typing import Issue, type_submissions
@@ -36,8 +37,10 @@ class FormLoader:
     """
 
     def __init__(self, warehouse: Warehouse, dictionary: FieldDictionary, asset_uid: str,
-                 version_lookup: VersionLookup | None = None, deployed_version: str | None = None):
+                 version_lookup: VersionLookup | None = None, deployed_version: str | None = None,
+                 quality: QualitySettings | None = None):
         self.warehouse = warehouse
+        self.quality = quality or QualitySettings()
         self.dictionary = dictionary
         self.asset_uid = asset_uid
         self.version_lookup = version_lookup
@@ -71,7 +74,8 @@ class FormLoader:
         for version_uid, group in groups.items():
             dictionary, validator = self.for_version(version_uid)
             batch = type_submissions(dictionary, group)
-            issues: list[Issue] = batch.issues + validator.validate(batch.tables)
+            issues: list[Issue] = (batch.issues + validator.validate(batch.tables)
+                                   + run_rules(dictionary, batch.tables, self.warehouse.con, self.quality))
             errors = {issue.root_uuid for issue in issues if issue.severity == "error"}
             quarantined += len(errors)
             self.warehouse.replace_clean(dictionary, batch.root_uuids, batch.tables, keep_out=errors)

@@ -1,0 +1,152 @@
+"""validation/rules.py: each hand-written check fires on a hand-made failing submission
+and stays quiet on a clean one; errors quarantine, warnings flag in place."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+
+import pytest
+
+from forms.build import project_forms
+from kobo.generate import Deployment, generate_submissions
+from validation.rules import QualitySettings, run_rules
+from warehouse.store import Warehouse
+from warehouse.typing import type_submissions
+
+DEPLOYMENT = Deployment("aRulesTest00000000000000", "vRules0000000000000000", "0" * 32)
+NOW = dt.datetime(2027, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def clean_one(form_id: str, **where) -> dict:
+    dictionary = project_forms()[form_id].dictionary
+    for s in generate_submissions(dictionary, DEPLOYMENT, 80, seed=61, mistake_rate=0.0):
+        if all(s.get(k) == v for k, v in where.items()):
+            return s
+    raise AssertionError("no such submission")
+
+
+def codes(form_id: str, submissions: list[dict], con=None) -> list[tuple[str, str]]:
+    dictionary = project_forms()[form_id].dictionary
+    batch = type_submissions(dictionary, submissions)
+    return sorted({(i.check_code, i.severity) for i in run_rules(dictionary, batch.tables, con, QualitySettings(), NOW)})
+
+
+def household() -> dict:
+    return clean_one("household_survey", consent="yes")
+
+
+def test_clean_submissions_raise_nothing() -> None:
+    assert codes("household_survey", [household()]) == []
+    assert codes("training_attendance", [clean_one("training_attendance")]) == []
+    assert codes("water_point_inspection", [clean_one("water_point_inspection")]) == []
+
+
+def _with(submission: dict, **changes) -> dict:
+    changed = copy.deepcopy(submission)
+    for key, value in changes.items():
+        changed[key.replace("__", "/")] = value
+    return changed
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda s: _with(s, end="2026-06-01T07:00:00.000+00:00", start="2026-06-01T08:00:00.000+00:00"),
+     ("end_before_start", "error")),
+    (lambda s: _with(s, start="2026-06-01T08:00:00.000+00:00", end="2026-06-01T08:02:00.000+00:00"),
+     ("short_interview", "warning")),
+    (lambda s: _with(s, start="2027-03-01T08:00:00.000+00:00", end="2027-03-01T08:40:00.000+00:00"),
+     ("in_the_future", "error")),
+    (lambda s: _with(s, identification__household_size=str(len(s["members"]) + 3)),
+     ("household_size_vs_members", "warning")),
+])
+def test_household_rules_fire(change, expected) -> None:
+    assert expected in codes("household_survey", [change(household())])
+
+
+def test_ages_against_relation_to_the_head() -> None:
+    s = household()
+    s = copy.deepcopy(s)
+    s["members"].append({"members/member_name": "Moussa Diarra", "members/member_sex": "male",
+                         "members/member_age": str(int(s["members"][0]["members/member_age"]) + 5),
+                         "members/member_relation": "child"})
+    s["identification/household_size"] = str(len(s["members"]))
+    assert codes("household_survey", [s]) == [("age_vs_relation", "warning")]
+
+
+def test_duplicates_within_the_batch() -> None:
+    s = household()
+    twin = copy.deepcopy(s)
+    twin["meta/rootUuid"] = "uuid:00000000-0000-4000-8000-000000000001"
+    found = codes("household_survey", [s, twin])
+    assert ("duplicate_uuid", "error") in found
+    assert ("duplicate_household_id", "warning") in found
+
+
+def test_near_duplicate_and_far_from_village_against_the_warehouse(tmp_path) -> None:
+    dictionary = project_forms()["household_survey"].dictionary
+    base = [s for s in generate_submissions(dictionary, DEPLOYMENT, 200, seed=62, mistake_rate=0.0)
+            if s.get("consent") == "yes"]
+    village = base[0]["identification/village"]
+    neighbours = [s for s in base if s["identification/village"] == village][:4]
+    with Warehouse(tmp_path / "w.duckdb") as warehouse:
+        from warehouse.load import FormLoader
+
+        loader = FormLoader(warehouse, dictionary, DEPLOYMENT.asset_uid)
+        loader.load_page(neighbours, None)
+        original = neighbours[0]
+        copy_of = copy.deepcopy(original)
+        copy_of.update({"_uuid": "11111111-1111-4111-8111-111111111111",
+                        "meta/rootUuid": "uuid:11111111-1111-4111-8111-111111111111",
+                        "identification/household_id": "ZZZ-9999"})
+        lat, lon, alt, acc = original["location"].split()
+        copy_of["location"] = f"{float(lat) + 0.00003} {lon} {alt} {acc}"
+        assert ("near_duplicate", "warning") in codes("household_survey", [copy_of], warehouse.con)
+        far = copy.deepcopy(copy_of)
+        far["identification/head_name"] = "Awa Keïta"
+        far["location"] = f"{float(lat) + 0.5} {lon} {alt} {acc}"
+        found = codes("household_survey", [far], warehouse.con)
+        assert ("far_from_village", "warning") in found and ("near_duplicate", "warning") not in found
+
+
+def test_too_many_submissions_a_day() -> None:
+    s = household()
+    many = []
+    for i in range(27):
+        one = copy.deepcopy(s)
+        one.update({"_uuid": f"00000000-0000-4000-8000-{i:012d}", "meta/rootUuid": f"uuid:00000000-0000-4000-8000-{i:012d}",
+                    "identification/household_id": f"ABC-{i:04d}", "location": f"{11 + i / 10} -5.5 300 5"})
+        many.append(one)
+    assert ("too_many_per_day", "warning") in codes("household_survey", many)
+
+
+def test_water_point_and_training_rules() -> None:
+    broken = clean_one("water_point_inspection", **{"status/functional_status": "not_functional"})
+    broken = copy.deepcopy(broken)
+    del broken["status/broken_since"]
+    broken["committee/fee_fcfa_per_month"] = "15000"
+    found = codes("water_point_inspection", [broken])
+    assert ("water_point_broken_without_date", "error") in found and ("implausible_fee", "warning") in found
+    training = copy.deepcopy(clean_one("training_attendance"))
+    training["participants"][0]["participants/participant_age"] = "12"
+    assert codes("training_attendance", [training]) == [("young_participant", "warning")]
+
+
+def test_warnings_flag_in_place_and_errors_quarantine(seeded, warehouse_path) -> None:
+    from kobo.client import KoboClient
+    from flows.sync import SyncSettings, sync_asset
+
+    asset = seeded.assets["household_survey"]
+    target = next(s for s in asset.submissions if s.get("consent") == "yes")
+    seeded.server.edit_submission(asset.uid, target["_id"], {"identification/household_size": "59"})
+    other = next(s for s in asset.submissions if s.get("consent") == "yes" and s["_id"] != target["_id"])
+    seeded.server.edit_submission(asset.uid, other["_id"], {"end": "2026-06-01T07:00:00.000+00:00",
+                                                            "start": "2026-06-01T09:00:00.000+00:00"})
+    with KoboClient(seeded.server.url, seeded.token) as client, Warehouse(warehouse_path) as warehouse:
+        sync_asset(client, warehouse, asset.uid, settings=SyncSettings(download_attachments=False))
+        con = warehouse.con
+        assert con.execute("select count(*) from households where root_uuid = ?", [target["meta/rootUuid"]]).fetchone()[0] == 1
+        assert con.execute("select check_code from quality.issues where root_uuid = ? and resolved_at is null",
+                           [target["meta/rootUuid"]]).fetchall() == [("household_size_vs_members",)]
+        assert con.execute("select count(*) from households where root_uuid = ?", [other["meta/rootUuid"]]).fetchone()[0] == 0
+        assert "end_before_start" in con.execute("select string_agg(check_code) from quality.issues where root_uuid = ?",
+                                                 [other["meta/rootUuid"]]).fetchone()[0]

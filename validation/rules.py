@@ -1,0 +1,318 @@
+"""High-frequency checks written by hand: what data managers check every day (today in
+Stata or Excel after export), run on every sync.
+
+Each rule has a code, a severity and a message in French then English. An error keeps
+the submission out of the clean tables (quarantine); a warning flags it in place.
+Rules look at a batch of typed tables and, for checks across submissions (duplicates,
+submissions per day, distance to the village), at what the warehouse already holds.
+A rule applies to any form that has the columns it reads.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import duckdb
+import pandas as pd
+
+from forms.dictionary import FieldDictionary
+from warehouse.typing import Issue
+
+
+@dataclass(frozen=True)
+class QualitySettings:
+    """Thresholds of the hand-written checks; a programme can tune them."""
+
+    min_interview_minutes: float = 5.0
+    max_submissions_per_day: int = 25
+    max_km_from_village: float = 10.0
+    near_duplicate_metres: float = 10.0
+    plausible_fee_fcfa: tuple[int, int] = (0, 5000)
+    min_participant_age: int = 15
+
+
+@dataclass
+class RuleContext:
+    dictionary: FieldDictionary
+    tables: dict[str, pd.DataFrame]
+    con: duckdb.DuckDBPyConnection | None
+    settings: QualitySettings = field(default_factory=QualitySettings)
+    now: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
+
+    @property
+    def main(self) -> pd.DataFrame:
+        return self.tables[self.dictionary.main_table.name]
+
+    def main_name(self) -> str:
+        return self.dictionary.main_table.name
+
+    def table_with(self, *columns: str) -> tuple[str, pd.DataFrame] | None:
+        for name, frame in self.tables.items():
+            if all(c in frame.columns for c in columns):
+                return name, frame
+        return None
+
+
+@dataclass(frozen=True)
+class Rule:
+    code: str
+    severity: str
+    check: Callable[[RuleContext], list[tuple]]
+    # one (root_uuid, table, column, row_key, value, message) per problem
+
+
+def _issues(rule: Rule, ctx: RuleContext, problems) -> list[Issue]:
+    ids = dict(zip(ctx.main["root_uuid"], ctx.main["submission_id"].astype("object")))
+    return [Issue(root, ids.get(root), table, column, row_key, rule.code, value, rule.severity, message)
+            for root, table, column, row_key, value, message in problems]
+
+
+def _rows(frame: pd.DataFrame, mask: pd.Series) -> pd.DataFrame:
+    return frame[mask.fillna(False).astype(bool)]
+
+
+# -- rules on one submission ----------------------------------------------------------------
+def end_before_start(ctx: RuleContext):
+    if not {"start", "end"} <= set(ctx.main.columns):
+        return []
+    bad = _rows(ctx.main, ctx.main["end"] < ctx.main["start"])
+    return [(r.root_uuid, ctx.main_name(), "end", None, f"{r.start} → {r.end}",
+             "La fin de l'entretien est avant son début (horloge du téléphone ?) / "
+             "The interview ends before it starts (phone clock?)") for r in bad.itertuples()]
+
+
+def short_interview(ctx: RuleContext):
+    if not {"start", "end"} <= set(ctx.main.columns):
+        return []
+    minutes = (ctx.main["end"] - ctx.main["start"]).dt.total_seconds() / 60
+    limit = ctx.settings.min_interview_minutes
+    bad = _rows(ctx.main.assign(minutes=minutes), (minutes >= 0) & (minutes < limit))
+    return [(r.root_uuid, ctx.main_name(), "end", None, f"{r.minutes:.1f} min",
+             f"Entretien très court : {r.minutes:.1f} min (moins de {limit:g}) / "
+             f"Very short interview: {r.minutes:.1f} min (under {limit:g})") for r in bad.itertuples()]
+
+
+def in_the_future(ctx: RuleContext):
+    main = ctx.main
+    horizon = pd.Timestamp(ctx.now) + pd.Timedelta(minutes=10)
+    problems = []
+    for column in ("start", "end", "submission_time"):
+        if column in main.columns:
+            for r in _rows(main, main[column] > horizon).itertuples():
+                problems.append((r.root_uuid, ctx.main_name(), column, None, str(getattr(r, column)),
+                                 f"Date dans le futur ({column}) : horloge du téléphone à vérifier / "
+                                 f"Date in the future ({column}): check the phone's clock"))
+    return problems
+
+
+def household_size_vs_members(ctx: RuleContext):
+    found = ctx.table_with("household_size")
+    members = ctx.table_with("member_age")
+    if not found or not members or members[0] == found[0]:
+        return []
+    counts = members[1].groupby("root_uuid").size()
+    main = found[1].assign(listed=found[1]["root_uuid"].map(counts).fillna(0).astype(int))
+    bad = _rows(main, main["household_size"].notna() & (main["household_size"] != main["listed"]))
+    return [(r.root_uuid, found[0], "household_size", None, f"{r.household_size} / {r.listed}",
+             f"Taille du ménage {r.household_size} mais {r.listed} membres listés / "
+             f"Household size {r.household_size} but {r.listed} members listed") for r in bad.itertuples()]
+
+
+def ages_against_relation(ctx: RuleContext):
+    found = ctx.table_with("member_age", "member_relation")
+    if not found:
+        return []
+    name, members = found
+    heads = members[members["member_relation"] == "head"].groupby("root_uuid")["member_age"].max()
+    frame = members.assign(head_age=members["root_uuid"].map(heads))
+    rules = [
+        ((frame["member_relation"] == "head") & (frame["member_age"] < 15),
+         "Chef de ménage de moins de 15 ans / Head of household under 15"),
+        ((frame["member_relation"] == "child") & (frame["member_age"] >= frame["head_age"]),
+         "Enfant aussi âgé ou plus âgé que le chef de ménage / Child as old as or older than the head"),
+        ((frame["member_relation"] == "parent") & (frame["member_age"] <= frame["head_age"]),
+         "Parent plus jeune que le chef de ménage / Parent younger than the head"),
+    ]
+    problems = []
+    for mask, message in rules:
+        for r in _rows(frame, mask).itertuples():
+            problems.append((r.root_uuid, name, "member_age", r.row_key, str(r.member_age), message))
+    return problems
+
+
+def water_point_broken_without_date(ctx: RuleContext):
+    found = ctx.table_with("functional_status", "broken_since")
+    if not found:
+        return []
+    name, frame = found
+    bad = _rows(frame, (frame["functional_status"] == "not_functional") & frame["broken_since"].isna())
+    return [(r.root_uuid, name, "broken_since", None, None,
+             "Point d'eau en panne sans date de panne / Water point not functional without a date")
+            for r in bad.itertuples()]
+
+
+def implausible_fee(ctx: RuleContext):
+    found = ctx.table_with("fee_fcfa_per_month")
+    if not found:
+        return []
+    name, frame = found
+    low, high = ctx.settings.plausible_fee_fcfa
+    bad = _rows(frame, (frame["fee_fcfa_per_month"] < low) | (frame["fee_fcfa_per_month"] > high))
+    return [(r.root_uuid, name, "fee_fcfa_per_month", None, str(r.fee_fcfa_per_month),
+             f"Cotisation peu plausible : {r.fee_fcfa_per_month} FCFA/mois (attendu {low}–{high}) / "
+             f"Implausible fee: {r.fee_fcfa_per_month} FCFA a month (expected {low}–{high})") for r in bad.itertuples()]
+
+
+def young_participant(ctx: RuleContext):
+    found = ctx.table_with("participant_age")
+    if not found:
+        return []
+    name, frame = found
+    limit = ctx.settings.min_participant_age
+    bad = _rows(frame, frame["participant_age"] < limit)
+    return [(r.root_uuid, name, "participant_age", r.row_key, str(r.participant_age),
+             f"Participant de moins de {limit} ans / Participant under {limit}") for r in bad.itertuples()]
+
+
+# -- rules across submissions (the warehouse holds the others) -------------------------------
+def _others(ctx: RuleContext, sql: str, params: list) -> pd.DataFrame:
+    """Rows of what the warehouse already holds for this form, except the batch's submissions."""
+    if ctx.con is None:
+        return pd.DataFrame()
+    ctx.con.register("batch_roots", pd.DataFrame({"root_uuid": ctx.main["root_uuid"].astype(str)}))
+    try:
+        return ctx.con.execute(sql, params).df()
+    finally:
+        ctx.con.unregister("batch_roots")
+
+
+def duplicate_uuid(ctx: RuleContext):
+    others = _others(ctx, "SELECT uuid FROM raw.submissions WHERE form_id = ? AND is_current AND deleted_at IS NULL "
+                          "AND root_uuid NOT IN (SELECT root_uuid FROM batch_roots)", [ctx.dictionary.form_id])
+    seen = set(others["uuid"]) if not others.empty else set()
+    dup = ctx.main["uuid"].duplicated(keep=False) | ctx.main["uuid"].isin(seen)
+    return [(r.root_uuid, ctx.main_name(), "uuid", None, r.uuid,
+             "Identifiant de soumission (_uuid) en double / Duplicate submission id (_uuid)")
+            for r in _rows(ctx.main, dup).itertuples()]
+
+
+def duplicate_household_id(ctx: RuleContext):
+    if "household_id" not in ctx.main.columns:
+        return []
+    table = ctx.main_name()
+    others = _others(ctx, f'SELECT household_id FROM main."{table}" WHERE household_id IS NOT NULL '
+                          "AND root_uuid NOT IN (SELECT root_uuid FROM batch_roots)", [])
+    seen = set(others["household_id"]) if not others.empty else set()
+    ids = ctx.main["household_id"]
+    dup = ids.notna() & (ids.duplicated(keep=False) | ids.isin(seen))
+    return [(r.root_uuid, table, "household_id", None, r.household_id,
+             f"Identifiant de ménage {r.household_id} déjà utilisé / Household ID {r.household_id} already used")
+            for r in _rows(ctx.main, dup).itertuples()]
+
+
+def _metres(lat1, lon1, lat2, lon2) -> float:
+    dlat, dlon = math.radians(lat2 - lat1), math.radians(lon2 - lon1)
+    a = math.sin(dlat / 2) ** 2 + math.cos(math.radians(lat1)) * math.cos(math.radians(lat2)) * math.sin(dlon / 2) ** 2
+    return 12_742_000 * math.asin(math.sqrt(a))
+
+
+def near_duplicate(ctx: RuleContext):
+    needed = {"submitted_by", "location_latitude", "location_longitude", "head_name"}
+    if not needed <= set(ctx.main.columns):
+        return []
+    table = ctx.main_name()
+    others = _others(ctx, f'SELECT root_uuid, submitted_by, location_latitude, location_longitude, head_name '
+                          f'FROM main."{table}" WHERE root_uuid NOT IN (SELECT root_uuid FROM batch_roots)', [])
+    pool = pd.concat([ctx.main[list(needed | {"root_uuid"})], others], ignore_index=True).dropna()
+    problems = []
+    for (_, _), group in pool.groupby(["submitted_by", "head_name"]):
+        if len(group) < 2:
+            continue
+        rows = list(group.itertuples())
+        for i, a in enumerate(rows):
+            for b in rows[i + 1:]:
+                metres = _metres(a.location_latitude, a.location_longitude, b.location_latitude, b.location_longitude)
+                if metres <= ctx.settings.near_duplicate_metres:
+                    for r in (a, b):
+                        if r.root_uuid in set(ctx.main["root_uuid"]):
+                            problems.append((r.root_uuid, table, "head_name", None, r.head_name,
+                                             f"Doublon probable : même enquêteur, même chef de ménage, à {metres:.0f} m "
+                                             f"/ Likely duplicate: same enumerator, same head, {metres:.0f} m apart"))
+    return list(dict.fromkeys(problems))
+
+
+def too_many_per_day(ctx: RuleContext):
+    if not {"submitted_by", "today"} <= set(ctx.main.columns):
+        return []
+    table = ctx.main_name()
+    others = _others(ctx, "SELECT json_extract_string(payload, '$._submitted_by') AS submitted_by, "
+                          "left(json_extract_string(payload, '$.today'), 10) AS today FROM raw.submissions "
+                          "WHERE form_id = ? AND is_current AND deleted_at IS NULL "
+                          "AND root_uuid NOT IN (SELECT root_uuid FROM batch_roots)", [ctx.dictionary.form_id])
+    batch = ctx.main[["root_uuid", "submitted_by", "today"]].dropna()
+    batch = batch.assign(today=batch["today"].astype(str))  # dates as 'YYYY-MM-DD' on both sides
+    pool = pd.concat([batch[["submitted_by", "today"]], others], ignore_index=True).dropna()
+    counts = pool.groupby(["submitted_by", "today"]).size()
+    limit = ctx.settings.max_submissions_per_day
+    problems = []
+    for r in batch.itertuples():
+        count = counts.get((r.submitted_by, r.today), 0)
+        if count > limit:
+            problems.append((r.root_uuid, table, "submitted_by", None, f"{r.submitted_by} {r.today}: {count}",
+                             f"{r.submitted_by} a envoyé {count} fiches le {r.today} (plus de {limit}) / "
+                             f"{r.submitted_by} sent {count} forms on {r.today} (more than {limit})"))
+    return problems
+
+
+def far_from_village(ctx: RuleContext):
+    needed = {"village", "location_latitude", "location_longitude"}
+    if not needed <= set(ctx.main.columns):
+        return []
+    table = ctx.main_name()
+    others = _others(ctx, f'SELECT village, location_latitude, location_longitude FROM main."{table}" '
+                          "WHERE root_uuid NOT IN (SELECT root_uuid FROM batch_roots)", [])
+    pool = pd.concat([ctx.main[list(needed)], others], ignore_index=True).dropna()
+    centres = pool.groupby("village")[["location_latitude", "location_longitude"]].median()
+    limit = ctx.settings.max_km_from_village
+    problems = []
+    for r in ctx.main.dropna(subset=list(needed)).itertuples():
+        if r.village not in centres.index or (pool["village"] == r.village).sum() < 3:
+            continue
+        centre = centres.loc[r.village]
+        km = _metres(r.location_latitude, r.location_longitude, centre.location_latitude, centre.location_longitude) / 1000
+        if km > limit:
+            problems.append((r.root_uuid, table, "location", None, f"{km:.1f} km",
+                             f"Point GPS à {km:.1f} km des autres fiches du village (plus de {limit:g} km) / "
+                             f"GPS point {km:.1f} km from the village's other submissions (over {limit:g} km)"))
+    return problems
+
+
+RULES = [
+    Rule("end_before_start", "error", end_before_start),
+    Rule("in_the_future", "error", in_the_future),
+    Rule("duplicate_uuid", "error", duplicate_uuid),
+    Rule("water_point_broken_without_date", "error", water_point_broken_without_date),
+    Rule("short_interview", "warning", short_interview),
+    Rule("household_size_vs_members", "warning", household_size_vs_members),
+    Rule("age_vs_relation", "warning", ages_against_relation),
+    Rule("duplicate_household_id", "warning", duplicate_household_id),
+    Rule("near_duplicate", "warning", near_duplicate),
+    Rule("too_many_per_day", "warning", too_many_per_day),
+    Rule("far_from_village", "warning", far_from_village),
+    Rule("implausible_fee", "warning", implausible_fee),
+    Rule("young_participant", "warning", young_participant),
+]
+
+
+def run_rules(dictionary: FieldDictionary, tables: dict[str, pd.DataFrame], con: duckdb.DuckDBPyConnection | None,
+              settings: QualitySettings | None = None, now: dt.datetime | None = None) -> list[Issue]:
+    ctx = RuleContext(dictionary, tables, con, settings or QualitySettings(), now or dt.datetime.now(dt.timezone.utc))
+    if ctx.main.empty:
+        return []
+    issues: list[Issue] = []
+    for rule in RULES:
+        issues.extend(_issues(rule, ctx, rule.check(ctx)))
+    return issues
