@@ -146,6 +146,20 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_corrections(args: argparse.Namespace) -> int:
+    from warehouse.rebuild import apply_corrections_file
+    from warehouse.store import Warehouse
+
+    with Warehouse(args.warehouse) as warehouse:
+        rebuilt, problems = apply_corrections_file(warehouse, Path(args.file))
+        applied = warehouse.con.execute("SELECT count(*) FROM meta.corrections WHERE status = 'applied'").fetchone()[0]
+    print(f"{applied} corrections applied; {sum(r.submissions for r in rebuilt)} submissions checked again, "
+          f"{sum(r.quarantined for r in rebuilt)} of them still in quarantine")
+    for problem in problems:
+        print(f"  not applied: {problem}")
+    return 1 if problems else 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Local server with generated submissions -> the real Prefect flow -> a real DuckDB file."""
     from flows.pipeline import sync_flow
@@ -262,6 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--language", default="fr", help="language of the XLSX column labels (fr or en)")
     export.add_argument("--warehouse", default=DEFAULT_WAREHOUSE)
     export.set_defaults(func=cmd_export)
+
+    corrections = sub.add_parser("corrections", help="apply a corrections file (XLSX or CSV) and check again")
+    corrections.add_argument("file", help="columns: root_uuid, field, row_key, new_value, reason, author")
+    corrections.add_argument("--warehouse", default=DEFAULT_WAREHOUSE)
+    corrections.set_defaults(func=cmd_corrections)
 
     rebuild = sub.add_parser("rebuild", help="rebuild the clean tables from the raw submissions (no network)")
     rebuild.add_argument("--warehouse", default=DEFAULT_WAREHOUSE)

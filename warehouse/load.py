@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from forms.dictionary import FieldDictionary
+from validation.corrections import apply_corrections
 from validation.rules import QualitySettings, run_rules
 from validation.schemas import FormValidator
 from warehouse.store import Warehouse
@@ -73,7 +74,7 @@ class FormLoader:
         quarantined = 0
         for version_uid, group in groups.items():
             dictionary, validator = self.for_version(version_uid)
-            batch = type_submissions(dictionary, group)
+            batch = type_submissions(dictionary, apply_corrections(self.warehouse.con, dictionary, group, now))
             issues: list[Issue] = (batch.issues + validator.validate(batch.tables)
                                    + run_rules(dictionary, batch.tables, self.warehouse.con, self.quality))
             errors = {issue.root_uuid for issue in issues if issue.severity == "error"}

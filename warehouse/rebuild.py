@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from warehouse.load import FormLoader
 from warehouse.store import Warehouse
@@ -23,7 +24,8 @@ class RebuildResult:
     quarantined: int
 
 
-def rebuild_asset(warehouse: Warehouse, asset_uid: str) -> RebuildResult:
+def rebuild_asset(warehouse: Warehouse, asset_uid: str, roots: set[str] | None = None) -> RebuildResult:
+    """Retypes the project's submissions (or only ``roots``) from raw, in one transaction."""
     form_id = warehouse.con.execute("SELECT any_value(form_id) FROM raw.submissions WHERE asset_uid = ?",
                                     [asset_uid]).fetchone()[0]
     current = next(d for d in warehouse.latest_dictionaries() if d.form_id == form_id)
@@ -32,19 +34,35 @@ def rebuild_asset(warehouse: Warehouse, asset_uid: str) -> RebuildResult:
     now = dt.datetime.now(dt.timezone.utc)
     total = quarantined = 0
     with warehouse.transaction():
-        roots = [r[0] for r in warehouse.con.execute(
-            "SELECT root_uuid FROM raw.submissions WHERE asset_uid = ? GROUP BY root_uuid", [asset_uid]).fetchall()]
+        chosen = [r[0] for r in warehouse.con.execute(
+            "SELECT root_uuid FROM raw.submissions WHERE asset_uid = ? GROUP BY root_uuid", [asset_uid]).fetchall()
+            if roots is None or r[0] in roots]
         for dictionary in warehouse.all_dictionaries(form_id):
-            warehouse.delete_clean(dictionary, roots)
-        cursor = warehouse.con.execute(
-            "SELECT payload::VARCHAR FROM raw.submissions WHERE asset_uid = ? AND is_current AND deleted_at IS NULL "
-            "ORDER BY submission_id", [asset_uid])
-        rows = cursor.fetchall()
+            warehouse.delete_clean(dictionary, chosen)
+        rows = [row for row in warehouse.con.execute(
+            "SELECT root_uuid, payload::VARCHAR FROM raw.submissions WHERE asset_uid = ? AND is_current "
+            "AND deleted_at IS NULL ORDER BY submission_id", [asset_uid]).fetchall() if roots is None or row[0] in roots]
         for start in range(0, len(rows), CHUNK):
-            submissions = [json.loads(row[0]) for row in rows[start:start + CHUNK]]
+            submissions = [json.loads(row[1]) for row in rows[start:start + CHUNK]]
             quarantined += loader.retype(submissions, now)
             total += len(submissions)
     return RebuildResult(asset_uid=asset_uid, form_id=form_id, submissions=total, quarantined=quarantined)
+
+
+def apply_corrections_file(warehouse: Warehouse, path: Path) -> tuple[list[RebuildResult], list[str]]:
+    """Imports the corrections file and retypes the submissions whose corrections changed;
+    returns what was retyped and the corrections that target nothing."""
+    from validation.corrections import import_corrections, read_corrections
+
+    rows = read_corrections(path)
+    now = dt.datetime.now(dt.timezone.utc)
+    with warehouse.transaction():
+        result = import_corrections(warehouse.con, rows, str(path), now)
+    assets = [r[0] for r in warehouse.con.execute("SELECT DISTINCT asset_uid FROM raw.submissions ORDER BY 1").fetchall()]
+    rebuilt = [rebuild_asset(warehouse, uid, result.changed_roots) for uid in assets] if result.changed_roots else []
+    problems = [f"{root} {name} (row {row_key or '-'}): {problem}" for root, name, row_key, problem in warehouse.con.execute(
+        "SELECT root_uuid, field, row_key, problem FROM meta.corrections WHERE status = 'no_target'").fetchall()]
+    return rebuilt, problems
 
 
 def rebuild_all(warehouse: Warehouse) -> list[RebuildResult]:

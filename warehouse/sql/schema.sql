@@ -148,3 +148,19 @@ CREATE TABLE IF NOT EXISTS meta.asset_versions (
     version      VARCHAR NOT NULL,
     PRIMARY KEY (asset_uid, version_uid)
 );
+
+-- Corrections made by data managers (from their corrections file), applied on every
+-- build, and what became of each: applied, or reported because it targets nothing.
+CREATE TABLE IF NOT EXISTS meta.corrections (
+    root_uuid    VARCHAR NOT NULL,
+    field        VARCHAR NOT NULL,
+    row_key      VARCHAR NOT NULL DEFAULT '',
+    new_value    VARCHAR,
+    reason       VARCHAR,
+    author       VARCHAR,
+    source_file  VARCHAR,
+    imported_at  TIMESTAMPTZ NOT NULL,
+    status       VARCHAR NOT NULL DEFAULT 'pending',
+    problem      VARCHAR,
+    PRIMARY KEY (root_uuid, field, row_key)
+);
