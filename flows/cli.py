@@ -262,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "submissions, else daily)")
     sync.add_argument("--attachments", help="folder for attachments (default: 'attachments' beside the warehouse)")
     sync.add_argument("--no-attachments", action="store_true", help="do not download attachments")
+    sync.add_argument("--write-back", action="store_true",
+                      help="set KoboToolbox validation statuses: 'on hold' if quarantined, 'approved' once clean")
     sync.set_defaults(func=cmd_sync)
 
     sql = sub.add_parser("sql", help="run one SQL query on the warehouse and print a table")

@@ -47,6 +47,7 @@ class SyncSettings:
     prefetch: bool = True  # fetch the next page while this one is loaded
     parallel: int = 1  # >1: fetch that many _id ranges at once (new submissions only)
     download_attachments: bool = True
+    write_back: bool = False  # set KoboToolbox validation statuses: on hold if quarantined, approved once clean
     attachments_dir: str | None = None  # default: "attachments" beside the warehouse file
 
 
@@ -63,6 +64,7 @@ class SyncSummary:
     quarantined: int = 0
     deleted: int = 0
     attachments: int = 0
+    statuses_written: int = 0
     reconciled: bool = False
     pages: int = 0
     seconds: float = 0.0
@@ -252,6 +254,8 @@ def sync_asset(client: KoboClient, warehouse: Warehouse, asset_uid: str, progres
         total = int(asset.get("deployment__submission_count") or 0)
         if reconciliation_due(warehouse, asset_uid, total, settings):
             reconcile(client, warehouse, loader, asset_uid, summary, progress)
+        if settings.write_back:
+            summary.statuses_written = write_back_statuses(client, warehouse, asset_uid, dictionary)
         if settings.download_attachments:
             folder = settings.attachments_dir or warehouse.path.resolve().parent / "attachments"
             counts = fetch_pending_attachments(client, warehouse, AttachmentStore(folder), asset_uid)
@@ -327,6 +331,30 @@ def merged_pages(client: KoboClient, asset_uid: str, ranges: list[tuple[int, int
                 buffer.get_nowait()
             except queue.Empty:
                 time.sleep(0.05)
+
+
+ON_HOLD, APPROVED = "validation_status_on_hold", "validation_status_approved"
+
+
+def write_back_statuses(client: KoboClient, warehouse: Warehouse, asset_uid: str, dictionary: FieldDictionary) -> int:
+    """Tells KoboToolbox what Terrain found: quarantined submissions go "on hold", and those
+    on hold or without a status that are now clean become "approved". A status a person set
+    otherwise (e.g. "not approved") is left alone."""
+    status = "json_extract_string(r.payload, '$._validation_status.uid')"
+    quarantined = [row[0] for row in warehouse.con.execute(
+        f"SELECT r.submission_id FROM raw.submissions r JOIN quality.quarantine q USING (asset_uid, root_uuid) "
+        f"WHERE r.asset_uid = ? AND r.is_current AND r.deleted_at IS NULL AND {status} IS DISTINCT FROM ?",
+        [asset_uid, ON_HOLD]).fetchall()]
+    table = dictionary.main_table.name
+    clean = [row[0] for row in warehouse.con.execute(
+        f'SELECT submission_id FROM main."{table}" WHERE root_uuid IN (SELECT root_uuid FROM raw.submissions '
+        f"WHERE asset_uid = ?) AND (validation_status IS NULL OR validation_status = ?)", [asset_uid, ON_HOLD]).fetchall()]
+    written = 0
+    if quarantined:
+        written += client.set_validation_statuses(asset_uid, quarantined, ON_HOLD)
+    if clean:
+        written += client.set_validation_statuses(asset_uid, clean, APPROVED)
+    return written
 
 
 def deployed_asset_uids(client: KoboClient) -> list[str]:

@@ -98,3 +98,15 @@ def test_a_quarantined_submission_edited_on_the_server_leaves_the_quarantine(see
         sync_asset(client, warehouse, asset.uid, settings=NO_FILES)
         assert not in_quarantine(warehouse, root)
         assert warehouse.con.execute("select count(*) from households where root_uuid = ?", [root]).fetchone()[0] == 1
+
+
+def test_write_back_puts_quarantined_on_hold_and_clean_approved(seeded, warehouse_path) -> None:
+    asset = seeded.assets["household_survey"]
+    settings = SyncSettings(download_attachments=False, write_back=True)
+    with KoboClient(seeded.server.url, seeded.token) as client, Warehouse(warehouse_path) as warehouse:
+        summary = sync_asset(client, warehouse, asset.uid, settings=settings)
+        quarantined = {r[0] for r in warehouse.con.execute("select submission_id from quality.quarantine").fetchall()}
+    statuses = {s["_id"]: (s.get("_validation_status") or {}).get("uid") for s in asset.submissions}
+    assert summary.statuses_written == len(asset.submissions)
+    assert {i for i, st in statuses.items() if st == "validation_status_on_hold"} == quarantined
+    assert {i for i, st in statuses.items() if st == "validation_status_approved"} == set(statuses) - quarantined
