@@ -160,6 +160,15 @@ def cmd_corrections(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from validation.report import write_corrections_template, write_report
+
+    print(write_report(args.warehouse, args.out))
+    if args.corrections_template:
+        print(write_corrections_template(args.warehouse, args.corrections_template))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Local server with generated submissions -> the real Prefect flow -> a real DuckDB file."""
     from flows.pipeline import sync_flow
@@ -283,6 +292,13 @@ def build_parser() -> argparse.ArgumentParser:
     corrections.add_argument("file", help="columns: root_uuid, field, row_key, new_value, reason, author")
     corrections.add_argument("--warehouse", default=DEFAULT_WAREHOUSE)
     corrections.set_defaults(func=cmd_corrections)
+
+    report = sub.add_parser("report", help="write the data-quality report (XLSX) and a corrections template")
+    report.add_argument("--out", default="rapport_qualite.xlsx", help="report file (default: rapport_qualite.xlsx)")
+    report.add_argument("--corrections-template", default="corrections.xlsx",
+                        help="corrections template prefilled with the open errors (default: corrections.xlsx)")
+    report.add_argument("--warehouse", default=DEFAULT_WAREHOUSE)
+    report.set_defaults(func=cmd_report)
 
     rebuild = sub.add_parser("rebuild", help="rebuild the clean tables from the raw submissions (no network)")
     rebuild.add_argument("--warehouse", default=DEFAULT_WAREHOUSE)

@@ -1,6 +1,7 @@
 """Corrections: data managers fix answers in a file (XLSX or CSV with the columns
 root_uuid, field, row_key (for repeat rows, e.g. "2"), new_value, reason, author),
-and every build applies them.
+and every build applies them. A row without a new value is ignored; "(vide)" or
+"(empty)" as the new value erases the answer.
 
 A correction changes the answer before typing and validation, so a corrected
 submission leaves the quarantine only if it now passes every check; removing the
@@ -23,6 +24,7 @@ from forms.dictionary import FieldDictionary
 from forms.errors import TerrainError
 
 COLUMNS = ("root_uuid", "field", "row_key", "new_value", "reason", "author")
+ERASE = {"(vide)", "(empty)"}  # new_value that removes an answer
 
 
 class CorrectionsError(TerrainError):
@@ -57,9 +59,11 @@ def read_corrections(path: Path) -> list[dict[str, str]]:
         raise CorrectionsError(f"{path.name}: the columns {', '.join(missing)} are missing (expected: {', '.join(COLUMNS)})")
     cleaned = []
     for row in rows:
-        if not (row.get("root_uuid") or "").strip():
-            continue
-        cleaned.append({c: (row.get(c) or "").strip() for c in COLUMNS})
+        row = {c: (row.get(c) or "").strip() for c in COLUMNS}
+        # A row left empty (e.g. from the prefilled template) corrects nothing; erasing an
+        # answer must be said explicitly.
+        if row["root_uuid"] and row["new_value"]:
+            cleaned.append(row)
     return cleaned
 
 
@@ -153,7 +157,7 @@ def _apply_one(dictionary: FieldDictionary, submission: dict[str, Any], name: st
             if not 0 <= index < len(items):
                 return "no_target", f"no row {row_key} in '{repeat.repeat_key}'"
             container = items[index]
-    if value in (None, ""):
+    if value is None or value.strip().lower() in ERASE:
         container.pop(f.kobo_key, None)
     else:
         container[f.kobo_key] = value

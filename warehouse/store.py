@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from warehouse.typing import RELEVANT_PREFIX, Issue
 
 SQL_DIR = Path(__file__).resolve().parent / "sql"
 DEFAULT_PATH = Path("terrain.duckdb")
+# DuckDB's own cache otherwise grows with the warehouse; a sync should fit a small laptop.
+MEMORY_LIMIT_ENV, DEFAULT_MEMORY_LIMIT = "TERRAIN_DUCKDB_MEMORY", "256MB"
 # Not part of the answers: a status change, the old servers' _tags/_notes, and the
 # server's host in attachment URLs (it differs with the name the server is reached by).
 HASH_EXCLUDED_KEYS = ("_validation_status", "_tags", "_notes")
@@ -73,7 +76,8 @@ class Warehouse:
         if read_only and not self.path.exists():
             raise WarehouseError(f"no warehouse at {self.path}: run `terrain sync` (or `make demo`) first")
         try:
-            self.con = duckdb.connect(str(self.path), read_only=read_only)
+            config = {"memory_limit": os.environ.get(MEMORY_LIMIT_ENV, DEFAULT_MEMORY_LIMIT)}
+            self.con = duckdb.connect(str(self.path), read_only=read_only, config=config)
         except duckdb.IOException as error:
             if "lock" in str(error).lower():
                 raise WarehouseError(f"the warehouse {self.path} is in use by another run; try again when it "

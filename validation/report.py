@@ -1,0 +1,777 @@
+"""The quality report: what a data manager reads every morning, as an Excel workbook.
+
+``terrain report`` writes one XLSX with a summary per form, the open issues grouped
+by check, statistics per enumerator, coverage by commune and the list of open
+issues, with native Excel charts. Every number comes from SQL on the warehouse
+(read-only is enough); the workbook only presents them. Text from the field is
+always written as text (``write_string``), never as a formula.
+
+Per-submission facts come from ``raw.submissions`` (current, not deleted versions),
+because quarantined submissions are not in the clean tables: the enumerator is
+``_submitted_by``, else ``username``; the commune is the answer of the form's
+``commune`` field; the interview duration is ``end - start``.
+
+``corrections_template_rows`` / ``write_corrections_template`` give one row per open
+error, in the layout ``terrain`` reads back as a corrections file (validation/corrections.py).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import duckdb
+import xlsxwriter
+from xlsxwriter.utility import xl_range_abs, xl_rowcol_to_cell
+
+from warehouse.store import Warehouse, quote
+
+# Answers counted as "don't know"; compared lower-cased, whole answer or one choice of a
+# select_multiple. Our forms have no such choice yet: a programme adds its own codes.
+DONT_KNOW_VALUES: frozenset[str] = frozenset({"dont_know", "ne_sait_pas", "dk", "nsp", "-99", "-999", "999", "-88"})
+# Question types that are not answers given by the respondent (metadata, calculations).
+NOT_ANSWERS = {"start", "end", "today", "deviceid", "username", "audit", "subscriberid", "simserial",
+               "phonenumber", "email", "calculate", "hidden", "start-geopoint", "background-audio"}
+UNKNOWN_ENUMERATOR = "(inconnu / unknown)"
+NO_COMMUNE = "(sans commune / no commune)"
+COMMUNE_FIELDS = ("commune",)
+COMMUNE_FALLBACK_KEYS = ("identification/commune", "place/commune", "session/commune", "commune")
+EXCEL_MAX_ROWS = 1_048_576
+HEADER_ROW = 2  # 0-based: title on row 1, a note on row 2, the headings on row 3
+
+SHEETS = {
+    "summary": "Résumé - Summary",
+    "checks": "Par contrôle - Issues by check",
+    "enumerators": "Enquêteurs - Enumerators",
+    "coverage": "Couverture - Coverage",
+    "open_issues": "Problèmes ouverts - Open issues",
+}
+TITLES = {
+    "summary": "Résumé / Summary",
+    "checks": "Problèmes par contrôle / Issues by check",
+    "enumerators": "Enquêteurs / Enumerators",
+    "coverage": "Couverture par commune / Coverage by commune",
+    "open_issues": "Problèmes ouverts / Open issues",
+}
+SEVERITY_LABELS = {"error": "erreur / error", "warning": "avertissement / warning"}
+
+SUMMARY_HEADINGS = [
+    "Formulaire / Form", "Titre / Title", "Soumissions reçues / Submissions received", "Propres / Clean",
+    "En quarantaine / Quarantined", "Part en quarantaine / Share quarantined", "Erreurs ouvertes / Open errors",
+    "Avertissements ouverts / Open warnings", "Dernière soumission (UTC) / Last submission (UTC)",
+]
+CHECK_HEADINGS = [
+    "Formulaire / Form", "Contrôle / Check", "Gravité / Severity", "Problèmes ouverts / Open issues",
+    "Soumissions concernées / Submissions affected", "Champs / Fields", "Exemple de message / Example message",
+]
+ENUMERATOR_HEADINGS = [
+    "Formulaire / Form", "Enquêteur / Enumerator", "Soumissions / Submissions", "Jours travaillés / Days worked",
+    "Soumissions par jour / Submissions per day", "Durée médiane (min) / Median duration (min)",
+    "Soumissions avec erreur / Submissions with an error", "Taux d'erreur / Error rate",
+    "Soumissions avec avertissement / Submissions with a warning", "Réponses / Answers",
+    "Réponses « ne sait pas » / \"Don't know\" answers", "Taux « ne sait pas » / \"Don't know\" rate",
+]
+COVERAGE_HEADINGS = [
+    "Formulaire / Form", "Commune / Commune", "Code / Code", "Soumissions / Submissions", "Propres / Clean",
+    "En quarantaine / Quarantined", "Part en quarantaine / Share quarantined",
+]
+OPEN_ISSUE_HEADINGS = [
+    "Formulaire / Form", "N° de soumission / Submission id", "root_uuid", "Table / Table", "Colonne / Column",
+    "Ligne / Row", "Contrôle / Check", "Gravité / Severity", "Valeur / Value", "Message / Message",
+    "Enquêteur / Enumerator", "Détecté le (UTC) / Detected at (UTC)",
+]
+# The corrections file: the columns validation/corrections.py reads, then context.
+TEMPLATE_COLUMNS = ["root_uuid", "field", "row_key", "new_value", "reason", "author",
+                    "form_id", "table", "submission_id", "enumerator", "check", "current_value", "message"]
+TEMPLATE_EDITABLE = ("new_value", "reason", "author")
+
+
+# -- data ---------------------------------------------------------------------------------
+@dataclass
+class FormSummary:
+    form_id: str
+    title: str
+    received: int  # current, not deleted submissions in raw.submissions
+    clean: int  # of those, in the form's clean table
+    quarantined: int  # of those, with an open error
+    open_errors: int
+    open_warnings: int
+    last_submission: dt.datetime | None
+
+
+@dataclass
+class CheckCount:
+    form_id: str
+    check_code: str
+    severity: str
+    open_issues: int
+    submissions: int
+    columns: str
+    example_message: str
+
+
+@dataclass
+class EnumeratorStats:
+    form_id: str
+    enumerator: str
+    submissions: int
+    days_worked: int
+    per_day: float
+    median_minutes: float | None
+    with_errors: int
+    error_rate: float
+    with_warnings: int
+    answers: int
+    dont_know: int
+    dont_know_rate: float
+
+
+@dataclass
+class CommuneCoverage:
+    form_id: str
+    commune: str | None  # the answer (choice name); None when not answered
+    label: str  # the commune's name, else its code
+    submissions: int
+    clean: int
+    quarantined: int
+
+
+@dataclass
+class OpenIssue:
+    issue_id: int
+    form_id: str
+    submission_id: int | None
+    root_uuid: str
+    table_name: str
+    column_name: str | None
+    row_key: str | None
+    check_code: str
+    severity: str
+    value: str | None
+    message: str
+    enumerator: str | None
+    detected_at: dt.datetime | None
+
+
+@dataclass
+class ReportData:
+    generated_at: dt.datetime
+    forms: list[FormSummary] = field(default_factory=list)
+    checks: list[CheckCount] = field(default_factory=list)
+    enumerators: list[EnumeratorStats] = field(default_factory=list)
+    communes: list[CommuneCoverage] = field(default_factory=list)
+    open_issues: list[OpenIssue] = field(default_factory=list)
+    dont_know_values: tuple[str, ...] = ()
+
+
+# -- SQL ----------------------------------------------------------------------------------
+CURRENT = "r.is_current AND r.deleted_at IS NULL"
+
+
+def _path(key: str) -> str:
+    """A JSON path for one payload key ("identification/commune" has a slash)."""
+    return '$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@dataclass
+class _FormInfo:
+    form_id: str
+    title: str
+    main_table: str | None
+    answer_keys: list[str]
+    start_key: str
+    end_key: str
+    today_key: str
+    username_key: str
+    commune_keys: list[str]
+    commune_lists: list[str]
+
+
+def _form_infos(con: duckdb.DuckDBPyConnection) -> list[_FormInfo]:
+    """Every form of the warehouse, with what its field dictionaries say (all versions)."""
+    ids = [r[0] for r in con.execute(
+        "SELECT form_id FROM meta.form_versions UNION SELECT form_id FROM raw.submissions ORDER BY 1").fetchall()]
+    infos = []
+    for form_id in ids:
+        rows = con.execute("SELECT dictionary::VARCHAR FROM meta.form_versions WHERE form_id = ? ORDER BY first_seen",
+                           [form_id]).fetchall()
+        dictionaries = [json.loads(r[0]) for r in rows]
+        title, main_table = form_id, None
+        answer_keys: list[str] = []
+        keys = {"start": [], "end": [], "today": [], "username": []}
+        commune_keys: list[str] = []
+        commune_lists: list[str] = []
+        for dictionary in dictionaries:  # oldest first: the latest wins for title and table
+            title = dictionary.get("title") or form_id
+            for table in dictionary["tables"].values():
+                if table.get("parent") is None:
+                    main_table = table["name"]
+                for f in table["fields"]:
+                    kind, key = f["xlsform_type"], f["kobo_key"]
+                    if kind in keys and table.get("parent") is None:
+                        keys[kind].append(key)
+                    if kind not in NOT_ANSWERS and key not in answer_keys:
+                        answer_keys.append(key)
+                    if f["name"] in COMMUNE_FIELDS and table.get("parent") is None:
+                        commune_keys.append(key)
+                        if f.get("list_name"):
+                            commune_lists.append(f["list_name"])
+        commune_keys = list(dict.fromkeys(commune_keys[::-1] + list(COMMUNE_FALLBACK_KEYS)))
+        infos.append(_FormInfo(
+            form_id=form_id, title=title, main_table=main_table, answer_keys=answer_keys,
+            start_key=(keys["start"] or ["start"])[-1], end_key=(keys["end"] or ["end"])[-1],
+            today_key=(keys["today"] or ["today"])[-1], username_key=(keys["username"] or ["username"])[-1],
+            commune_keys=commune_keys, commune_lists=list(dict.fromkeys(commune_lists))))
+    return infos
+
+
+def _table_exists(con: duckdb.DuckDBPyConnection, name: str | None, schema: str = "main") -> bool:
+    if not name:
+        return False
+    return bool(con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+                            [schema, name]).fetchone()[0])
+
+
+def _facts(con: duckdb.DuckDBPyConnection, info: _FormInfo) -> tuple[str, list[Any]]:
+    """A CTE ``facts``: one row per current submission of the form, with its enumerator,
+    commune, times and whether it is clean, quarantined or has a warning."""
+    commune = "coalesce(" + ", ".join("json_extract_string(r.payload, ?)" for _ in info.commune_keys) + ")"
+    clean_join = (f"LEFT JOIN (SELECT DISTINCT root_uuid FROM main.{quote(info.main_table)}) c ON c.root_uuid = r.root_uuid"
+                  if _table_exists(con, info.main_table) else
+                  "LEFT JOIN (SELECT NULL::VARCHAR AS root_uuid WHERE false) c ON c.root_uuid = r.root_uuid")
+    sql = f"""
+    WITH flags AS (
+        SELECT asset_uid, root_uuid, bool_or(severity = 'error') AS has_error,
+               bool_or(severity = 'warning') AS has_warning
+        FROM quality.issues WHERE resolved_at IS NULL GROUP BY asset_uid, root_uuid
+    ), base AS (
+        SELECT r.asset_uid, r.root_uuid, r.submission_id, r.submission_time,
+               coalesce(nullif(trim(json_extract_string(r.payload, '$._submitted_by')), ''),
+                        nullif(trim(json_extract_string(r.payload, ?)), ''), ?) AS enumerator,
+               nullif(trim({commune}), '') AS commune,
+               try_cast(json_extract_string(r.payload, ?) AS TIMESTAMPTZ) AS started,
+               try_cast(json_extract_string(r.payload, ?) AS TIMESTAMPTZ) AS ended,
+               try_cast(json_extract_string(r.payload, ?) AS DATE) AS today,
+               c.root_uuid IS NOT NULL AS is_clean,
+               coalesce(f.has_error, false) AS has_error,
+               coalesce(f.has_warning, false) AS has_warning
+        FROM raw.submissions r
+        {clean_join}
+        LEFT JOIN flags f ON f.asset_uid = r.asset_uid AND f.root_uuid = r.root_uuid
+        WHERE r.form_id = ? AND {CURRENT}
+    ), facts AS (
+        SELECT *, coalesce(today, CAST(timezone('UTC', started) AS DATE),
+                           CAST(timezone('UTC', submission_time) AS DATE)) AS work_day
+        FROM base
+    )"""
+    parameters = [_path(info.username_key), UNKNOWN_ENUMERATOR, *[_path(k) for k in info.commune_keys],
+                  _path(info.start_key), _path(info.end_key), _path(info.today_key), info.form_id]
+    return sql, parameters
+
+
+def _commune_labels(con: duckdb.DuckDBPyConnection, info: _FormInfo) -> dict[str, str]:
+    """Commune code -> name (French if there is one), from the stored choice labels."""
+    if not info.commune_lists or not _table_exists(con, "latest_choice_labels", "meta"):
+        return {}
+    rows = con.execute(
+        "SELECT choice_name, arg_min(label, CASE WHEN language = 'fr' THEN 0 ELSE 1 END) "
+        "FROM meta.latest_choice_labels WHERE form_id = ? AND list_contains(?, list_name) AND label IS NOT NULL "
+        "GROUP BY choice_name", [info.form_id, info.commune_lists]).fetchall()
+    return {code: label for code, label in rows}
+
+
+def _dont_know_counts(con: duckdb.DuckDBPyConnection, info: _FormInfo,
+                      values: list[str]) -> dict[str, tuple[int, int]]:
+    """Enumerator -> (answers, "don't know" answers), over every answer of the payload
+    (repeat groups included); an answer counts when it, or one of its choices, is in ``values``."""
+    if info.answer_keys:
+        keep = "list_contains(?::VARCHAR[], t.key)"
+        keep_parameters: list[Any] = [info.answer_keys]
+    else:  # no dictionary: every answer-looking key
+        keep = ("NOT starts_with(t.key, '_') AND NOT regexp_matches(t.key, '^(meta|formhub)/') "
+                "AND t.key NOT IN ('start', 'end', 'today', 'deviceid', 'username')")
+        keep_parameters = []
+    sql = f"""
+    SELECT enumerator, count(*) AS answers,
+           count(*) FILTER (WHERE list_contains(?::VARCHAR[], answer)
+                            OR list_has_any(string_split(answer, ' '), ?::VARCHAR[])) AS dont_know
+    FROM (
+        SELECT coalesce(nullif(trim(json_extract_string(r.payload, '$._submitted_by')), ''),
+                        nullif(trim(json_extract_string(r.payload, ?)), ''), ?) AS enumerator,
+               lower(trim(json_extract_string(t.value, '$'))) AS answer
+        FROM raw.submissions r, json_tree(r.payload) t
+        WHERE r.form_id = ? AND {CURRENT} AND t.type NOT IN ('OBJECT', 'ARRAY', 'NULL') AND {keep}
+    ) WHERE answer <> ''
+    GROUP BY enumerator"""
+    rows = con.execute(sql, [values, values, _path(info.username_key), UNKNOWN_ENUMERATOR, info.form_id,
+                             *keep_parameters]).fetchall()
+    return {enumerator: (answers, dont_know) for enumerator, answers, dont_know in rows}
+
+
+def _rate(part: int, whole: int) -> float:
+    return part / whole if whole else 0.0
+
+
+def build_report_data(con: duckdb.DuckDBPyConnection, dont_know_values: Iterable[str] = DONT_KNOW_VALUES,
+                      now: dt.datetime | None = None) -> ReportData:
+    """Everything the report shows, computed with SQL on the warehouse (a read-only
+    connection is enough)."""
+    values = sorted({str(v).strip().lower() for v in dont_know_values if str(v).strip()})
+    data = ReportData(generated_at=now or dt.datetime.now(dt.timezone.utc), dont_know_values=tuple(values))
+    issue_counts = {form_id: (errors, warnings) for form_id, errors, warnings in con.execute(
+        "SELECT form_id, count(*) FILTER (WHERE severity = 'error'), count(*) FILTER (WHERE severity = 'warning') "
+        "FROM quality.issues WHERE resolved_at IS NULL GROUP BY form_id").fetchall()}
+    for info in _form_infos(con):
+        facts, parameters = _facts(con, info)
+        received, clean, quarantined, last = con.execute(
+            f"{facts} SELECT count(*), count(*) FILTER (WHERE is_clean), count(*) FILTER (WHERE has_error), "
+            f"max(submission_time) FROM facts", parameters).fetchone()
+        errors, warnings = issue_counts.get(info.form_id, (0, 0))
+        data.forms.append(FormSummary(info.form_id, info.title, received, clean, quarantined, errors, warnings, last))
+
+        dont_know = _dont_know_counts(con, info, values)
+        for row in con.execute(
+                f"""{facts}
+                SELECT enumerator, count(*), count(DISTINCT work_day),
+                       median(epoch(ended - started) / 60.0) FILTER (WHERE ended >= started),
+                       count(*) FILTER (WHERE has_error), count(*) FILTER (WHERE has_warning)
+                FROM facts GROUP BY enumerator ORDER BY enumerator""", parameters).fetchall():
+            enumerator, submissions, days, median, with_errors, with_warnings = row
+            answers, dk = dont_know.get(enumerator, (0, 0))
+            data.enumerators.append(EnumeratorStats(
+                form_id=info.form_id, enumerator=enumerator, submissions=submissions, days_worked=days,
+                per_day=round(submissions / days, 2) if days else float(submissions),
+                median_minutes=round(float(median), 1) if median is not None else None,
+                with_errors=with_errors, error_rate=_rate(with_errors, submissions), with_warnings=with_warnings,
+                answers=answers, dont_know=dk, dont_know_rate=_rate(dk, answers)))
+
+        labels = _commune_labels(con, info)
+        for commune, submissions, clean_n, quarantined_n in con.execute(
+                f"""{facts}
+                SELECT commune, count(*), count(*) FILTER (WHERE is_clean), count(*) FILTER (WHERE has_error)
+                FROM facts GROUP BY commune ORDER BY commune NULLS LAST""", parameters).fetchall():
+            label = NO_COMMUNE if commune is None else labels.get(commune, commune)
+            data.communes.append(CommuneCoverage(info.form_id, commune, label, submissions, clean_n, quarantined_n))
+
+    data.checks = [CheckCount(*row) for row in con.execute(
+        """SELECT form_id, check_code, severity, count(*) AS open_issues, count(DISTINCT root_uuid),
+                  coalesce(string_agg(DISTINCT column_name, ', ' ORDER BY column_name), ''),
+                  arg_min(message, issue_id)
+           FROM quality.issues WHERE resolved_at IS NULL
+           GROUP BY form_id, check_code, severity
+           ORDER BY form_id, open_issues DESC, severity, check_code""").fetchall()]
+    data.open_issues = [OpenIssue(*row) for row in con.execute(_OPEN_ISSUES_SQL.format(where="")).fetchall()]
+    return data
+
+
+_OPEN_ISSUES_SQL = """
+SELECT i.issue_id, i.form_id, i.submission_id, i.root_uuid, i.table_name, i.column_name, i.row_key, i.check_code,
+       i.severity, i.value, i.message,
+       coalesce(nullif(trim(json_extract_string(r.payload, '$._submitted_by')), ''),
+                nullif(trim(json_extract_string(r.payload, '$.username')), '')) AS enumerator,
+       i.detected_at
+FROM quality.issues i
+LEFT JOIN raw.submissions r ON r.asset_uid = i.asset_uid AND r.root_uuid = i.root_uuid AND r.is_current
+WHERE i.resolved_at IS NULL {where}
+ORDER BY CASE i.severity WHEN 'error' THEN 0 ELSE 1 END, i.form_id, i.submission_id, i.issue_id"""
+
+
+# -- markdown -----------------------------------------------------------------------------
+def _md(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def report_markdown(data: ReportData, top_checks: int = 5) -> str:
+    """A short summary for the Prefect flow's artifact."""
+    lines = [
+        "# Rapport qualité / Quality report",
+        "",
+        f"Généré le / Made at: {_stamp(data.generated_at)} UTC",
+        "",
+        "| Formulaire / Form | Reçues / Received | Propres / Clean | Quarantaine / Quarantined | "
+        "Erreurs / Errors | Avertissements / Warnings | Dernière / Last |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for f in data.forms:
+        lines.append(f"| {_md(f.form_id)} | {f.received} | {f.clean} | {f.quarantined} | {f.open_errors} | "
+                     f"{f.open_warnings} | {_stamp(f.last_submission) if f.last_submission else '-'} |")
+    lines.append(f"| **Total** | {sum(f.received for f in data.forms)} | {sum(f.clean for f in data.forms)} | "
+                 f"{sum(f.quarantined for f in data.forms)} | {sum(f.open_errors for f in data.forms)} | "
+                 f"{sum(f.open_warnings for f in data.forms)} | |")
+    checks = sorted(data.checks, key=lambda c: (-c.open_issues, c.form_id, c.check_code))[:top_checks]
+    if checks:
+        lines += ["", "## Contrôles les plus fréquents / Most frequent checks", "",
+                  "| Formulaire / Form | Contrôle / Check | Gravité / Severity | Problèmes / Issues | Soumissions / Submissions |",
+                  "|---|---|---|---:|---:|"]
+        lines += [f"| {_md(c.form_id)} | {_md(c.check_code)} | {c.severity} | {c.open_issues} | {c.submissions} |"
+                  for c in checks]
+    else:
+        lines += ["", "Aucun problème ouvert / No open issues."]
+    flagged = sorted((e for e in data.enumerators if e.with_errors),
+                     key=lambda e: (-e.error_rate, -e.with_errors, e.form_id, e.enumerator))[:top_checks]
+    if flagged:
+        lines += ["", "## Taux d'erreur le plus élevé / Highest error rates", ""]
+        lines += [f"- {_md(e.enumerator)} ({_md(e.form_id)}): {e.with_errors}/{e.submissions} "
+                  f"({e.error_rate:.0%})" for e in flagged]
+    return "\n".join(lines) + "\n"
+
+
+def _stamp(value: dt.datetime) -> str:
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.timezone.utc)
+    return value.strftime("%Y-%m-%d %H:%M")
+
+
+# -- workbook -----------------------------------------------------------------------------
+def _new_workbook(path: Path) -> xlsxwriter.Workbook:
+    # Text from the field stays text: "=HYPERLINK(...)" in an answer is never a formula.
+    return xlsxwriter.Workbook(str(path), {"strings_to_formulas": False, "strings_to_urls": False,
+                                           "strings_to_numbers": False, "remove_timezone": True})
+
+
+class _Formats:
+    def __init__(self, workbook: xlsxwriter.Workbook):
+        self.title = workbook.add_format({"bold": True, "font_size": 14})
+        self.note = workbook.add_format({"italic": True, "font_color": "#595959"})
+        self.header = workbook.add_format({"bold": True, "text_wrap": True, "valign": "top", "bg_color": "#DDEBF7",
+                                           "border": 1})
+        self.editable = workbook.add_format({"bold": True, "text_wrap": True, "valign": "top", "bg_color": "#FFF2CC",
+                                             "border": 1})
+        self.text = workbook.add_format({"num_format": "@"})
+        self.wrap = workbook.add_format({"text_wrap": True, "valign": "top"})
+        self.stamp = workbook.add_format({"num_format": "yyyy-mm-dd hh:mm"})
+        self.percent = workbook.add_format({"num_format": "0.0%"})
+        self.decimal = workbook.add_format({"num_format": "0.0"})
+        self.bold = workbook.add_format({"bold": True})
+        self.bold_percent = workbook.add_format({"bold": True, "num_format": "0.0%"})
+
+
+def _write(sheet, row: int, column: int, value: Any, cell_format=None, formats: _Formats | None = None) -> None:
+    """One cell, by type; text always with write_string."""
+    if value is None:
+        return
+    if isinstance(value, bool):
+        sheet.write_boolean(row, column, value, cell_format)
+    elif isinstance(value, (int, float)):
+        sheet.write_number(row, column, value, cell_format)
+    elif isinstance(value, dt.datetime):
+        naive = value.astimezone(dt.timezone.utc).replace(tzinfo=None) if value.tzinfo else value
+        sheet.write_datetime(row, column, naive, cell_format or (formats.stamp if formats else None))
+    elif isinstance(value, dt.date):
+        sheet.write_datetime(row, column, dt.datetime(value.year, value.month, value.day), cell_format)
+    else:
+        sheet.write_string(row, column, str(value), cell_format)
+
+
+def _sheet(workbook, formats: _Formats, key: str, headings: list[str], widths: list[int], note: str = ""):
+    sheet = workbook.add_worksheet(SHEETS[key])
+    sheet.write_string(0, 0, TITLES[key], formats.title)
+    if note:
+        sheet.write_string(1, 0, note, formats.note)
+    for index, (heading, width) in enumerate(zip(headings, widths)):
+        sheet.write_string(HEADER_ROW, index, heading, formats.header)
+        sheet.set_column(index, index, width)
+    sheet.set_row(HEADER_ROW, 48)
+    sheet.freeze_panes(HEADER_ROW + 1, 0)
+    return sheet
+
+
+def _cell(sheet_name: str, row: int, column: int) -> str:
+    return f"='{sheet_name}'!{xl_rowcol_to_cell(row, column, row_abs=True, col_abs=True)}"
+
+
+def _range(sheet_name: str, first_row: int, first_column: int, last_row: int, last_column: int) -> str:
+    return "='" + sheet_name + "'!" + xl_range_abs(first_row, first_column, last_row, last_column)
+
+
+def _write_summary(workbook, formats: _Formats, data: ReportData) -> None:
+    name = SHEETS["summary"]
+    sheet = _sheet(workbook, formats, "summary", SUMMARY_HEADINGS, [26, 34, 14, 12, 14, 14, 14, 16, 20])
+    sheet.write_string(1, 0, "Rapport généré le (UTC) / Report made at (UTC)", formats.bold)
+    _write(sheet, 1, 2, data.generated_at, formats.stamp)
+    row = HEADER_ROW + 1
+    for f in data.forms:
+        for column, value in enumerate([f.form_id, f.title, f.received, f.clean, f.quarantined]):
+            _write(sheet, row, column, value)
+        _write(sheet, row, 5, _rate(f.quarantined, f.received), formats.percent)
+        _write(sheet, row, 6, f.open_errors)
+        _write(sheet, row, 7, f.open_warnings)
+        _write(sheet, row, 8, f.last_submission, formats.stamp)
+        row += 1
+    last_form_row = row - 1
+    totals = [sum(getattr(f, a) for f in data.forms) for a in ("received", "clean", "quarantined")]
+    sheet.write_string(row, 0, "Total", formats.bold)
+    for column, value in enumerate(totals, start=2):
+        _write(sheet, row, column, value, formats.bold)
+    _write(sheet, row, 5, _rate(totals[2], totals[0]), formats.bold_percent)
+    _write(sheet, row, 6, sum(f.open_errors for f in data.forms), formats.bold)
+    _write(sheet, row, 7, sum(f.open_warnings for f in data.forms), formats.bold)
+    notes = [
+        "Notes",
+        "Reçues : versions actuelles non supprimées dans raw.submissions. / Received: current, not deleted "
+        "versions in raw.submissions.",
+        "Propres : dans la table propre du formulaire ; en quarantaine : au moins une erreur ouverte. / Clean: in the "
+        "form's clean table; quarantined: at least one open error.",
+        "Erreurs et avertissements : problèmes ouverts dans quality.issues. / Errors and warnings: open problems in "
+        "quality.issues.",
+        f"Réponses « ne sait pas » : {', '.join(data.dont_know_values) or '-'}. / \"Don't know\" answers: "
+        f"{', '.join(data.dont_know_values) or '-'}.",
+    ]
+    for offset, text in enumerate(notes):
+        sheet.write_string(row + 2 + offset, 0, text, formats.bold if offset == 0 else formats.note)
+    if data.forms:
+        chart = workbook.add_chart({"type": "column", "subtype": "stacked"})
+        for column, colour in ((3, "#70AD47"), (4, "#C00000")):
+            chart.add_series({
+                "name": _cell(name, HEADER_ROW, column),
+                "categories": _range(name, HEADER_ROW + 1, 0, last_form_row, 0),
+                "values": _range(name, HEADER_ROW + 1, column, last_form_row, column),
+                "fill": {"color": colour},
+            })
+        chart.set_title({"name": "Soumissions par formulaire / Submissions per form"})
+        chart.set_legend({"position": "bottom"})
+        chart.set_size({"width": 560, "height": 320})
+        sheet.insert_chart(HEADER_ROW, len(SUMMARY_HEADINGS) + 1, chart)
+
+
+def _write_checks(workbook, formats: _Formats, data: ReportData) -> None:
+    name = SHEETS["checks"]
+    sheet = _sheet(workbook, formats, "checks", CHECK_HEADINGS, [24, 26, 20, 14, 16, 24, 70],
+                   "Problèmes non résolus, par formulaire et contrôle. / Unresolved problems, by form and check.")
+    row = HEADER_ROW + 1
+    for c in data.checks:
+        values = [c.form_id, c.check_code, SEVERITY_LABELS.get(c.severity, c.severity), c.open_issues, c.submissions,
+                  c.columns, c.example_message]
+        for column, value in enumerate(values):
+            _write(sheet, row, column, value)
+        row += 1
+    if not data.checks:
+        sheet.write_string(row, 0, "Aucun problème ouvert / No open issues", formats.note)
+        return
+    sheet.autofilter(HEADER_ROW, 0, row - 1, len(CHECK_HEADINGS) - 1)
+    chart = workbook.add_chart({"type": "bar"})
+    for column, colour in ((3, "#C00000"), (4, "#F4B183")):
+        chart.add_series({
+            "name": _cell(name, HEADER_ROW, column),
+            # Two levels: the form, then the check (the cache xlsxwriter cannot read from a 2-column range).
+            "categories": _range(name, HEADER_ROW + 1, 0, row - 1, 1),
+            "categories_data": [[c.form_id for c in data.checks], [c.check_code for c in data.checks]],
+            "values": _range(name, HEADER_ROW + 1, column, row - 1, column),
+            "fill": {"color": colour},
+        })
+    chart.set_title({"name": "Problèmes ouverts par contrôle / Open issues by check"})
+    chart.set_y_axis({"reverse": True})
+    chart.set_legend({"position": "bottom"})
+    chart.set_size({"width": 640, "height": max(320, 120 + 28 * len(data.checks))})
+    sheet.insert_chart(HEADER_ROW, len(CHECK_HEADINGS) + 1, chart)
+
+
+def _write_enumerators(workbook, formats: _Formats, data: ReportData) -> None:
+    name = SHEETS["enumerators"]
+    sheet = _sheet(workbook, formats, "enumerators", ENUMERATOR_HEADINGS, [24, 22, 12, 12, 14, 14, 14, 12, 16, 12, 16, 14],
+                   "Par formulaire et enquêteur (_submitted_by, sinon username). / Per form and enumerator "
+                   "(_submitted_by, else username).")
+    row = HEADER_ROW + 1
+    for e in data.enumerators:
+        values = [(e.form_id, None), (e.enumerator, None), (e.submissions, None), (e.days_worked, None),
+                  (e.per_day, formats.decimal), (e.median_minutes, formats.decimal), (e.with_errors, None),
+                  (e.error_rate, formats.percent), (e.with_warnings, None), (e.answers, None), (e.dont_know, None),
+                  (e.dont_know_rate, formats.percent)]
+        for column, (value, cell_format) in enumerate(values):
+            _write(sheet, row, column, value, cell_format)
+        row += 1
+    if not data.enumerators:
+        sheet.write_string(row, 0, "Aucune soumission / No submissions", formats.note)
+        return
+    sheet.autofilter(HEADER_ROW, 0, row - 1, len(ENUMERATOR_HEADINGS) - 1)
+
+    # Beside the table, submissions per enumerator with one column per form: the chart's data.
+    forms = list(dict.fromkeys(e.form_id for e in data.enumerators))
+    people = sorted({e.enumerator for e in data.enumerators})
+    counts = {(e.enumerator, e.form_id): e.submissions for e in data.enumerators}
+    left = len(ENUMERATOR_HEADINGS) + 1
+    sheet.write_string(HEADER_ROW - 1, left, "Soumissions par enquêteur / Submissions per enumerator", formats.bold)
+    sheet.write_string(HEADER_ROW, left, "Enquêteur / Enumerator", formats.header)
+    sheet.set_column(left, left, 22)
+    for index, form_id in enumerate(forms, start=1):
+        sheet.write_string(HEADER_ROW, left + index, form_id, formats.header)
+        sheet.set_column(left + index, left + index, 14)
+    sheet.write_string(HEADER_ROW, left + len(forms) + 1, "Total", formats.header)
+    for offset, person in enumerate(people, start=1):
+        sheet.write_string(HEADER_ROW + offset, left, person)
+        for index, form_id in enumerate(forms, start=1):
+            sheet.write_number(HEADER_ROW + offset, left + index, counts.get((person, form_id), 0))
+        sheet.write_number(HEADER_ROW + offset, left + len(forms) + 1,
+                           sum(counts.get((person, f), 0) for f in forms), formats.bold)
+    chart = workbook.add_chart({"type": "column", "subtype": "stacked"})
+    for index in range(1, len(forms) + 1):
+        chart.add_series({
+            "name": _cell(name, HEADER_ROW, left + index),
+            "categories": _range(name, HEADER_ROW + 1, left, HEADER_ROW + len(people), left),
+            "values": _range(name, HEADER_ROW + 1, left + index, HEADER_ROW + len(people), left + index),
+        })
+    chart.set_title({"name": "Soumissions par enquêteur / Submissions per enumerator"})
+    chart.set_legend({"position": "bottom"})
+    chart.set_size({"width": max(560, 40 * len(people) + 160), "height": 340})
+    sheet.insert_chart(HEADER_ROW + len(people) + 2, left, chart)
+
+
+def _write_coverage(workbook, formats: _Formats, data: ReportData) -> None:
+    name = SHEETS["coverage"]
+    sheet = _sheet(workbook, formats, "coverage", COVERAGE_HEADINGS, [24, 22, 18, 12, 12, 14, 14],
+                   "Commune répondue dans chaque soumission reçue. / Commune answered in each received submission.")
+    row = HEADER_ROW + 1
+    for c in data.communes:
+        values = [c.form_id, c.label, c.commune, c.submissions, c.clean, c.quarantined]
+        for column, value in enumerate(values):
+            _write(sheet, row, column, value)
+        _write(sheet, row, 6, _rate(c.quarantined, c.submissions), formats.percent)
+        row += 1
+    if not data.communes:
+        sheet.write_string(row, 0, "Aucune soumission / No submissions", formats.note)
+        return
+    sheet.autofilter(HEADER_ROW, 0, row - 1, len(COVERAGE_HEADINGS) - 1)
+    chart = workbook.add_chart({"type": "column", "subtype": "stacked"})
+    for column, colour in ((4, "#70AD47"), (5, "#C00000")):
+        chart.add_series({
+            "name": _cell(name, HEADER_ROW, column),
+            "categories": _range(name, HEADER_ROW + 1, 0, row - 1, 1),  # the form, then the commune
+            "categories_data": [[c.form_id for c in data.communes], [c.label for c in data.communes]],
+            "values": _range(name, HEADER_ROW + 1, column, row - 1, column),
+            "fill": {"color": colour},
+        })
+    chart.set_title({"name": "Couverture par commune / Coverage by commune"})
+    chart.set_legend({"position": "bottom"})
+    chart.set_size({"width": max(640, 32 * len(data.communes) + 160), "height": 380})
+    sheet.insert_chart(HEADER_ROW, len(COVERAGE_HEADINGS) + 1, chart)
+
+
+def _write_open_issues(workbook, formats: _Formats, data: ReportData) -> None:
+    room = EXCEL_MAX_ROWS - HEADER_ROW - 1
+    shown = data.open_issues[:room]
+    note = "Une ligne par problème ouvert, erreurs d'abord. / One row per open issue, errors first."
+    if len(shown) < len(data.open_issues):
+        note += (f" {len(data.open_issues) - len(shown)} lignes omises (limite d'Excel) / rows left out "
+                 f"(Excel's limit).")
+    sheet = _sheet(workbook, formats, "open_issues", OPEN_ISSUE_HEADINGS, [24, 12, 44, 20, 20, 8, 22, 20, 18, 80, 16, 18],
+                   note)
+    row = HEADER_ROW + 1
+    for i in shown:
+        values = [i.form_id, i.submission_id, i.root_uuid, i.table_name, i.column_name, i.row_key, i.check_code,
+                  SEVERITY_LABELS.get(i.severity, i.severity), i.value, i.message, i.enumerator]
+        for column, value in enumerate(values):
+            if column == 8 and value is not None:
+                sheet.write_string(row, column, str(value))  # a value is text, even "007" or "1e5"
+            else:
+                _write(sheet, row, column, value)
+        _write(sheet, row, 11, i.detected_at, formats.stamp)
+        row += 1
+    if shown:
+        sheet.autofilter(HEADER_ROW, 0, row - 1, len(OPEN_ISSUE_HEADINGS) - 1)
+    else:
+        sheet.write_string(row, 0, "Aucun problème ouvert / No open issues", formats.note)
+
+
+def write_report_workbook(data: ReportData, out_path: str | Path) -> Path:
+    """Writes already computed report data (for callers that hold a connection)."""
+    path = Path(out_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    workbook = _new_workbook(path)
+    workbook.set_properties({"title": "Rapport qualité / Quality report", "author": "Terrain"})
+    formats = _Formats(workbook)
+    _write_summary(workbook, formats, data)
+    _write_checks(workbook, formats, data)
+    _write_enumerators(workbook, formats, data)
+    _write_coverage(workbook, formats, data)
+    _write_open_issues(workbook, formats, data)
+    workbook.close()
+    return path
+
+
+def write_report(warehouse_path: str | Path, out_path: str | Path,
+                 dont_know_values: Iterable[str] = DONT_KNOW_VALUES) -> Path:
+    """Writes the quality report of the warehouse at ``warehouse_path`` to ``out_path`` (.xlsx)."""
+    with Warehouse(warehouse_path, read_only=True) as warehouse:
+        data = build_report_data(warehouse.con, dont_know_values)
+    return write_report_workbook(data, out_path)
+
+
+# -- corrections template -----------------------------------------------------------------
+def corrections_template_rows(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    """One row per open error, ready for a data manager to fill new_value, reason and author."""
+    rows = con.execute(_OPEN_ISSUES_SQL.format(where="AND i.severity = 'error'")).fetchall()
+    template = []
+    for row in rows:
+        issue = OpenIssue(*row)
+        template.append({
+            "root_uuid": issue.root_uuid, "field": issue.column_name or "", "row_key": issue.row_key or "",
+            "new_value": "", "reason": "", "author": "",
+            "form_id": issue.form_id, "table": issue.table_name, "submission_id": issue.submission_id,
+            "enumerator": issue.enumerator or "", "check": issue.check_code,
+            "current_value": issue.value if issue.value is not None else "", "message": issue.message,
+        })
+    return template
+
+
+TEMPLATE_HELP = [
+    ("Mode d'emploi / How to use", True),
+    ("", False),
+    ("1. Remplissez new_value, reason et author sur les lignes à corriger (colonnes jaunes). / Fill in new_value, "
+     "reason and author on the rows to correct (yellow columns).", False),
+    ("2. Supprimez les lignes que vous ne corrigez pas : une ligne gardée avec new_value vide efface la réponse. / "
+     "Delete the rows you do not correct: a row kept with an empty new_value erases the answer.", False),
+    ("3. new_value est la réponse telle que le formulaire l'enregistre (le code du choix, pas son libellé ; "
+     "plusieurs choix séparés par des espaces ; dates AAAA-MM-JJ). / new_value is the answer as the form stores "
+     "it (the choice's code, not its label; several choices separated by spaces; dates YYYY-MM-DD).", False),
+    ("4. row_key désigne la ligne d'un groupe répété (par ex. 2, ou 1.3) ; vide pour le reste du formulaire. / "
+     "row_key is the row of a repeat group (e.g. 2, or 1.3); empty for the rest of the form.", False),
+    ("5. Les autres colonnes sont du contexte : elles ne sont pas lues. / The other columns are context: they are "
+     "not read.", False),
+    ("6. Une correction passe à la prochaine construction ; la soumission sort de la quarantaine si elle passe "
+     "alors tous les contrôles. / A correction applies on the next build; the submission leaves the quarantine "
+     "if it then passes every check.", False),
+]
+
+
+def write_corrections_template(warehouse_path: str | Path, out_path: str | Path) -> Path:
+    """A corrections file (XLSX) with one row per open error; its first sheet is read back
+    as is by validation/corrections.py."""
+    with Warehouse(warehouse_path, read_only=True) as warehouse:
+        rows = corrections_template_rows(warehouse.con)
+    path = Path(out_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    workbook = _new_workbook(path)
+    formats = _Formats(workbook)
+    sheet = workbook.add_worksheet("Corrections")
+    widths = {"root_uuid": 44, "field": 20, "row_key": 8, "new_value": 20, "reason": 30, "author": 16,
+              "form_id": 24, "table": 20, "submission_id": 12, "enumerator": 14, "check": 20, "current_value": 18,
+              "message": 80}
+    for column, name in enumerate(TEMPLATE_COLUMNS):
+        sheet.write_string(0, column, name, formats.editable if name in TEMPLATE_EDITABLE else formats.header)
+        # Typed answers stay text ("007" keeps its zeros).
+        sheet.set_column(column, column, widths[name], formats.text if name in TEMPLATE_EDITABLE else None)
+    for row_number, row in enumerate(rows, start=1):
+        for column, name in enumerate(TEMPLATE_COLUMNS):
+            value = row[name]
+            if name == "submission_id" and value is not None:
+                sheet.write_number(row_number, column, value)
+            elif value not in (None, ""):
+                sheet.write_string(row_number, column, str(value))
+    sheet.freeze_panes(1, 1)
+    if rows:
+        sheet.autofilter(0, 0, len(rows), len(TEMPLATE_COLUMNS) - 1)
+    help_sheet = workbook.add_worksheet("Mode d'emploi - How to")
+    help_sheet.set_column(0, 0, 140)
+    for row_number, (text, bold) in enumerate(TEMPLATE_HELP):
+        if text:
+            help_sheet.write_string(row_number, 0, text, formats.title if bold else formats.wrap)
+    workbook.close()
+    return path
+
+
+__all__ = ["CheckCount", "CommuneCoverage", "DONT_KNOW_VALUES", "EnumeratorStats", "FormSummary", "OpenIssue",
+           "ReportData", "SHEETS", "TEMPLATE_COLUMNS", "build_report_data", "corrections_template_rows",
+           "report_markdown", "write_corrections_template", "write_report", "write_report_workbook"]
