@@ -266,10 +266,13 @@ class KoboClient:
             if not isinstance(body, dict) or not isinstance(body.get("results"), list):
                 raise ServerUnavailable(f"the data page of project {uid} has no 'results' list")
             results = body["results"]
-            if results:
-                last = max(int(r["_id"]) for r in results if isinstance(r, dict) and "_id" in r)
+            page_ids = [int(r["_id"]) for r in results if isinstance(r, dict) and str(r.get("_id", "")).isdigit()]
+            previous, last = last, max(page_ids) if page_ids else last
             yield Page(results=results, remaining=int(body.get("count", len(results))), last_id=last)
             if not results or not body.get("next"):
+                return
+            if last == previous:  # a page without one usable _id: paging on would repeat it forever
+                log.warning("KoboToolbox: a page of project %s has no usable _id; stopping there", uid)
                 return
 
 

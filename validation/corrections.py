@@ -22,6 +22,7 @@ import pandas as pd
 
 from forms.dictionary import FieldDictionary
 from forms.errors import TerrainError
+from warehouse.typing import root_uuid_of
 
 COLUMNS = ("root_uuid", "field", "row_key", "new_value", "reason", "author")
 ERASE = {"(vide)", "(empty)"}  # new_value that removes an answer
@@ -104,7 +105,7 @@ def _target(dictionary: FieldDictionary, name: str):
 def apply_corrections(con, dictionary: FieldDictionary, submissions: list[dict[str, Any]],
                       now: dt.datetime) -> list[dict[str, Any]]:
     """The submissions with their recorded corrections applied (copies; raw stays as received)."""
-    roots = [str(s.get("meta/rootUuid")) for s in submissions]
+    roots = [root_uuid_of(s) for s in submissions]
     if not roots:
         return submissions
     con.register("correction_roots", pd.DataFrame({"root_uuid": roots}))
@@ -120,7 +121,7 @@ def apply_corrections(con, dictionary: FieldDictionary, submissions: list[dict[s
         by_root.setdefault(row[0], []).append(row)
     corrected = []
     for submission in submissions:
-        todo = by_root.get(str(submission.get("meta/rootUuid")))
+        todo = by_root.get(root_uuid_of(submission))
         if not todo:
             corrected.append(submission)
             continue

@@ -70,7 +70,8 @@ class FormLoader:
         many went to quarantine. The caller holds the transaction."""
         groups: dict[str | None, list[dict[str, Any]]] = {}
         for submission in submissions:
-            groups.setdefault(submission.get(VERSION_KEY), []).append(submission)
+            version = submission.get(VERSION_KEY)
+            groups.setdefault(version if isinstance(version, str) else None, []).append(submission)
         quarantined = 0
         for version_uid, group in groups.items():
             dictionary, validator = self.for_version(version_uid)
@@ -86,10 +87,27 @@ class FormLoader:
     def load_page(self, submissions: list[dict[str, Any]], last_id: int | None) -> PageResult:
         now = dt.datetime.now(dt.timezone.utc)
         form_id = self.dictionary.form_id
-        with self.warehouse.transaction():
+        with self.warehouse.writing(), self.warehouse.transaction():
             landing = self.warehouse.land(self.asset_uid, form_id, submissions, now)
             quarantined = self.retype(landing.changed, now) if landing.changed else 0
+            if landing.rejected:
+                rejected = [_rejected_issue(why, what) for why, what in landing.rejected]
+                # Seen again, the same unusable result replaces its issue instead of adding one.
+                self.warehouse.record_issues(self.asset_uid, form_id, [i.root_uuid for i in rejected], rejected, now)
+                quarantined += len(landing.rejected)
             if last_id is not None:
                 self.warehouse.set_watermark(self.asset_uid, form_id, last_id, now)
         return PageResult(pulled=len(submissions), new=landing.new, edited=landing.edited,
                           unchanged=landing.unchanged, quarantined=quarantined)
+
+
+def _rejected_issue(why: str, what: Any) -> Issue:
+    """A quarantine row for something the server sent that is not a usable submission."""
+    import hashlib
+    import json
+
+    text = json.dumps(what, ensure_ascii=False, default=str)
+    return Issue(root_uuid=f"unidentified:{hashlib.sha256(text.encode()).hexdigest()[:16]}",
+                 submission_id=None, table_name="raw.submissions", column_name=None, row_key=None,
+                 check_code="malformed_submission", value=text[:500], severity="error",
+                 message=f"Résultat inutilisable reçu du serveur : {why} / Unusable result from the server: {why}")

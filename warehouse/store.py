@@ -11,7 +11,7 @@ import json
 import os
 import re
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator
@@ -22,7 +22,7 @@ import pandas as pd
 from forms.dictionary import FieldDictionary, Table
 from forms.errors import TerrainError
 from warehouse.labels import create_labelled_views, store_labels
-from warehouse.typing import RELEVANT_PREFIX, Issue
+from warehouse.typing import RELEVANT_PREFIX, Issue, root_uuid_of
 
 SQL_DIR = Path(__file__).resolve().parent / "sql"
 DEFAULT_PATH = Path("terrain.duckdb")
@@ -68,6 +68,24 @@ class LandingResult:
     edited: int
     unchanged: int
     changed: list[dict[str, Any]]  # submissions whose clean rows must be (re)built
+    rejected: list[tuple[str, Any]] = field(default_factory=list)  # (why, what arrived): not submissions
+
+
+def unusable(submission: Any) -> str | None:
+    """Why a result from the server cannot be landed as a submission, or None."""
+    if not isinstance(submission, dict):
+        return f"a result that is not a JSON object ({type(submission).__name__})"
+    try:
+        int(submission.get("_id"))
+    except (TypeError, ValueError):
+        return f"a submission without a valid _id ({str(submission.get('_id'))[:40]!r})"
+    if not (submission.get("meta/rootUuid") or submission.get("_uuid")):
+        return "a submission without meta/rootUuid or _uuid"
+    return None
+
+
+def _text_or_none(value: Any) -> str | None:
+    return None if value is None or isinstance(value, (dict, list)) else str(value)
 
 
 class Warehouse:
@@ -79,6 +97,10 @@ class Warehouse:
             config = {"memory_limit": os.environ.get(MEMORY_LIMIT_ENV, DEFAULT_MEMORY_LIMIT)}
             self.con = duckdb.connect(str(self.path), read_only=read_only, config=config)
         except duckdb.IOException as error:
+            if "not a valid DuckDB database" in str(error):
+                raise WarehouseError(f"{self.path} is not a usable DuckDB warehouse (a corrupted file, or another "
+                                     f"kind of file): restore it from a backup, or move it away and run a full sync "
+                                     f"again") from None
             if "lock" in str(error).lower():
                 raise WarehouseError(f"the warehouse {self.path} is in use by another run; try again when it "
                                      f"has finished") from None
@@ -98,6 +120,17 @@ class Warehouse:
         self.close()
 
     @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Turns a failed write (a full disk, a file that cannot grow) into a clear error;
+        the transaction around it is rolled back, so the warehouse stays as it was."""
+        try:
+            yield
+        except (duckdb.IOException, duckdb.OutOfMemoryException, duckdb.TransactionException) as error:
+            raise WarehouseError(f"could not write the warehouse {self.path} (disk full, or no space for it?): "
+                                 f"{str(error).splitlines()[0]}; nothing of this page was kept, the next sync "
+                                 f"starts again from it") from None
+
+    @contextmanager
     def transaction(self) -> Iterator[None]:
         self.con.execute("BEGIN TRANSACTION")
         try:
@@ -105,7 +138,14 @@ class Warehouse:
         except BaseException:
             self.con.execute("ROLLBACK")
             raise
-        self.con.execute("COMMIT")
+        try:
+            self.con.execute("COMMIT")
+        except duckdb.Error:
+            try:  # a commit that failed (e.g. the disk is full) leaves nothing behind
+                self.con.execute("ROLLBACK")
+            except duckdb.Error:
+                pass
+            raise
 
     # -- forms and tables -----------------------------------------------------------------
     def register_form_version(self, dictionary: FieldDictionary) -> None:
@@ -197,24 +237,29 @@ class Warehouse:
     # -- raw landing --------------------------------------------------------------------
     def land(self, asset_uid: str, form_id: str, submissions: list[dict[str, Any]], now: dt.datetime) -> LandingResult:
         """Lands a page of submissions as received; returns which of them are new or edited."""
-        if not submissions:
-            return LandingResult(0, 0, 0, [])
         by_root: dict[str, dict[str, Any]] = {}
-        rows = []
+        rows, rejected = [], []
         for submission in submissions:
-            root = str(submission.get("meta/rootUuid") or f"uuid:{submission.get('_uuid')}")
+            problem = unusable(submission)
+            if problem:
+                rejected.append((problem, submission))
+                continue
+            root = root_uuid_of(submission)
             by_root[root] = submission
-            time_text = submission.get("_submission_time")
             rows.append({
                 "asset_uid": asset_uid, "form_id": form_id, "submission_id": int(submission["_id"]),
                 "root_uuid": root, "uuid": str(submission.get("_uuid") or ""),
-                "form_version": submission.get("__version__"),
-                "submission_time": pd.Timestamp(time_text, tz="UTC") if time_text else None,
+                "form_version": _text_or_none(submission.get("__version__")),
+                "submission_time": _text_or_none(submission.get("_submission_time")),
                 "content_hash": content_hash(submission),
                 "payload": json.dumps(submission, ensure_ascii=False),
             })
+        if not rows:
+            return LandingResult(0, 0, 0, [], rejected)
         landing = pd.DataFrame(rows)
-        landing["submission_time"] = pd.to_datetime(landing["submission_time"], utc=True)
+        # A malformed time is kept in the payload and left empty here, never a crash.
+        landing["submission_time"] = pd.to_datetime(landing["submission_time"], utc=True, errors="coerce",
+                                                    format="ISO8601")
         queries = named_queries("land_raw.sql")
         self.con.register("landing_frame", landing)
         try:
@@ -228,7 +273,7 @@ class Warehouse:
         self.con.execute(queries["insert_new_versions"], {"now": now})
         edited = sum(1 for _, is_edit in changed if is_edit)
         return LandingResult(new=len(changed) - edited, edited=edited, unchanged=len(rows) - len(changed),
-                             changed=[by_root[root] for root, _ in changed])
+                             changed=[by_root[root] for root, _ in changed], rejected=rejected)
 
     # -- clean tables and quarantine ------------------------------------------------------
     def replace_clean(self, dictionary: FieldDictionary, root_uuids: list[str], tables: dict[str, pd.DataFrame],
@@ -271,7 +316,7 @@ class Warehouse:
 
     def add_to_server_index(self, rows: list[dict[str, Any]]) -> None:
         frame = pd.DataFrame({
-            "root_uuid": [str(r.get("meta/rootUuid") or f"uuid:{r.get('_uuid')}") for r in rows],
+            "root_uuid": [root_uuid_of(r) for r in rows],
             "uuid": [str(r.get("_uuid") or "") for r in rows],
             "submission_id": [int(r["_id"]) for r in rows],
         })

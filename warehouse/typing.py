@@ -58,6 +58,23 @@ def _timestamp(raw: str) -> dt.datetime:
     return value.astimezone(dt.timezone.utc)
 
 
+def root_uuid_of(submission: dict[str, Any]) -> str:
+    """The stable key of a submission (kobo-api.md §3.6): meta/rootUuid, else its first _uuid."""
+    return str(submission.get("meta/rootUuid") or f"uuid:{submission.get('_uuid')}")
+
+
+def _safe_timestamp(raw: Any) -> dt.datetime | None:
+    """A server time that cannot be read is left empty (the raw payload keeps it)."""
+    try:
+        return _timestamp(str(raw)) if raw else None
+    except ValueError:
+        return None
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None or isinstance(value, (dict, list)) else str(value)
+
+
 def _geopoint(raw: str) -> list[float]:
     parts = [float(p) for p in raw.split()]
     if len(parts) < 2 or len(parts) > 4:
@@ -137,18 +154,19 @@ class _Typer:
         self.children = {name: self.dictionary.children_of(name) for name in dictionary.tables}
 
     def add(self, submission: dict[str, Any]) -> str:
-        root_uuid = str(submission.get("meta/rootUuid") or submission.get("_uuid") or submission.get("_id"))
+        root_uuid = root_uuid_of(submission)
         submission_id = submission.get("_id")
         main = self.dictionary.main_table
         answers: dict[str, Any] = {}
         system = {
             "root_uuid": root_uuid,
             "submission_id": int(submission_id) if submission_id is not None else None,
-            "uuid": submission.get("_uuid"),
-            "form_version": submission.get("__version__"),
-            "submission_time": _timestamp(submission["_submission_time"]) if submission.get("_submission_time") else None,
-            "submitted_by": submission.get("_submitted_by"),
-            "validation_status": (submission.get("_validation_status") or {}).get("uid"),
+            "uuid": _text(submission.get("_uuid")),
+            "form_version": _text(submission.get("__version__")),
+            "submission_time": _safe_timestamp(submission.get("_submission_time")),
+            "submitted_by": _text(submission.get("_submitted_by")),
+            "validation_status": _text((submission.get("_validation_status") or {}).get("uid"))
+            if isinstance(submission.get("_validation_status"), dict) else None,
         }
         self._row(main, submission, system, answers, root_uuid, submission_id, None)
         return root_uuid

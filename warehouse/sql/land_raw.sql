@@ -68,6 +68,7 @@ WITH listed AS (
     SELECT r.root_uuid, r.submission_id, unnest(CAST(json_extract(r.payload, '$._attachments') AS JSON[])) AS item
     FROM raw.submissions AS r
     WHERE r.asset_uid = $asset_uid AND r.is_current AND r.deleted_at IS NULL
+      AND json_type(r.payload, '$._attachments') = 'ARRAY'
 )
 SELECT root_uuid, submission_id,
        json_extract_string(item, '$.uid') AS attachment_uid,
@@ -76,7 +77,8 @@ SELECT root_uuid, submission_id,
        json_extract_string(item, '$.media_file_basename') AS file_name,
        json_extract_string(item, '$.mimetype') AS mimetype
 FROM listed
-WHERE NOT coalesce(CAST(json_extract(item, '$.is_deleted') AS BOOLEAN), FALSE)
+WHERE json_type(item) = 'OBJECT'
+  AND NOT coalesce(TRY_CAST(json_extract_string(item, '$.is_deleted') AS BOOLEAN), FALSE)
   AND json_extract_string(item, '$.uid') IS NOT NULL
   AND NOT EXISTS (SELECT 1 FROM attachments AS a
                   WHERE a.asset_uid = $asset_uid AND a.attachment_uid = json_extract_string(item, '$.uid'))
