@@ -11,11 +11,11 @@ A rule applies to any form that has the columns it reads.
 from __future__ import annotations
 
 import datetime as dt
-import math
 from dataclasses import dataclass, field
 from typing import Callable
 
 import duckdb
+import numpy as np
 import pandas as pd
 
 from forms.dictionary import FieldDictionary
@@ -178,20 +178,27 @@ def young_participant(ctx: RuleContext):
 
 
 # -- rules across submissions (the warehouse holds the others) -------------------------------
-def _others(ctx: RuleContext, sql: str, params: list) -> pd.DataFrame:
-    """Rows of what the warehouse already holds for this form, except the batch's submissions."""
-    if ctx.con is None:
+# Each asks the warehouse only about the keys in the batch (its uuids, ids, villages...),
+# so a sync costs the same per page however large the warehouse grows.
+def _others(ctx: RuleContext, sql: str, keys: pd.DataFrame, params: list | None = None) -> pd.DataFrame:
+    """Rows the warehouse already holds for the batch's ``keys`` (registered as ``batch_keys``),
+    except the batch's own submissions (``batch_roots``)."""
+    if ctx.con is None or keys.empty:
         return pd.DataFrame()
     ctx.con.register("batch_roots", pd.DataFrame({"root_uuid": ctx.main["root_uuid"].astype(str)}))
+    ctx.con.register("batch_keys", keys)
     try:
-        return ctx.con.execute(sql, params).df()
+        return ctx.con.execute(sql, params or []).df()
     finally:
         ctx.con.unregister("batch_roots")
+        ctx.con.unregister("batch_keys")
 
 
 def duplicate_uuid(ctx: RuleContext):
+    keys = pd.DataFrame({"uuid": ctx.main["uuid"].dropna().astype(str).unique()})
     others = _others(ctx, "SELECT uuid FROM raw.submissions WHERE form_id = ? AND is_current AND deleted_at IS NULL "
-                          "AND root_uuid NOT IN (SELECT root_uuid FROM batch_roots)", [ctx.dictionary.form_id])
+                          "AND uuid IN (SELECT uuid FROM batch_keys) "
+                          "AND root_uuid NOT IN (SELECT root_uuid FROM batch_roots)", keys, [ctx.dictionary.form_id])
     seen = set(others["uuid"]) if not others.empty else set()
     dup = ctx.main["uuid"].duplicated(keep=False) | ctx.main["uuid"].isin(seen)
     return [(r.root_uuid, ctx.main_name(), "uuid", None, r.uuid,
@@ -203,8 +210,10 @@ def duplicate_household_id(ctx: RuleContext):
     if "household_id" not in ctx.main.columns:
         return []
     table = ctx.main_name()
-    others = _others(ctx, f'SELECT household_id FROM main."{table}" WHERE household_id IS NOT NULL '
-                          "AND root_uuid NOT IN (SELECT root_uuid FROM batch_roots)", [])
+    keys = pd.DataFrame({"household_id": ctx.main["household_id"].dropna().astype(str).unique()})
+    others = _others(ctx, f'SELECT household_id FROM main."{table}" WHERE household_id IN '
+                          "(SELECT household_id FROM batch_keys) "
+                          "AND root_uuid NOT IN (SELECT root_uuid FROM batch_roots)", keys)
     seen = set(others["household_id"]) if not others.empty else set()
     ids = ctx.main["household_id"]
     dup = ids.notna() & (ids.duplicated(keep=False) | ids.isin(seen))
@@ -213,34 +222,37 @@ def duplicate_household_id(ctx: RuleContext):
             for r in _rows(ctx.main, dup).itertuples()]
 
 
-def _metres(lat1, lon1, lat2, lon2) -> float:
-    dlat, dlon = math.radians(lat2 - lat1), math.radians(lon2 - lon1)
-    a = math.sin(dlat / 2) ** 2 + math.cos(math.radians(lat1)) * math.cos(math.radians(lat2)) * math.sin(dlon / 2) ** 2
-    return 12_742_000 * math.asin(math.sqrt(a))
+def _vector_km(lat1: pd.Series, lon1: pd.Series, lat2: pd.Series, lon2: pd.Series) -> np.ndarray:
+    """Great-circle distances in km, for whole columns at once (haversine)."""
+    lat1, lon1, lat2, lon2 = (np.radians(np.asarray(c, dtype=float)) for c in (lat1, lon1, lat2, lon2))
+    haversine = np.sin((lat2 - lat1) / 2) ** 2 + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2
+    return 12_742 * np.arcsin(np.sqrt(haversine))
 
 
 def near_duplicate(ctx: RuleContext):
-    needed = {"submitted_by", "location_latitude", "location_longitude", "head_name"}
-    if not needed <= set(ctx.main.columns):
+    needed = ["submitted_by", "location_latitude", "location_longitude", "head_name"]
+    if not set(needed) <= set(ctx.main.columns):
         return []
     table = ctx.main_name()
-    others = _others(ctx, f'SELECT root_uuid, submitted_by, location_latitude, location_longitude, head_name '
-                          f'FROM main."{table}" WHERE root_uuid NOT IN (SELECT root_uuid FROM batch_roots)', [])
-    pool = pd.concat([ctx.main[list(needed | {"root_uuid"})], others], ignore_index=True).dropna()
+    batch = ctx.main[needed + ["root_uuid"]].dropna()
+    keys = batch[["submitted_by", "head_name"]].drop_duplicates().astype(str)
+    others = _others(ctx, f'SELECT t.root_uuid, t.submitted_by, t.location_latitude, t.location_longitude, t.head_name '
+                          f'FROM main."{table}" t JOIN batch_keys k USING (submitted_by, head_name) '
+                          f"WHERE t.root_uuid NOT IN (SELECT root_uuid FROM batch_roots)", keys)
+    pool = pd.concat([batch, others], ignore_index=True).dropna()
+    pool = pool[pool.duplicated(["submitted_by", "head_name"], keep=False)]  # only names seen twice
+    pairs = pool.merge(pool, on=["submitted_by", "head_name"], suffixes=("_a", "_b"))
+    pairs = pairs[pairs["root_uuid_a"] < pairs["root_uuid_b"]]
+    pairs = pairs.assign(metres=_vector_km(pairs["location_latitude_a"], pairs["location_longitude_a"],
+                                           pairs["location_latitude_b"], pairs["location_longitude_b"]) * 1000)
+    ours = set(batch["root_uuid"])
     problems = []
-    for (_, _), group in pool.groupby(["submitted_by", "head_name"]):
-        if len(group) < 2:
-            continue
-        rows = list(group.itertuples())
-        for i, a in enumerate(rows):
-            for b in rows[i + 1:]:
-                metres = _metres(a.location_latitude, a.location_longitude, b.location_latitude, b.location_longitude)
-                if metres <= ctx.settings.near_duplicate_metres:
-                    for r in (a, b):
-                        if r.root_uuid in set(ctx.main["root_uuid"]):
-                            problems.append((r.root_uuid, table, "head_name", None, r.head_name,
-                                             f"Doublon probable : même enquêteur, même chef de ménage, à {metres:.0f} m "
-                                             f"/ Likely duplicate: same enumerator, same head, {metres:.0f} m apart"))
+    for r in pairs[pairs["metres"] <= ctx.settings.near_duplicate_metres].itertuples():
+        for root in (r.root_uuid_a, r.root_uuid_b):
+            if root in ours:
+                problems.append((root, table, "head_name", None, r.head_name,
+                                 f"Doublon probable : même enquêteur, même chef de ménage, à {r.metres:.0f} m "
+                                 f"/ Likely duplicate: same enumerator, same head, {r.metres:.0f} m apart"))
     return list(dict.fromkeys(problems))
 
 
@@ -248,14 +260,16 @@ def too_many_per_day(ctx: RuleContext):
     if not {"submitted_by", "today"} <= set(ctx.main.columns):
         return []
     table = ctx.main_name()
-    others = _others(ctx, "SELECT json_extract_string(payload, '$._submitted_by') AS submitted_by, "
-                          "left(json_extract_string(payload, '$.today'), 10) AS today FROM raw.submissions "
-                          "WHERE form_id = ? AND is_current AND deleted_at IS NULL "
-                          "AND root_uuid NOT IN (SELECT root_uuid FROM batch_roots)", [ctx.dictionary.form_id])
     batch = ctx.main[["root_uuid", "submitted_by", "today"]].dropna()
-    batch = batch.assign(today=batch["today"].astype(str))  # dates as 'YYYY-MM-DD' on both sides
-    pool = pd.concat([batch[["submitted_by", "today"]], others], ignore_index=True).dropna()
-    counts = pool.groupby(["submitted_by", "today"]).size()
+    batch = batch.assign(today=pd.to_datetime(batch["today"]).dt.date)
+    keys = batch[["submitted_by", "today"]].drop_duplicates()
+    others = _others(ctx, f'SELECT t.submitted_by, t.today, count(*) AS n FROM main."{table}" t '
+                          f"JOIN batch_keys k ON k.submitted_by = t.submitted_by AND k.today = t.today "
+                          f"WHERE t.root_uuid NOT IN (SELECT root_uuid FROM batch_roots) GROUP BY ALL", keys)
+    counts = batch.groupby(["submitted_by", "today"]).size()
+    for r in (others.itertuples() if not others.empty else []):
+        key = (r.submitted_by, pd.Timestamp(r.today).date())
+        counts[key] = counts.get(key, 0) + r.n
     limit = ctx.settings.max_submissions_per_day
     problems = []
     for r in batch.itertuples():
@@ -268,25 +282,29 @@ def too_many_per_day(ctx: RuleContext):
 
 
 def far_from_village(ctx: RuleContext):
-    needed = {"village", "location_latitude", "location_longitude"}
-    if not needed <= set(ctx.main.columns):
+    needed = ["village", "location_latitude", "location_longitude"]
+    if not set(needed) <= set(ctx.main.columns):
         return []
     table = ctx.main_name()
-    others = _others(ctx, f'SELECT village, location_latitude, location_longitude FROM main."{table}" '
-                          "WHERE root_uuid NOT IN (SELECT root_uuid FROM batch_roots)", [])
-    pool = pd.concat([ctx.main[list(needed)], others], ignore_index=True).dropna()
-    centres = pool.groupby("village")[["location_latitude", "location_longitude"]].median()
+    batch = ctx.main[needed + ["root_uuid"]].dropna()
+    keys = pd.DataFrame({"village": batch["village"].astype(str).unique()})
+    others = _others(ctx, f'SELECT t.village, t.location_latitude, t.location_longitude FROM main."{table}" t '
+                          f"WHERE t.village IN (SELECT village FROM batch_keys) AND t.location_latitude IS NOT NULL "
+                          f"AND t.root_uuid NOT IN (SELECT root_uuid FROM batch_roots)", keys)
+    pool = pd.concat([batch[needed], others], ignore_index=True).dropna()
+    centres = pool.groupby("village").agg(centre_lat=("location_latitude", "median"),
+                                          centre_lon=("location_longitude", "median"),
+                                          size=("location_latitude", "size"))
+    placed = batch.join(centres, on="village")
+    placed = placed[placed["size"] >= 3]
+    placed = placed.assign(km=_vector_km(placed["location_latitude"], placed["location_longitude"],
+                                         placed["centre_lat"], placed["centre_lon"]))
     limit = ctx.settings.max_km_from_village
     problems = []
-    for r in ctx.main.dropna(subset=list(needed)).itertuples():
-        if r.village not in centres.index or (pool["village"] == r.village).sum() < 3:
-            continue
-        centre = centres.loc[r.village]
-        km = _metres(r.location_latitude, r.location_longitude, centre.location_latitude, centre.location_longitude) / 1000
-        if km > limit:
-            problems.append((r.root_uuid, table, "location", None, f"{km:.1f} km",
-                             f"Point GPS à {km:.1f} km des autres fiches du village (plus de {limit:g} km) / "
-                             f"GPS point {km:.1f} km from the village's other submissions (over {limit:g} km)"))
+    for r in placed[placed["km"] > limit].itertuples():
+        problems.append((r.root_uuid, table, "location", None, f"{r.km:.1f} km",
+                         f"Point GPS à {r.km:.1f} km des autres fiches du village (plus de {limit:g} km) / "
+                         f"GPS point {r.km:.1f} km from the village's other submissions (over {limit:g} km)"))
     return problems
 
 
