@@ -106,7 +106,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
     summaries = sync_flow(base_url=args.url, asset_uids=args.asset or None, warehouse_path=args.warehouse,
                           page_size=args.page_size, parallel=args.parallel, reconcile=args.reconcile,
-                          download_attachments=not args.no_attachments, attachments_dir=args.attachments)
+                          download_attachments=not args.no_attachments, attachments_dir=args.attachments,
+                          write_back=args.write_back)
     for s in summaries:
         print(f"{s['form_id']} ({s['asset_uid']}): pulled {s['pulled']}: new {s['new']}, edited {s['edited']}, "
               f"deleted {s['deleted']}, quarantined {s['quarantined']}, {s['seconds']} s")
@@ -167,6 +168,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.corrections_template:
         print(write_corrections_template(args.warehouse, args.corrections_template))
     return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from flows.serve import serve_main
+
+    return serve_main(args.settings)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -303,6 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild = sub.add_parser("rebuild", help="rebuild the clean tables from the raw submissions (no network)")
     rebuild.add_argument("--warehouse", default=DEFAULT_WAREHOUSE)
     rebuild.set_defaults(func=cmd_rebuild)
+
+    serve = sub.add_parser("serve", help="run the scheduled syncs and quality report on this machine (Ctrl+C stops)")
+    serve.add_argument("--settings", help="settings file (default: $TERRAIN_SETTINGS or ./terrain.toml)")
+    serve.set_defaults(func=cmd_serve)
 
     server = sub.add_parser("kobo-server", help="run the local KoboToolbox-compatible server in the foreground")
     server.add_argument("--port", type=int, default=8000)

@@ -1,48 +1,381 @@
-"""Prefect flows: they only sequence small tasks over the plain functions in flows/sync.py."""
+"""Prefect flows: they only sequence small tasks over plain functions (flows/sync.py,
+kobo/publish.py, warehouse/rebuild.py, warehouse/exports.py).
+
+| flow | what it does | deployment (prefect.yaml) |
+|---|---|---|
+| ``sync_all`` | pulls every configured project, one ``sync-form`` task each | ``sync-all-hourly`` |
+| ``sync_form`` | pulls one project | |
+| ``publish_forms`` | imports and deploys our forms in KoboToolbox | |
+| ``quality_report`` | refreshes the analyst tables, summarises the quarantine, writes the report | ``quality-report-daily`` |
+| ``rebuild`` | rebuilds clean tables, marts and analyst tables from raw (no network) | |
+| ``sync_flow`` | the ``terrain sync`` / ``terrain demo`` entry (explicit arguments, no settings file) | |
+
+Every flow reads its settings with ``flows.settings.load_settings`` (``terrain.toml`` plus
+environment; parameters override). The KoboToolbox token is never a parameter: it comes
+from ``KOBO_TOKEN`` or the Prefect Secret block ``kobo-token``.
+
+One writer at a time: a flow that writes the warehouse holds ``warehouse.lock.WriterLock``
+for its whole run; a second one waits ``lock_timeout_seconds`` and then fails with a
+message naming the holder. The DuckDB file itself is opened per form and closed between
+forms, so readers can open it between two forms.
+
+Each run ends with a summary per form (pulled, new, edited, deleted, quarantined,
+seconds, status) as a Prefect markdown artifact and in the logs. A form that fails does
+not stop the others; the run then fails at the end, after the summary.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Iterable
 
 # No internet in the field or here: Prefect's ephemeral server must not try to send telemetry.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
 
-from flows.progress import make_progress
-from flows.sync import SyncSettings, SyncSummary, deployed_asset_uids, resolve_token, sync_asset
-from kobo.client import KoboClient
-from warehouse.store import Warehouse
+from flows.progress import make_progress  # noqa: E402
+from flows.settings import Settings, load_settings  # noqa: E402
+from flows.sync import Progress, SyncSummary, deployed_asset_uids, resolve_token, sync_asset  # noqa: E402
+from forms.errors import TerrainError  # noqa: E402
+from kobo.client import KoboClient  # noqa: E402
+from warehouse.lock import WarehouseBusy, WriterLock  # noqa: E402
+from warehouse.store import Warehouse  # noqa: E402
+
+RETRIES = 2
+RETRY_DELAYS = [10, 60]  # seconds; the client already retried each request a few times
+SUMMARY_COLUMNS = ("form", "project", "pulled", "new", "edited", "deleted", "quarantined", "seconds", "status")
 
 
-def _client(base_url: str, page_size: int) -> KoboClient:
-    return KoboClient(base_url, resolve_token(), page_size=page_size)
+class RunFailed(TerrainError):
+    """Some forms of a run failed; the others went through (see the run's summary)."""
 
 
-@task(name="list-projects", cache_policy=NO_CACHE)
-def list_projects(base_url: str, page_size: int) -> list[str]:
-    with _client(base_url, page_size) as client:
+# -- retries only for transient errors ---------------------------------------------------
+def transient_only(task: Any, task_run: Any, state: Any) -> bool:
+    """``retry_condition_fn``: retry a task only when it failed on something that may pass
+    (a 5xx, 429, timeout or cut connection: ``KoboError.transient``), never on a wrong
+    token, a missing project or a busy warehouse."""
+    try:
+        state.result()
+    except Exception as error:  # noqa: BLE001 - the task's own exception, inspected
+        return bool(getattr(error, "transient", False))
+    return False
+
+
+class _Recorder(Progress):
+    """Passes progress on, and keeps the form's summary, even when the sync fails."""
+
+    def __init__(self, inner: Progress):
+        super().__init__(report=inner.report)
+        self.inner = inner
+        self.summary: SyncSummary | None = None
+
+    def start(self, summary: SyncSummary, total: int | None) -> None:
+        self.summary = summary
+        self.inner.start(summary, total)
+
+    def page(self, summary: SyncSummary, remaining: int, started: float) -> None:
+        self.summary = summary
+        self.inner.page(summary, remaining, started)
+
+    def note(self, summary: SyncSummary, message: str) -> None:
+        self.inner.note(summary, message)
+
+    def finish(self, summary: SyncSummary) -> None:
+        self.summary = summary
+        self.inner.finish(summary)
+
+
+def _client(settings: Settings) -> KoboClient:
+    return KoboClient(settings.kobo_url, resolve_token(), page_size=settings.page_size)
+
+
+# -- tasks ---------------------------------------------------------------------------------
+@task(name="list-projects", cache_policy=NO_CACHE, retries=RETRIES, retry_delay_seconds=RETRY_DELAYS,
+      retry_condition_fn=transient_only)
+def list_projects(settings: Settings) -> list[str]:
+    with _client(settings) as client:
         return deployed_asset_uids(client)
 
 
-@task(name="sync-project", cache_policy=NO_CACHE)
-def sync_project(base_url: str, asset_uid: str, warehouse_path: str, settings: SyncSettings) -> dict:
+@task(name="sync-form", task_run_name="sync-form-{asset_uid}", cache_policy=NO_CACHE, retries=RETRIES,
+      retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=transient_only)
+def sync_form_task(settings: Settings, asset_uid: str) -> dict[str, Any]:
+    """Syncs one project; holds the writer lock (re-entrant: free when the flow holds it)."""
     logger = get_run_logger()
-    with _client(base_url, settings.page_size) as client, Warehouse(warehouse_path) as warehouse:
-        summary: SyncSummary = sync_asset(client, warehouse, asset_uid, make_progress(logger.info), settings)
-    logger.info("%s: pulled %d (new %d, edited %d), quarantined %d, in %.1f s", summary.form_id, summary.pulled,
-                summary.new, summary.edited, summary.quarantined, summary.seconds)
+    recorder = _Recorder(make_progress(logger.info))
+    try:
+        with WriterLock(settings.warehouse_path, settings.lock_timeout_seconds, purpose="sync"), \
+                _client(settings) as client, Warehouse(settings.warehouse_path) as warehouse:
+            summary = sync_asset(client, warehouse, asset_uid, recorder, settings.sync_settings())
+    except Exception as error:
+        # The flow's summary shows what the form did before it failed.
+        error.terrain_summary = recorder.summary.as_dict() if recorder.summary else None  # type: ignore[attr-defined]
+        raise
     return summary.as_dict()
+
+
+@task(name="publish-form", task_run_name="publish-form-{form_id}", cache_policy=NO_CACHE, retries=RETRIES,
+      retry_delay_seconds=RETRY_DELAYS, retry_condition_fn=transient_only)
+def publish_form_task(settings: Settings, form_id: str) -> dict[str, Any]:
+    from forms.build import project_form
+    from kobo.publish import publish_form
+
+    started = time.monotonic()
+    with _client(settings) as client:
+        result = publish_form(client, project_form(form_id))
+    return {"form_id": form_id, **asdict(result), "seconds": round(time.monotonic() - started, 2)}
+
+
+@task(name="refresh-analyst-tables", cache_policy=NO_CACHE)
+def refresh_analyst_tables_task(settings: Settings) -> list[str]:
+    with WriterLock(settings.warehouse_path, settings.lock_timeout_seconds, purpose="quality report"), \
+            Warehouse(settings.warehouse_path) as warehouse:
+        return warehouse.refresh_analyst_tables()
+
+
+QUARANTINE_BY_CHECK = """
+SELECT i.form_id, i.check_code, count(DISTINCT i.root_uuid) AS submissions, count(*) AS issues
+FROM quality.issues i
+JOIN quality.quarantine q ON q.asset_uid = i.asset_uid AND q.root_uuid = i.root_uuid
+WHERE i.severity = 'error' AND i.resolved_at IS NULL
+GROUP BY i.form_id, i.check_code
+ORDER BY i.form_id, submissions DESC, i.check_code
+"""
+QUARANTINE_BY_FORM = """
+SELECT s.form_id, count(DISTINCT s.root_uuid) AS submissions, count(DISTINCT q.root_uuid) AS quarantined
+FROM raw.submissions s
+LEFT JOIN quality.quarantine q ON q.asset_uid = s.asset_uid AND q.root_uuid = s.root_uuid
+WHERE s.is_current AND s.deleted_at IS NULL
+GROUP BY s.form_id ORDER BY s.form_id
+"""
+
+
+@task(name="quarantine-counts", cache_policy=NO_CACHE)
+def quarantine_counts_task(settings: Settings) -> dict[str, list[dict[str, Any]]]:
+    with WriterLock(settings.warehouse_path, settings.lock_timeout_seconds, purpose="quality report"), \
+            Warehouse(settings.warehouse_path, read_only=True) as warehouse:
+        result = {}
+        for name, sql in (("by_form", QUARANTINE_BY_FORM), ("by_check", QUARANTINE_BY_CHECK)):
+            columns, rows = warehouse.query(sql)
+            result[name] = [dict(zip(columns, row)) for row in rows]
+        return result
+
+
+@task(name="write-quality-report", cache_policy=NO_CACHE)
+def write_report_task(settings: Settings) -> str | None:
+    """The XLSX quality report, when validation/report.py provides ``write_report``."""
+    try:
+        from validation.report import write_report  # type: ignore[import-not-found]
+    except ImportError:
+        get_run_logger().info("no XLSX quality report yet (validation.report.write_report is not available)")
+        return None
+    out = Path(settings.report_dir) / f"quality-{dt.date.today():%Y-%m-%d}.xlsx"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with WriterLock(settings.warehouse_path, settings.lock_timeout_seconds, purpose="quality report"):
+        return str(write_report(settings.warehouse_path, out))
+
+
+@task(name="rebuild-warehouse", cache_policy=NO_CACHE)
+def rebuild_task(settings: Settings) -> list[dict[str, Any]]:
+    from warehouse.rebuild import rebuild_all
+
+    with WriterLock(settings.warehouse_path, settings.lock_timeout_seconds, purpose="rebuild"), \
+            Warehouse(settings.warehouse_path) as warehouse:
+        results = [asdict(r) for r in rebuild_all(warehouse)]
+        warehouse.create_marts()
+        warehouse.refresh_analyst_tables()
+    return results
+
+
+# -- summaries -----------------------------------------------------------------------------
+def markdown_table(columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> str:
+    columns = list(columns)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(str(v).replace("|", "\\|").replace("\n", " ") for v in row) + " |")
+    return "\n".join(lines)
+
+
+def summary_rows(summaries: list[dict[str, Any]]) -> list[list[Any]]:
+    return [[s.get("form_id") or "?", s.get("asset_uid") or "?", s.get("pulled", 0), s.get("new", 0),
+             s.get("edited", 0), s.get("deleted", 0), s.get("quarantined", 0), s.get("seconds", 0),
+             s.get("status", "ok") if not s.get("error") else f"{s.get('status', 'failed')}: {s['error']}"]
+            for s in summaries]
+
+
+def publish_summary(key: str, title: str, markdown: str) -> None:
+    """Logs the summary and keeps it as a Prefect artifact of the run."""
+    logger = get_run_logger()
+    logger.info("%s\n%s", title, markdown)
+    try:
+        from prefect.artifacts import create_markdown_artifact
+
+        create_markdown_artifact(markdown=f"## {title}\n\n{markdown}\n", key=key, description=title)
+    except Exception as error:  # noqa: BLE001 - the summary is in the logs already
+        logger.warning("could not store the %s artifact: %s", key, error)
+
+
+def _failed_summary(asset_uid: str, state: Any) -> dict[str, Any]:
+    error = state.result(raise_on_failure=False)
+    recorded = getattr(error, "terrain_summary", None)
+    summary = dict(recorded) if recorded else SyncSummary(form_id="?", asset_uid=asset_uid).as_dict()
+    summary["status"] = "failed"
+    summary["error"] = str(error) if isinstance(error, BaseException) else (state.message or "failed")
+    return summary
+
+
+def _sync(settings: Settings, asset_uids: Iterable[str], title: str) -> list[dict[str, Any]]:
+    """Syncs the projects one after the other under the writer lock; a failed form is
+    recorded and the next one goes on. Ends with the summary; raises if any form failed."""
+    logger = get_run_logger()
+    started = time.monotonic()
+    try:
+        uids = list(asset_uids) or list_projects(settings)
+    except TerrainError as error:
+        publish_summary("sync-summary", f"{title}: did not run", f"The projects could not be listed: {error}")
+        raise
+    logger.info("%s: %d project(s) from %s into %s", title, len(uids), settings.kobo_url, settings.warehouse_path)
+    summaries: list[dict[str, Any]] = []
+    try:
+        with WriterLock(settings.warehouse_path, settings.lock_timeout_seconds, purpose="sync") as lock:
+            if lock.waited >= 1:
+                logger.info("waited %.0f s for another run to finish writing the warehouse", lock.waited)
+            for uid in uids:
+                state = sync_form_task(settings, uid, return_state=True)
+                summaries.append(state.result() if state.is_completed() else _failed_summary(uid, state))
+    except WarehouseBusy as error:
+        publish_summary("sync-summary", f"{title}: did not run", f"The warehouse was busy: {error}")
+        raise
+    total = round(time.monotonic() - started, 1)
+    failed = [s for s in summaries if s.get("status") != "ok"]
+    publish_summary("sync-summary", f"{title}: {len(summaries) - len(failed)} of {len(summaries)} form(s) synced "
+                    f"in {total} s", markdown_table(SUMMARY_COLUMNS, summary_rows(summaries)))
+    if failed:
+        raise RunFailed(f"{len(failed)} of {len(summaries)} form(s) failed: "
+                        + "; ".join(f"{s['form_id']} ({s['asset_uid']}): {s['error']}" for s in failed))
+    return summaries
+
+
+# -- flows -----------------------------------------------------------------------------------
+@flow(name="sync-all", log_prints=False)
+def sync_all(settings_path: str | None = None, kobo_url: str | None = None, forms: list[str] | None = None,
+             warehouse_path: str | None = None, attachments_dir: str | None = None,
+             download_attachments: bool | None = None, page_size: int | None = None, parallel: int | None = None,
+             reconcile: str | None = None, write_back: bool | None = None,
+             lock_timeout_seconds: float | None = None) -> list[dict[str, Any]]:
+    """Syncs every configured project (``forms`` in terrain.toml; empty: every deployed one),
+    each in its own task; one failing form does not stop the others. Parameters left
+    empty come from the settings file and the environment."""
+    settings = load_settings(settings_path, kobo_url=kobo_url, forms=forms, warehouse_path=warehouse_path,
+                             attachments_dir=attachments_dir, download_attachments=download_attachments,
+                             page_size=page_size, parallel=parallel, reconcile=reconcile,
+                             write_back=write_back, lock_timeout_seconds=lock_timeout_seconds)
+    return _sync(settings, settings.forms, "sync-all")
+
+
+@flow(name="sync-form", log_prints=False)
+def sync_form(asset_uid: str, settings_path: str | None = None, kobo_url: str | None = None,
+              warehouse_path: str | None = None, attachments_dir: str | None = None,
+              download_attachments: bool | None = None, page_size: int | None = None, parallel: int | None = None,
+              reconcile: str | None = None, write_back: bool | None = None,
+              lock_timeout_seconds: float | None = None) -> dict[str, Any]:
+    """Syncs one project (asset uid)."""
+    settings = load_settings(settings_path, kobo_url=kobo_url, warehouse_path=warehouse_path,
+                             attachments_dir=attachments_dir, download_attachments=download_attachments,
+                             page_size=page_size, parallel=parallel, reconcile=reconcile,
+                             write_back=write_back, lock_timeout_seconds=lock_timeout_seconds)
+    return _sync(settings, [asset_uid], f"sync-form {asset_uid}")[0]
+
+
+@flow(name="publish-forms", log_prints=False)
+def publish_forms(settings_path: str | None = None, kobo_url: str | None = None,
+                  form_ids: list[str] | None = None) -> list[dict[str, Any]]:
+    """Imports our forms (default: every form in forms/sources) into KoboToolbox and deploys
+    them, each in its own task; one failing form does not stop the others."""
+    from forms.build import project_forms
+
+    settings = load_settings(settings_path, kobo_url=kobo_url)
+    results = []
+    for form_id in form_ids or sorted(project_forms()):
+        state = publish_form_task(settings, form_id, return_state=True)
+        if state.is_completed():
+            results.append({**state.result(), "status": "ok"})
+        else:
+            error = state.result(raise_on_failure=False)
+            results.append({"form_id": form_id, "asset_uid": "?", "version_id": "", "created": False,
+                            "seconds": 0, "status": "failed", "error": str(error)})
+    failed = [r for r in results if r["status"] != "ok"]
+    rows = [[r["form_id"], r["asset_uid"], r["version_id"], "created" if r["created"] else "redeployed",
+             r["seconds"], r["status"] if r["status"] == "ok" else f"failed: {r['error']}"] for r in results]
+    publish_summary("publish-summary", f"publish-forms: {len(results) - len(failed)} of {len(results)} form(s) "
+                    f"published to {settings.kobo_url}",
+                    markdown_table(("form", "project", "version", "action", "seconds", "status"), rows))
+    if failed:
+        raise RunFailed(f"{len(failed)} of {len(results)} form(s) could not be published: "
+                        + "; ".join(f"{r['form_id']}: {r['error']}" for r in failed))
+    return results
+
+
+@flow(name="quality-report", log_prints=False)
+def quality_report(settings_path: str | None = None, warehouse_path: str | None = None,
+                   report_dir: str | None = None, lock_timeout_seconds: float | None = None) -> dict[str, Any]:
+    """Refreshes the analyst tables, summarises the quarantine per form and check (an
+    artifact and the logs), and writes the XLSX report when validation.report provides it."""
+    settings = load_settings(settings_path, warehouse_path=warehouse_path, report_dir=report_dir,
+                             lock_timeout_seconds=lock_timeout_seconds)
+    with WriterLock(settings.warehouse_path, settings.lock_timeout_seconds, purpose="quality report"):
+        tables = refresh_analyst_tables_task(settings)
+        counts = quarantine_counts_task(settings)
+        report = write_report_task(settings)
+    by_form = markdown_table(("form", "submissions", "in quarantine", "share"),
+                             [[r["form_id"], r["submissions"], r["quarantined"],
+                               f"{(r['quarantined'] / r['submissions'] if r['submissions'] else 0):.1%}"]
+                              for r in counts["by_form"]])
+    by_check = markdown_table(("form", "check", "submissions in quarantine", "open errors"),
+                              [[r["form_id"], r["check_code"], r["submissions"], r["issues"]]
+                               for r in counts["by_check"]])
+    markdown = (f"### Per form\n\n{by_form}\n\n### Per form and check\n\n{by_check}\n\n"
+                f"Analyst tables refreshed: {len(tables)}." + (f" Report: `{report}`." if report else ""))
+    publish_summary("quality-report", f"quality-report of {Path(settings.warehouse_path).name} on "
+                    f"{dt.date.today():%Y-%m-%d}", markdown)
+    return {"tables": tables, "report": report, **counts}
+
+
+@flow(name="rebuild", log_prints=False)
+def rebuild(settings_path: str | None = None, warehouse_path: str | None = None,
+            lock_timeout_seconds: float | None = None) -> list[dict[str, Any]]:
+    """Rebuilds the clean tables, the marts and the analyst tables from raw (no network)."""
+    settings = load_settings(settings_path, warehouse_path=warehouse_path, lock_timeout_seconds=lock_timeout_seconds)
+    results = rebuild_task(settings)
+    rows = [[r.get("form_id"), r.get("asset_uid"), r.get("submissions"), r.get("quarantined")] for r in results]
+    publish_summary("rebuild-summary", f"rebuild of {Path(settings.warehouse_path).name}: {len(results)} form(s)",
+                    markdown_table(("form", "project", "submissions retyped", "in quarantine"), rows))
+    return results
 
 
 @flow(name="sync", log_prints=False)
 def sync_flow(base_url: str, asset_uids: list[str] | None = None, warehouse_path: str = "terrain.duckdb",
               page_size: int = 1000, parallel: int = 1, reconcile: str = "auto", download_attachments: bool = True,
-              attachments_dir: str | None = None) -> list[dict]:
-    """Syncs the given KoboToolbox projects (default: every deployed one) into the warehouse.
-    The token is read from KOBO_TOKEN or the Secret block 'kobo-token', never a parameter."""
-    settings = SyncSettings(page_size=page_size, parallel=parallel, reconcile=reconcile,
-                            download_attachments=download_attachments, attachments_dir=attachments_dir)
-    uids = asset_uids or list_projects(base_url, page_size)
-    return [sync_project(base_url, uid, warehouse_path, settings) for uid in uids]
+              attachments_dir: str | None = None, write_back: bool = False,
+              lock_timeout_seconds: float | None = None) -> list[dict]:
+    """``terrain sync`` and ``terrain demo``: syncs the given projects (default: every
+    deployed one) with exactly these arguments; only the lock timeout comes from the
+    settings. The token is read from KOBO_TOKEN or the Secret block 'kobo-token'."""
+    from dataclasses import replace
+
+    settings = replace(load_settings(lock_timeout_seconds=lock_timeout_seconds), kobo_url=base_url,
+                       forms=tuple(asset_uids or ()), warehouse_path=str(warehouse_path), page_size=page_size,
+                       parallel=parallel, reconcile=reconcile, download_attachments=download_attachments,
+                       attachments_dir=attachments_dir, write_back=write_back)
+    return _sync(settings, settings.forms, "sync")
+
+
+__all__ = ["RunFailed", "publish_forms", "quality_report", "rebuild", "sync_all", "sync_flow", "sync_form",
+           "transient_only"]
