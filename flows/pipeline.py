@@ -222,6 +222,20 @@ def publish_summary(key: str, title: str, markdown: str) -> None:
         logger.warning("could not store the %s artifact: %s", key, error)
 
 
+def publish_quality_summary(warehouse_path: str) -> None:
+    """The data manager's report in short (per form, top checks, enumerators) as an artifact
+    of every sync, the same figures as the XLSX report's."""
+    from validation.report import build_report_data, report_markdown
+
+    try:
+        with Warehouse(warehouse_path) as warehouse:
+            markdown = report_markdown(build_report_data(warehouse.con))
+    except TerrainError as error:
+        get_run_logger().warning("no data-quality summary: %s", error)
+        return
+    publish_summary("data-quality", "Qualité des données / Data quality", markdown)
+
+
 def _failed_summary(asset_uid: str, state: Any) -> dict[str, Any]:
     error = state.result(raise_on_failure=False)
     recorded = getattr(error, "terrain_summary", None)
@@ -250,6 +264,7 @@ def _sync(settings: Settings, asset_uids: Iterable[str], title: str) -> list[dic
             for uid in uids:
                 state = sync_form_task(settings, uid, return_state=True)
                 summaries.append(state.result() if state.is_completed() else _failed_summary(uid, state))
+            publish_quality_summary(settings.warehouse_path)
     except WarehouseBusy as error:
         publish_summary("sync-summary", f"{title}: did not run", f"The warehouse was busy: {error}")
         raise

@@ -111,8 +111,12 @@ def test_prefect_yaml_deploys_and_a_worker_runs_sync_all(prefect_server, seeded,
             assert state.is_completed(), (state, worker.stdout[-4000:], worker.stderr[-4000:])
             artifacts = client.read_artifacts()
             summary = next(a for a in artifacts if a.key == "sync-summary" and a.flow_run_id == flow_run.id)
+            quality = next(a for a in artifacts if a.key == "data-quality" and a.flow_run_id == flow_run.id)
     assert "| household_survey |" in summary.data and "| pulled | new | edited | deleted | quarantined |" in summary.data
+    assert "household_survey" in quality.data
+    # The token appears in no parameter and no artifact of the run.
     assert seeded.token not in json.dumps(flow_run.parameters)
+    assert all(seeded.token not in str(a.data) for a in artifacts)
 
     generated = len(seeded.assets["household_survey"].submissions)
     got = counts(warehouse)
