@@ -54,6 +54,15 @@ def serve(size: int) -> None:
         instance = str(uuid.UUID(int=(i + 1) * 7919, version=4))
         doc.update({"_id": 1000 + i * 3, "_uuid": instance, "meta/instanceID": f"uuid:{instance}",
                     "meta/rootUuid": f"uuid:{instance}", "_attachments": []})
+        # Clones are made distinct where the duplicate checks look (household id, GPS),
+        # as real households are: otherwise every clone is a true duplicate of its template.
+        if "identification/household_id" in doc:
+            letters = "".join(chr(65 + (i // 10000 // 26 ** k) % 26) for k in range(3))
+            doc["identification/household_id"] = f"{letters}-{i % 10000:04d}"
+        if "location" in doc and i >= POOL:
+            lat, lon, *rest = doc["location"].split()
+            shift = (i // POOL) * 0.0007
+            doc["location"] = " ".join([f"{float(lat) + shift:.6f}", f"{float(lon) + shift:.6f}", *rest])
         clones.append(doc)
     asset.submissions = clones
     asset.__post_init__()
