@@ -77,6 +77,7 @@ def test_duplicates_within_the_batch() -> None:
     s = household()
     twin = copy.deepcopy(s)
     twin["meta/rootUuid"] = "uuid:00000000-0000-4000-8000-000000000001"
+    twin["_id"] = s["_id"] + 1  # the same submission sent twice gets a second _id
     found = codes("household_survey", [s, twin])
     assert ("duplicate_uuid", "error") in found
     assert ("duplicate_household_id", "warning") in found
@@ -97,7 +98,7 @@ def test_near_duplicate_and_far_from_village_against_the_warehouse(tmp_path) -> 
         copy_of = copy.deepcopy(original)
         copy_of.update({"_uuid": "11111111-1111-4111-8111-111111111111",
                         "meta/rootUuid": "uuid:11111111-1111-4111-8111-111111111111",
-                        "identification/household_id": "ZZZ-9999"})
+                        "identification/household_id": "ZZZ-9999", "_id": 99_999})
         lat, lon, alt, acc = original["location"].split()
         copy_of["location"] = f"{float(lat) + 0.00003} {lon} {alt} {acc}"
         assert ("near_duplicate", "warning") in codes("household_survey", [copy_of], warehouse.con)

@@ -194,16 +194,23 @@ def _others(ctx: RuleContext, sql: str, keys: pd.DataFrame, params: list | None 
         ctx.con.unregister("batch_keys")
 
 
+def _later_duplicates(ctx: RuleContext, column: str, others: pd.DataFrame) -> pd.DataFrame:
+    """Batch rows whose ``column`` value another submission with a smaller ``_id`` already has
+    (in the batch or the warehouse): the later one is flagged, whatever order pages arrive in."""
+    mine = ctx.main[["root_uuid", "submission_id", column]].dropna()
+    pool = pd.concat([mine[[column, "submission_id"]], others[[column, "submission_id"]] if not others.empty else None])
+    first = pool.groupby(column)["submission_id"].min()
+    return mine[mine["submission_id"] > mine[column].map(first)]
+
+
 def duplicate_uuid(ctx: RuleContext):
     keys = pd.DataFrame({"uuid": ctx.main["uuid"].dropna().astype(str).unique()})
-    others = _others(ctx, "SELECT uuid FROM raw.submissions WHERE form_id = ? AND is_current AND deleted_at IS NULL "
-                          "AND uuid IN (SELECT uuid FROM batch_keys) "
+    others = _others(ctx, "SELECT uuid, submission_id FROM raw.submissions WHERE form_id = ? AND is_current "
+                          "AND deleted_at IS NULL AND uuid IN (SELECT uuid FROM batch_keys) "
                           "AND root_uuid NOT IN (SELECT root_uuid FROM batch_roots)", keys, [ctx.dictionary.form_id])
-    seen = set(others["uuid"]) if not others.empty else set()
-    dup = ctx.main["uuid"].duplicated(keep=False) | ctx.main["uuid"].isin(seen)
     return [(r.root_uuid, ctx.main_name(), "uuid", None, r.uuid,
              "Identifiant de soumission (_uuid) en double / Duplicate submission id (_uuid)")
-            for r in _rows(ctx.main, dup).itertuples()]
+            for r in _later_duplicates(ctx, "uuid", others).itertuples()]
 
 
 def duplicate_household_id(ctx: RuleContext):
@@ -211,15 +218,12 @@ def duplicate_household_id(ctx: RuleContext):
         return []
     table = ctx.main_name()
     keys = pd.DataFrame({"household_id": ctx.main["household_id"].dropna().astype(str).unique()})
-    others = _others(ctx, f'SELECT household_id FROM main."{table}" WHERE household_id IN '
+    others = _others(ctx, f'SELECT household_id, submission_id FROM main."{table}" WHERE household_id IN '
                           "(SELECT household_id FROM batch_keys) "
                           "AND root_uuid NOT IN (SELECT root_uuid FROM batch_roots)", keys)
-    seen = set(others["household_id"]) if not others.empty else set()
-    ids = ctx.main["household_id"]
-    dup = ids.notna() & (ids.duplicated(keep=False) | ids.isin(seen))
     return [(r.root_uuid, table, "household_id", None, r.household_id,
              f"Identifiant de ménage {r.household_id} déjà utilisé / Household ID {r.household_id} already used")
-            for r in _rows(ctx.main, dup).itertuples()]
+            for r in _later_duplicates(ctx, "household_id", others).itertuples()]
 
 
 def _vector_km(lat1: pd.Series, lon1: pd.Series, lat2: pd.Series, lon2: pd.Series) -> np.ndarray:
@@ -234,25 +238,25 @@ def near_duplicate(ctx: RuleContext):
     if not set(needed) <= set(ctx.main.columns):
         return []
     table = ctx.main_name()
-    batch = ctx.main[needed + ["root_uuid"]].dropna()
+    batch = ctx.main[needed + ["root_uuid", "submission_id"]].dropna()
     keys = batch[["submitted_by", "head_name"]].drop_duplicates().astype(str)
-    others = _others(ctx, f'SELECT t.root_uuid, t.submitted_by, t.location_latitude, t.location_longitude, t.head_name '
-                          f'FROM main."{table}" t JOIN batch_keys k USING (submitted_by, head_name) '
+    others = _others(ctx, f'SELECT t.root_uuid, t.submission_id, t.submitted_by, t.location_latitude, '
+                          f't.location_longitude, t.head_name FROM main."{table}" t '
+                          f"JOIN batch_keys k USING (submitted_by, head_name) "
                           f"WHERE t.root_uuid NOT IN (SELECT root_uuid FROM batch_roots)", keys)
     pool = pd.concat([batch, others], ignore_index=True).dropna()
     pool = pool[pool.duplicated(["submitted_by", "head_name"], keep=False)]  # only names seen twice
     pairs = pool.merge(pool, on=["submitted_by", "head_name"], suffixes=("_a", "_b"))
-    pairs = pairs[pairs["root_uuid_a"] < pairs["root_uuid_b"]]
+    pairs = pairs[pairs["submission_id_a"] < pairs["submission_id_b"]]  # b is the later one: it is flagged
     pairs = pairs.assign(metres=_vector_km(pairs["location_latitude_a"], pairs["location_longitude_a"],
                                            pairs["location_latitude_b"], pairs["location_longitude_b"]) * 1000)
     ours = set(batch["root_uuid"])
     problems = []
     for r in pairs[pairs["metres"] <= ctx.settings.near_duplicate_metres].itertuples():
-        for root in (r.root_uuid_a, r.root_uuid_b):
-            if root in ours:
-                problems.append((root, table, "head_name", None, r.head_name,
-                                 f"Doublon probable : même enquêteur, même chef de ménage, à {r.metres:.0f} m "
-                                 f"/ Likely duplicate: same enumerator, same head, {r.metres:.0f} m apart"))
+        if r.root_uuid_b in ours:
+            problems.append((r.root_uuid_b, table, "head_name", None, r.head_name,
+                             f"Doublon probable : même enquêteur, même chef de ménage, à {r.metres:.0f} m "
+                             f"/ Likely duplicate: same enumerator, same head, {r.metres:.0f} m apart"))
     return list(dict.fromkeys(problems))
 
 
