@@ -224,6 +224,7 @@ class SyncRun:
         self.reader.start()
         self.killed = False
         self.killed_at = 0.0
+        self.ended = 0.0
 
     def _read(self) -> None:
         for line in self.process.stdout:
@@ -285,6 +286,7 @@ class SyncRun:
         self.killed_at = time.monotonic() - self.started
         os.kill(self.process.pid, signal.SIGKILL)
         self.process.wait()
+        self.ended = time.monotonic()
         self.reader.join(timeout=10)
         self.killed = True
         return phase
@@ -296,6 +298,7 @@ class SyncRun:
             os.kill(self.process.pid, signal.SIGKILL)
             self.process.wait()
             code = -9
+        self.ended = time.monotonic()
         self.reader.join(timeout=10)
         return code
 
@@ -483,73 +486,100 @@ class KilledRuns:
 
 
 def killed_runs(size: int = KILLED_SIZE, trials: int = KILLED_TRIALS, seed: int = 8, page_size: int = 1000,
-                plans: list[list[Any]] | None = None, folder: Path | None = None,
+                plans: list[list[Any]] | None = None, workers: int = 2, folder: Path | None = None,
                 report: Callable[[str], None] = print) -> KilledRuns:
     """Kills syncs of ``size`` submissions and compares each trial's warehouse, after a last
-    run that finishes, with a calm sync's. ``plans`` (one list per trial) gives deterministic
-    kill points instead of random times: ``("loaded", n)`` kills as soon as the run has
-    committed n pages of new submissions, ``("index", n)`` once it has listed n pages of ids
-    in the reconciliation, a number kills after that many seconds."""
+    run that finishes, with a calm sync's.
+
+    Trials run ``workers`` at a time against the one server (a sync uses one core). The
+    reference is a calm sync run beside ``workers - 1`` other calm syncs, so its duration is
+    what a trial's sync takes under the same load, and the calm syncs must be equal to each
+    other. A trial kills after a random share of what is left of that duration, 1 to 3 times
+    (seeded per trial). ``plans`` (one list per trial) gives set kill points instead:
+    ``("loaded", n)`` kills as soon as the run has committed n pages of new submissions,
+    ``("index", n)`` once it has listed n pages of ids in the reconciliation, ``("opened", 1)``
+    once the warehouse is open; a number kills after that many seconds."""
+    from concurrent.futures import ThreadPoolExecutor
+
     started = time.monotonic()
     result = KilledRuns(trials=len(plans) if plans is not None else trials, expected=size)
     own = folder is None
     folder = Path(tempfile.mkdtemp(prefix="terrain-killed-")) if own else folder
+    lock = threading.Lock()
     try:
         with Server(size) as server:
             server_index = server.index()
             reference = folder / "reference.duckdb"
-            ref_run = run_sync(server, reference, folder / "reference.log", page_size=page_size)
-            result.reference_seconds = time.monotonic() - ref_run.started
-            report(f"  reference sync of {size:,}: {result.reference_seconds:.1f} s")
-            check = compare_warehouses(reference, reference, server_index)
-            if check.lost or check.duplicated or check.different:
-                result.failures.append(f"the reference itself differs from the server: {check.problems()}")
-            rng = random.Random(seed)
-            for trial in range(result.trials):
-                path = folder / f"trial{trial}.duckdb"
+            calm = [SyncRun(sync_config(server, folder / f"calm{k}.duckdb" if k else reference, page_size=page_size),
+                            folder / f"calm{k}.log") for k in range(max(1, workers))]
+            for k, run in enumerate(calm):
+                if run.finish(timeout=7200) != 0:
+                    raise RuntimeError(f"a calm sync failed: {run.error()}")
+            result.reference_seconds = max(run.ended - run.started for run in calm)
+            report(f"  calm sync of {size:,} ({len(calm)} side by side): {result.reference_seconds:.1f} s")
+            for k in range(len(calm)):
+                check = compare_warehouses(folder / f"calm{k}.duckdb" if k else reference, reference, server_index)
+                if check.lost or check.duplicated or check.different:
+                    result.failures.append(f"calm sync {k} differs from the server or the reference: {check.problems()}")
+                if k:
+                    remove_warehouse(folder / f"calm{k}.duckdb")
+
+            def trial(number: int) -> None:
+                rng = random.Random(f"{seed}:{number}")
+                plan = list(plans[number]) if plans is not None else \
+                    [rng.random() for _ in range(rng.randint(1, 3))]  # shares of what is left
+                path, log = folder / f"trial{number}.duckdb", folder / f"trial{number}.log"
                 remove_warehouse(path)
-                if plans is not None:
-                    plan = list(plans[trial])
-                else:
-                    plan = [rng.random() for _ in range(rng.randint(1, 3))]  # shares of what is left
-                interrupted = []
+                interrupted, phases, kills, wal_left, failures = [], [], 0, 0, []
                 committed = 0  # submissions the killed runs had committed (from their page events)
                 for point in plan:
-                    run = SyncRun(sync_config(server, path, page_size=page_size), folder / f"trial{trial}.log")
+                    run = SyncRun(sync_config(server, path, page_size=page_size), log)
                     if isinstance(point, tuple):
                         event, count = point
                         kind = "index" if event == "index" else None
                         name = "fetched" if event == "index" else event
-                        run.wait_until(lambda r: r.count(name, kind) >= count, timeout=600)
+                        run.wait_until(lambda r: r.count(name, kind) >= count, timeout=3600)
                     else:
                         if plans is None:  # a random share of what is left of the expected duration
-                            left = result.reference_seconds * max(0.05, 1 - committed / size)
-                            point = point * left
+                            point *= result.reference_seconds * max(0.05, 1 - committed / size)
                         run.wait_until(lambda r: False, timeout=point)
                     phase = run.kill()
                     committed += run.pulled
                     if phase == "failed":
-                        result.failures.append(f"trial {trial}: a run failed before its kill: {run.error()}")
-                    wal = Path(str(path) + ".wal").exists()
-                    result.wal_left += int(wal and run.killed)
-                    result.kills += int(run.killed)
-                    result.phases[phase] = result.phases.get(phase, 0) + 1
-                    interrupted.append(f"{phase} at {run.killed_at:.1f} s{' (WAL left)' if wal and run.killed else ''}")
-                last = SyncRun(sync_config(server, path, page_size=page_size), folder / f"trial{trial}.log")
-                if last.finish(timeout=max(600, 5 * result.reference_seconds)) != 0:
-                    result.failures.append(f"trial {trial}: the run after the kills failed: {last.error()}")
-                    report(f"  trial {trial + 1}: FAILED after kills ({'; '.join(interrupted)})")
-                    continue
-                comparison = compare_warehouses(path, reference, server_index)
-                result.lost += comparison.lost
-                result.duplicated += comparison.duplicated
-                result.order_dependent += comparison.order_dependent
-                for name, count in comparison.differences.items():
-                    result.differences[name] = result.differences.get(name, 0) + count
-                verdict = "; ".join(comparison.problems()) or "same as the reference"
-                report(f"  trial {trial + 1}: killed {'; '.join(interrupted)}; last run {last.seconds:.1f} s: {verdict}")
+                        failures.append(f"trial {number + 1}: a run failed before its kill: {run.error()}")
+                    wal = run.killed and Path(str(path) + ".wal").exists()
+                    kills, wal_left = kills + int(run.killed), wal_left + int(wal)
+                    phases.append(phase)
+                    interrupted.append(f"{phase} at {run.killed_at:.1f} s{' (WAL left)' if wal else ''}")
+                last = SyncRun(sync_config(server, path, page_size=page_size), log)
+                comparison = None
+                if last.finish(timeout=max(1800, 5 * result.reference_seconds)) != 0:
+                    failures.append(f"trial {number + 1}: the run after the kills failed: {last.error()}")
+                else:
+                    comparison = compare_warehouses(path, reference, server_index)
+                with lock:
+                    result.kills += kills
+                    result.wal_left += wal_left
+                    result.failures.extend(failures)
+                    for phase in phases:
+                        result.phases[phase] = result.phases.get(phase, 0) + 1
+                    if comparison is None:
+                        report(f"  trial {number + 1}: FAILED after kills ({'; '.join(interrupted)})")
+                        return
+                    result.lost += comparison.lost
+                    result.duplicated += comparison.duplicated
+                    result.order_dependent += comparison.order_dependent
+                    for name, count in comparison.differences.items():
+                        result.differences[name] = result.differences.get(name, 0) + count
+                    verdict = "; ".join(comparison.problems()) or "same as the reference"
+                    report(f"  trial {number + 1}: killed {'; '.join(interrupted)}; last run {last.seconds:.1f} s: "
+                           f"{verdict}")
                 if not comparison.problems():
                     remove_warehouse(path)
+
+            with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+                for future in [pool.submit(trial, n) for n in range(result.trials)]:
+                    future.result()
     finally:
         if own:
             shutil.rmtree(folder, ignore_errors=True)
@@ -804,13 +834,14 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=KILLED_TRIALS)
     parser.add_argument("--storm-size", type=int, default=STORM_SIZE)
     parser.add_argument("--seed", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=2, help="killed-run trials at once (a sync uses one core)")
     parser.add_argument("--skip", choices=["killed", "storm"], action="append", default=[])
     args = parser.parse_args()
     started = time.monotonic()
     killed = storm = None
     if "killed" not in args.skip:
         print(f"Killed runs: {args.killed_size:,} submissions, {args.trials} trials (seed {args.seed})...", flush=True)
-        killed = killed_runs(args.killed_size, args.trials, seed=args.seed, report=lambda m: print(m, flush=True))
+        killed = killed_runs(args.killed_size, args.trials, seed=args.seed, workers=args.workers, report=lambda m: print(m, flush=True))
     if "storm" not in args.skip:
         print(f"Fault storm: {args.storm_size:,} submissions, 20% faults, changes and a new form version "
               f"mid-sync...", flush=True)
