@@ -5,24 +5,29 @@ each compared with a calm, uninterrupted sync. Run by hand:
     .venv/bin/python bench/reliability.py --killed-size 20000 --trials 3 --storm-size 5000
 
 Killed runs: a local KoboToolbox-compatible server (its own process) holds 100,000
-household submissions (2,000 generated ones cloned with new ids). A calm sync fills a
-reference warehouse and gives the expected duration. Then each trial (10 by default,
-seeded) starts the sync in a subprocess, SIGKILLs it after a random time within what is
-left of that duration, restarts and kills it again (1 to 3 kills), and lets a last run
-finish; the warehouse is compared with the reference (the next run opens a warehouse
-whose process was killed, replaying DuckDB's write-ahead log).
+household submissions (2,000 generated ones cloned with new ids, household ids and GPS).
+Two calm syncs run side by side: one is the reference warehouse, both must be equal, and
+their duration is the expected duration of a sync under the trials' load. Then each trial
+(10 by default, two at a time, seeded) starts the sync (pages of 1,000) in a subprocess,
+SIGKILLs it at a random time within what is left of that duration (1 to 3 times, each
+restart resuming), and lets a last run finish; its warehouse is compared with the
+reference. A restart opens a warehouse whose process was killed: DuckDB replays its
+write-ahead log. Kill times are reached by progress (the reference's pages and time
+between them), so a kill never comes after a faster run has ended.
 
 Fault storm: a server with 20,000 submissions fails 20% of the API requests in every
 way it can (500, 502, 429, hung requests, truncated bodies, connection resets) while a
-sync runs; meanwhile the driver adds, edits and deletes submissions through the
-server's /__terrain__/ control endpoints, and publishes a new version of the form
-through the KoboToolbox API (import + redeploy, under the same faults) and sends
-submissions of that version. A second stormy sync picks up what changed during the
-first; the warehouse is compared with a calm sync of the server's final state.
+sync runs (pages of 250); meanwhile the driver adds, edits and deletes submissions
+through the server's /__terrain__/ control endpoints, publishes a new version of the
+form through the KoboToolbox API (import + redeploy, under the same faults) once 40% is
+pulled, and sends submissions of that version. A second stormy sync picks up what
+changed during the first; the warehouse is compared with a calm sync of the server's
+final state.
 
 Prints one line per scenario: trials, faults injected, submissions expected, lost and
 duplicated (both must be 0), other differences, seconds. Exits 1 if anything was lost,
-duplicated or different, or if a run failed.
+duplicated or different, or if a run failed. Two warnings that compare a submission
+with what was loaded before it (ORDER_DEPENDENT_CHECKS) are compared and reported apart.
 
 Sub-commands used by the driver (and the tests): ``serve SIZE SEED`` (the server;
 prints url/token/asset as JSON, stays up until stdin closes) and ``sync CONFIG_JSON``
@@ -102,9 +107,13 @@ def serve(size: int, seed: int = 2026) -> None:
 class Server:
     """The server subprocess, and its /__terrain__/ control endpoints (never faulted)."""
 
-    def __init__(self, size: int, seed: int = 2026):
-        self.process = subprocess.Popen([sys.executable, __file__, "serve", str(size), str(seed)],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    def __init__(self, size: int, seed: int = 2026, log: Path | None = None):
+        # Its stderr goes to ``log``: a killed sync leaves connections reset mid-request,
+        # which the stdlib HTTP server reports there.
+        with (log.open("ab") if log else open(os.devnull, "wb")) as stderr:
+            self.process = subprocess.Popen([sys.executable, __file__, "serve", str(size), str(seed)],
+                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                            cwd=ROOT)
         line = self.process.stdout.readline()
         if not line:
             raise RuntimeError("the server process did not start")
@@ -371,9 +380,9 @@ def compare_warehouses(candidate: Path, reference: Path, server_index: dict[str,
     server deleted is still current; no submission with two current versions; every
     clean table row for row (columns matched by name); the quarantine; the open issues;
     every raw row of the reference present in the candidate (``exact_raw``: and no other,
-    for runs over an unchanging server); one 'new' history entry per submission; the
-    watermark. ``lost`` counts submissions (root uuids) missing, ``duplicated`` submissions
-    with several current versions plus clean rows beyond their key."""
+    none marked deleted, for runs over an unchanging server); the watermark. ``lost`` counts
+    submissions (root uuids) missing, ``duplicated`` submissions with several current
+    versions plus clean rows beyond their key."""
     import duckdb
 
     result = Comparison()
@@ -385,13 +394,15 @@ def compare_warehouses(candidate: Path, reference: Path, server_index: dict[str,
                                             "where is_current and deleted_at is null").fetchall())
         import pandas as pd
 
-        con.register("server_frame", pd.DataFrame({"root_uuid": list(server_index), "uuid": list(server_index.values())}))
+        frame = pd.DataFrame({"root_uuid": list(server_index), "uuid": list(server_index.values())})
+        con.register("server_frame", frame)
         con.execute("create temp table server_index as select * from server_frame")
         con.unregister("server_frame")
         result.expected = len(server_index)
 
         def current(db: str) -> str:
-            return f"select root_uuid, uuid, content_hash from {db}.raw.submissions where is_current and deleted_at is null"
+            return (f"select root_uuid, uuid, content_hash from {db}.raw.submissions "
+                    f"where is_current and deleted_at is null")
 
         tables = [r[0] for r in con.execute(
             "select table_name from information_schema.tables where table_catalog = 'r' and table_schema = 'main' "
@@ -415,21 +426,22 @@ def compare_warehouses(candidate: Path, reference: Path, server_index: dict[str,
         clean_twice = 0
         d = result.differences
         d["stale (deleted on the server, current here)"] = _scalar(
-            con, f"select count(*) from (select root_uuid from ({current('c')}) except select root_uuid from server_index)")
+            con, f"select count(*) from (select root_uuid from ({current('c')}) "
+                 f"except select root_uuid from server_index)")
         d["outdated (an older version is current)"] = _scalar(
-            con, f"select count(*) from ({current('c')}) c join server_index s using (root_uuid) where c.uuid <> s.uuid")
+            con, f"select count(*) from ({current('c')}) c join server_index s using (root_uuid) "
+                 f"where c.uuid <> s.uuid")
         d["current raw versions"] = _symmetric(con, f"select root_uuid, content_hash from ({current('r')})",
                                                f"select root_uuid, content_hash from ({current('c')})")
-        raw_key = "select asset_uid, root_uuid, uuid, content_hash, submission_id, form_version, md5(payload::varchar) "
+        raw = ("select asset_uid, root_uuid, uuid, content_hash, submission_id, form_version, md5(payload::varchar) "
+               "from {}.raw.submissions")
         d["reference raw rows missing"] = _scalar(
-            con, f"select count(*) from (({raw_key} from r.raw.submissions) except ({raw_key} from c.raw.submissions))")
-        if exact_raw:
+            con, f"select count(*) from (({raw.format('r')}) except ({raw.format('c')}))")
+        if exact_raw:  # the server did not change: raw (every version, so the history) is the reference's
             d["raw rows not in the reference"] = _scalar(
-                con, f"select count(*) from (({raw_key} from c.raw.submissions) except ({raw_key} from r.raw.submissions))")
-            d["raw rows marked deleted"] = _scalar(con, "select count(*) from c.raw.submissions where deleted_at is not null")
-        d["history: submissions without exactly one 'new'"] = _scalar(
-            con, "select count(*) from (select root_uuid from c.raw.history group by asset_uid, root_uuid "
-                 "having count(*) filter (where change = 'new') <> 1)")
+                con, f"select count(*) from (({raw.format('c')}) except ({raw.format('r')}))")
+            d["raw rows marked deleted"] = _scalar(
+                con, "select count(*) from c.raw.submissions where deleted_at is not null")
         for table in tables:
             wanted, have = columns("r", table), columns("c", table)
             if set(wanted) != set(have):
@@ -447,8 +459,8 @@ def compare_warehouses(candidate: Path, reference: Path, server_index: dict[str,
         d["in both a clean table and the quarantine"] = _scalar(
             con, " + ".join(f'(select count(*) from c.main."{t}" where root_uuid in '
                             f"(select root_uuid from c.quality.quarantine))" for t in mains) or "select 0")
-        d["quarantine"] = _symmetric(con, "select asset_uid, form_id, root_uuid, errors, reasons from r.quality.quarantine",
-                                     "select asset_uid, form_id, root_uuid, errors, reasons from c.quality.quarantine")
+        quarantine = "select asset_uid, form_id, root_uuid, errors, reasons from {}.quality.quarantine"
+        d["quarantine"] = _symmetric(con, quarantine.format("r"), quarantine.format("c"))
         issue = ("select asset_uid, root_uuid, table_name, column_name, row_key, check_code, value, severity "
                  "from {}.quality.issues where resolved_at is null and check_code {} in (%s)"
                  % ", ".join(f"'{c}'" for c in ORDER_DEPENDENT_CHECKS))
@@ -473,6 +485,7 @@ class KilledRuns:
     duplicated: int = 0
     differences: dict[str, int] = field(default_factory=dict)
     order_dependent: int = 0
+    runs_left_running: int = 0  # meta.sync_runs rows of killed runs, still 'running' (noted, not a failure)
     reference_seconds: float = 0.0
     seconds: float = 0.0
 
@@ -485,6 +498,50 @@ class KilledRuns:
         return not (self.lost or self.duplicated or self.different or self.failures)
 
 
+def sync_runs_left_running(path: Path) -> int:
+    import duckdb
+
+    with duckdb.connect(str(path), read_only=True) as con:
+        return con.execute("select count(*) from meta.sync_runs where status = 'running'").fetchone()[0]
+
+
+def progress_timeline(run: SyncRun) -> list[tuple[float, int, int, int]]:
+    """(seconds since start, warehouse opened (0/1), submissions committed, pages of ids
+    listed) at each step of a calm sync, from its events, ending with its end."""
+    timeline, opened, pulled, listed = [(0.0, 0, 0, 0)], 0, 0, 0
+    for event in run.events:
+        if event["event"] == "opened":
+            opened = 1
+        elif event["event"] == "loaded":
+            pulled = event["pulled"]
+        elif event["event"] == "fetched" and event.get("kind") == "index":
+            listed += 1
+        else:
+            continue
+        timeline.append((event["at"], opened, pulled, listed))
+    timeline.append((run.ended - run.started, opened, pulled, listed))
+    return timeline
+
+
+def kill_point(timeline: list[tuple[float, int, int, int]], committed: int,
+               share: float) -> tuple[tuple[int, int, int], float]:
+    """A random time within what is left of a calm sync's duration (``share`` of it, from
+    where it had committed ``committed`` submissions), as the step a run must reach (warehouse
+    opened, submissions committed, pages of ids listed) and the seconds to wait after it.
+    Progress, not a clock, so that a run faster than the calm one is still killed at that
+    point of its work, never after its end."""
+    start = next((step[0] for step in timeline if step[2] >= committed), timeline[-1][0])
+    moment = start + share * (timeline[-1][0] - start)
+    at, opened, pulled, listed = max((step for step in timeline if step[0] <= moment), key=lambda step: step[0])
+    return (opened, pulled, listed), moment - at
+
+
+def reached(run: SyncRun, committed: int, step: tuple[int, int, int]) -> bool:
+    opened, pulled, listed = step
+    return run.count("opened") >= opened and committed + run.pulled >= pulled and \
+        run.count("fetched", "index") >= listed
+
+
 def killed_runs(size: int = KILLED_SIZE, trials: int = KILLED_TRIALS, seed: int = 8, page_size: int = 1000,
                 plans: list[list[Any]] | None = None, workers: int = 2, folder: Path | None = None,
                 report: Callable[[str], None] = print) -> KilledRuns:
@@ -494,8 +551,9 @@ def killed_runs(size: int = KILLED_SIZE, trials: int = KILLED_TRIALS, seed: int 
     Trials run ``workers`` at a time against the one server (a sync uses one core). The
     reference is a calm sync run beside ``workers - 1`` other calm syncs, so its duration is
     what a trial's sync takes under the same load, and the calm syncs must be equal to each
-    other. A trial kills after a random share of what is left of that duration, 1 to 3 times
-    (seeded per trial). ``plans`` (one list per trial) gives set kill points instead:
+    other. A trial kills 1 to 3 times (seeded per trial), each at a random time within what is
+    left of that duration, reached by progress (see ``kill_point``). ``plans`` (one list per
+    trial) gives set kill points instead:
     ``("loaded", n)`` kills as soon as the run has committed n pages of new submissions,
     ``("index", n)`` once it has listed n pages of ids in the reconciliation, ``("opened", 1)``
     once the warehouse is open; a number kills after that many seconds."""
@@ -507,7 +565,7 @@ def killed_runs(size: int = KILLED_SIZE, trials: int = KILLED_TRIALS, seed: int 
     folder = Path(tempfile.mkdtemp(prefix="terrain-killed-")) if own else folder
     lock = threading.Lock()
     try:
-        with Server(size) as server:
+        with Server(size, log=folder / "server.log") as server:
             server_index = server.index()
             reference = folder / "reference.duckdb"
             calm = [SyncRun(sync_config(server, folder / f"calm{k}.duckdb" if k else reference, page_size=page_size),
@@ -520,43 +578,54 @@ def killed_runs(size: int = KILLED_SIZE, trials: int = KILLED_TRIALS, seed: int 
             for k in range(len(calm)):
                 check = compare_warehouses(folder / f"calm{k}.duckdb" if k else reference, reference, server_index)
                 if check.lost or check.duplicated or check.different:
-                    result.failures.append(f"calm sync {k} differs from the server or the reference: {check.problems()}")
+                    result.failures.append(f"calm sync {k} differs from the server or the reference: "
+                                           f"{check.problems()}")
                 if k:
                     remove_warehouse(folder / f"calm{k}.duckdb")
+
+            timeline = progress_timeline(calm[0])
 
             def trial(number: int) -> None:
                 rng = random.Random(f"{seed}:{number}")
                 plan = list(plans[number]) if plans is not None else \
-                    [rng.random() for _ in range(rng.randint(1, 3))]  # shares of what is left
+                    [("share", rng.random()) for _ in range(rng.randint(1, 3))]
                 path, log = folder / f"trial{number}.duckdb", folder / f"trial{number}.log"
                 remove_warehouse(path)
                 interrupted, phases, kills, wal_left, failures = [], [], 0, 0, []
                 committed = 0  # submissions the killed runs had committed (from their page events)
-                for point in plan:
-                    run = SyncRun(sync_config(server, path, page_size=page_size), log)
-                    if isinstance(point, tuple):
-                        event, count = point
-                        kind = "index" if event == "index" else None
-                        name = "fetched" if event == "index" else event
-                        run.wait_until(lambda r: r.count(name, kind) >= count, timeout=3600)
-                    else:
-                        if plans is None:  # a random share of what is left of the expected duration
-                            point *= result.reference_seconds * max(0.05, 1 - committed / size)
-                        run.wait_until(lambda r: False, timeout=point)
-                    phase = run.kill()
-                    committed += run.pulled
-                    if phase == "failed":
-                        failures.append(f"trial {number + 1}: a run failed before its kill: {run.error()}")
-                    wal = run.killed and Path(str(path) + ".wal").exists()
-                    kills, wal_left = kills + int(run.killed), wal_left + int(wal)
-                    phases.append(phase)
-                    interrupted.append(f"{phase} at {run.killed_at:.1f} s{' (WAL left)' if wal else ''}")
+                run = None
+                try:
+                    for point in plan:
+                        run = SyncRun(sync_config(server, path, page_size=page_size), log)
+                        if isinstance(point, tuple) and point[0] == "share":
+                            step, delay = kill_point(timeline, committed, point[1])
+                            run.wait_until(lambda r: reached(r, committed, step), timeout=3600)
+                            run.wait_until(lambda r: False, timeout=delay)
+                        elif isinstance(point, tuple):
+                            event, count = point
+                            kind = "index" if event == "index" else None
+                            name = "fetched" if event == "index" else event
+                            run.wait_until(lambda r: r.count(name, kind) >= count, timeout=3600)
+                        else:
+                            run.wait_until(lambda r: False, timeout=point)
+                        phase = run.kill()
+                        committed = min(size, committed + run.pulled)
+                        if phase == "failed":
+                            failures.append(f"trial {number + 1}: a run failed before its kill: {run.error()}")
+                        wal = run.killed and Path(str(path) + ".wal").exists()
+                        kills, wal_left = kills + int(run.killed), wal_left + int(wal)
+                        phases.append(phase)
+                        interrupted.append(f"{phase} at {run.killed_at:.1f} s{' (WAL left)' if wal else ''}")
+                finally:
+                    if run is not None and run.process.poll() is None:
+                        run.kill()
                 last = SyncRun(sync_config(server, path, page_size=page_size), log)
                 comparison = None
                 if last.finish(timeout=max(1800, 5 * result.reference_seconds)) != 0:
                     failures.append(f"trial {number + 1}: the run after the kills failed: {last.error()}")
                 else:
                     comparison = compare_warehouses(path, reference, server_index)
+                    running = sync_runs_left_running(path)
                 with lock:
                     result.kills += kills
                     result.wal_left += wal_left
@@ -569,6 +638,7 @@ def killed_runs(size: int = KILLED_SIZE, trials: int = KILLED_TRIALS, seed: int 
                     result.lost += comparison.lost
                     result.duplicated += comparison.duplicated
                     result.order_dependent += comparison.order_dependent
+                    result.runs_left_running += running
                     for name, count in comparison.differences.items():
                         result.differences[name] = result.differences.get(name, 0) + count
                     verdict = "; ".join(comparison.problems()) or "same as the reference"
@@ -732,7 +802,8 @@ class Changer:
 
 
 def fault_storm(size: int = STORM_SIZE, seed: int = 20, page_size: int = 250, rate: float = 0.2,
-                pace: float = 0.25, deploy_at: float = 0.4, folder: Path | None = None, report: Callable[[str], None] = print) -> Storm:
+                pace: float = 0.25, deploy_at: float = 0.4, folder: Path | None = None,
+                report: Callable[[str], None] = print) -> Storm:
     """A sync through 20% faults of every kind while submissions arrive, are edited and
     deleted and a new form version is deployed; then a second stormy sync; compared with a
     calm sync of the final state."""
@@ -742,7 +813,7 @@ def fault_storm(size: int = STORM_SIZE, seed: int = 20, page_size: int = 250, ra
     folder = Path(tempfile.mkdtemp(prefix="terrain-storm-")) if own else folder
     stormy_client = {"timeout": (0.5, 1.0), "retries": 10, "backoff": 0.02, "max_backoff": 0.2}
     try:
-        with Server(size, seed=seed) as server:
+        with Server(size, seed=seed, log=folder / "server.log") as server:
             server.set_faults(rate=rate, kinds=list(ALL_FAULTS), timeout_seconds=0.4, retry_after=0, seed=seed,
                               max_in_a_row=3)
             stormy = folder / "storm.duckdb"
@@ -803,22 +874,34 @@ def new_version_missing(path: Path, version_uid: str | None, server_index: dict[
 
 # -- the benchmark --------------------------------------------------------------------------------------
 def print_table(killed: KilledRuns | None, storm: Storm | None) -> None:
-    print(f"\n{'scenario':14} {'trials':>6}  {'faults injected':44} {'expected':>16} {'lost':>5} {'duplicated':>10} "
-          f"{'different':>9} {'seconds':>8}")
+    rows = [("scenario", "trials", "faults injected", "expected", "lost", "duplicated", "different", "seconds")]
     if killed:
-        faults = f"SIGKILL x{killed.kills} ({killed.wal_left} left a WAL)"
-        print(f"{'killed runs':14} {killed.trials:>6}  {faults:44} {f'{killed.expected:,} x {killed.trials}':>16} "
-              f"{killed.lost:>5} {killed.duplicated:>10} {killed.different:>9} {killed.seconds:>8.0f}")
+        rows.append(("killed runs", str(killed.trials), f"SIGKILL x{killed.kills}",
+                     f"{killed.expected:,} x {killed.trials}", str(killed.lost), str(killed.duplicated),
+                     str(killed.different), f"{killed.seconds:.0f}"))
     if storm:
-        faults = " ".join(f"{k}:{v}" for k, v in storm.faults.items()) + f" ={sum(storm.faults.values())}"
-        print(f"{'fault storm':14} {1:>6}  {faults:44} {storm.expected:>16,} {storm.lost:>5} {storm.duplicated:>10} "
-              f"{storm.different:>9} {storm.seconds:>8.0f}")
+        faults = " ".join(f"{k}:{v}" for k, v in storm.faults.items()) + f" (total {sum(storm.faults.values())})"
+        rows.append(("fault storm", "1", faults, f"{storm.expected:,}", str(storm.lost), str(storm.duplicated),
+                     str(storm.different), f"{storm.seconds:.0f}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    print()
+    for row in rows:
+        print("  ".join(cell.ljust(w) if i in (0, 2) else cell.rjust(w)
+                        for i, (cell, w) in enumerate(zip(row, widths))))
+    print()
     if killed:
         phases = ", ".join(f"{v} {k}" for k, v in sorted(killed.phases.items()))
-        print(f"kills interrupted: {phases}; calm reference sync {killed.reference_seconds:.0f} s")
+        print(f"killed runs: {killed.expected:,} submissions, pages of 1,000; calm sync "
+              f"{killed.reference_seconds:.0f} s; the kills interrupted: {phases}; {killed.wal_left} left a "
+              f"DuckDB WAL, replayed by the next run; "
+              f"{killed.runs_left_running} killed runs left 'running' in meta.sync_runs")
     if storm:
-        print(f"storm changes during the sync: " + ", ".join(f"{v} {k}" for k, v in storm.changes.items()))
-        print("storm runs: " + ", ".join(f"{r['run']} {r['seconds']:.0f} s" for r in storm.runs))
+        print("fault storm: 20% of API requests failed; during the first sync: "
+              + ", ".join(f"{v} {k}" for k, v in storm.changes.items()) + "; runs: "
+              + ", ".join(f"{r['run']} {r['seconds']:.0f} s" for r in storm.runs))
+    order = (killed.order_dependent if killed else 0) + (storm.order_dependent if storm else 0)
+    print(f"order-dependent warnings ({', '.join(ORDER_DEPENDENT_CHECKS)}) that differ from the calm sync: {order} "
+          f"(they compare a submission with what was loaded before it; not counted as different)")
     for failure in (killed.failures if killed else []) + (storm.failures if storm else []):
         print(f"FAILED: {failure}")
 
@@ -841,7 +924,8 @@ def main() -> int:
     killed = storm = None
     if "killed" not in args.skip:
         print(f"Killed runs: {args.killed_size:,} submissions, {args.trials} trials (seed {args.seed})...", flush=True)
-        killed = killed_runs(args.killed_size, args.trials, seed=args.seed, workers=args.workers, report=lambda m: print(m, flush=True))
+        killed = killed_runs(args.killed_size, args.trials, seed=args.seed, workers=args.workers,
+                             report=lambda m: print(m, flush=True))
     if "storm" not in args.skip:
         print(f"Fault storm: {args.storm_size:,} submissions, 20% faults, changes and a new form version "
               f"mid-sync...", flush=True)
