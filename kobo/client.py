@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,8 @@ class KoboClient:
         self.session = requests.Session()
         self.session.headers.update({"Authorization": f"Token {token}", "Accept": "application/json",
                                      "User-Agent": "terrain/0.1"})
+        # Also passed with every request: requests lets $REQUESTS_CA_BUNDLE or $CURL_CA_BUNDLE
+        # override a session's verify=False (psf/requests#3829), but not a request's.
         self.session.verify = verify_tls
         if not verify_tls:
             log.warning("TLS certificate verification is OFF for %s: use only on a trusted network", self.base_url)
@@ -127,7 +130,7 @@ class KoboClient:
     def _json_once(self, method: str, url: str, body: dict[str, Any], idempotent: bool = True) -> Any:
         where = url.split("?")[0]
         try:
-            response = self.session.request(method, url, timeout=self.timeout, **body)
+            response = self.session.request(method, url, timeout=self.timeout, verify=self.session.verify, **body)
             _raise_for_status(response, method, where, idempotent)
             if response.status_code == 204 or not response.content:
                 return {}
@@ -137,6 +140,8 @@ class KoboClient:
         except requests.Timeout:
             raise ServerUnavailable(f"no answer from {where} in time") from None
         except requests.ConnectionError as error:
+            if refused := _certificate_refused(error, where):
+                raise refused from None
             if _connection_never_opened(error):
                 raise _unsent(f"could not connect to {where}") from None
             raise ServerUnavailable(f"the connection to {where} was cut") from None
@@ -184,7 +189,8 @@ class KoboClient:
             have = destination.stat().st_size if destination.exists() else 0
             headers = {"Range": f"bytes={have}-"} if have else {}
             try:
-                with self.session.get(url, headers=headers, stream=True, timeout=self.timeout) as response:
+                with self.session.get(url, headers=headers, stream=True, timeout=self.timeout,
+                                      verify=self.session.verify) as response:
                     if response.status_code == 416:  # nothing left to fetch
                         return have
                     _raise_for_status(response, "GET", where, True)
@@ -200,7 +206,9 @@ class KoboClient:
                     return (have if resumed else 0) + written
             except requests.Timeout:
                 raise ServerUnavailable(f"no answer from {where} in time") from None
-            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError):
+            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as error:
+                if refused := _certificate_refused(error, where):
+                    raise refused from None
                 raise ServerUnavailable(f"the download of {where} was cut") from None
 
         return self._retrying(once, lambda e: True, "download")
@@ -290,6 +298,28 @@ def _connection_never_opened(error: requests.ConnectionError) -> bool:
     reason = error.args[0] if error.args else None
     reason = getattr(reason, "reason", reason)  # MaxRetryError wraps the cause
     return isinstance(reason, NewConnectionError)
+
+
+def _certificate_refused(error: Exception, where: str) -> KoboError | None:
+    """A clear, final error when the server's TLS certificate failed verification (asking
+    again will not change the certificate), else None (other TLS failures stay transient)."""
+    if not isinstance(error, requests.exceptions.SSLError):
+        return None
+    seen, pending = set(), [error]
+    while pending:  # requests' SSLError > urllib3's MaxRetryError > urllib3's SSLError > ssl's error
+        cause = pending.pop()
+        if cause is None or id(cause) in seen:
+            continue
+        seen.add(id(cause))
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            host = urlsplit(where).netloc
+            return KoboError(f"the TLS certificate of {host} could not be verified "
+                             f"({cause.verify_message or cause.reason}): check the server address; if the "
+                             f"server uses a certificate authority of its own, set REQUESTS_CA_BUNDLE to that "
+                             f"authority's certificate file (PEM)")
+        pending += [getattr(cause, "reason", None), cause.__cause__, cause.__context__,
+                    *(a for a in getattr(cause, "args", ()) if isinstance(a, BaseException))]
+    return None
 
 
 def _raise_for_status(response: requests.Response, method: str, where: str, idempotent: bool) -> None:
