@@ -40,6 +40,7 @@ class SyncSettings:
     """How a sync pulls. Defaults suit a laptop on a slow link from Mali."""
 
     page_size: int = 1000
+    batch_size: int = 5000  # submissions typed, checked and committed together (a kill loses at most these)
     overlap: int = 100  # submissions re-read below the watermark, for late arrivals
     reconcile: str = "auto"  # "auto" | "always" | "never"
     reconcile_below: int = 50_000  # auto: every sync under this many submissions, else daily
@@ -71,10 +72,10 @@ class SyncSummary:
     status: str = "ok"
     error: str | None = None
 
-    def add(self, result: PageResult) -> None:
+    def add(self, result: PageResult, pages: int = 1) -> None:
         for name in ("pulled", "new", "edited", "unchanged", "quarantined"):
             setattr(self, name, getattr(self, name) + getattr(result, name))
-        self.pages += 1
+        self.pages += pages
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -214,7 +215,7 @@ def reconcile(client: KoboClient, warehouse: Warehouse, loader: FormLoader, asse
     for start in range(0, len(changed_ids), client.page_size):
         chunk = changed_ids[start:start + client.page_size]
         for page in client.iter_pages(asset_uid, ids=chunk):
-            summary.add(loader.load_page(page.results, None))
+            summary.add(loader.load_page(page, None))
     with warehouse.transaction():
         warehouse.mark_deleted(loader.dictionary, asset_uid, deleted, _now())
         warehouse.mark_reconciled(asset_uid, _now())
@@ -227,7 +228,8 @@ def reconcile(client: KoboClient, warehouse: Warehouse, loader: FormLoader, asse
 def sync_asset(client: KoboClient, warehouse: Warehouse, asset_uid: str, progress: Progress | None = None,
                settings: SyncSettings = SyncSettings()) -> SyncSummary:
     """Pulls new submissions after the project's watermark, page by page, then reconciles
-    when due. Each page is committed on its own, so a cut loses at most one page of work."""
+    when due. Each batch of pages is committed on its own, so a cut loses at most one
+    batch of work (pulled again by the next sync)."""
     started = time.monotonic()
     asset = client.get_asset(asset_uid)
     dictionary = dictionary_for_asset(asset)
@@ -240,11 +242,12 @@ def sync_asset(client: KoboClient, warehouse: Warehouse, asset_uid: str, progres
         pages, in_order = _new_pages(client, asset_uid, after, settings)
         first = True
         highest: int | None = None
-        for page in pages:
+        for page, result in loader.load_stream(pages, settings.batch_size,
+                                               last_id=(lambda page: page.last_id) if in_order else None):
             if first and progress:
                 progress.start(summary, page.remaining)
             first = False
-            summary.add(loader.load_page(page.results, page.last_id if in_order else None))
+            summary.add(result)
             if page.last_id is not None:
                 highest = max(highest or page.last_id, page.last_id)
             if progress:

@@ -14,7 +14,7 @@ import logging
 import random
 import ssl
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 from urllib.parse import urljoin, urlsplit, urlunsplit
@@ -40,6 +40,7 @@ class Page:
     results: list[dict[str, Any]]
     remaining: int
     last_id: int | None
+    text: str | None = field(default=None, repr=False)  # the page as received, for the warehouse to parse
 
 
 class KoboClient:
@@ -122,18 +123,24 @@ class KoboClient:
                 time.sleep(delay)
         raise AssertionError("unreachable")
 
-    def get_json(self, path: str, params: dict[str, Any] | None = None) -> Any:
-        """GET a JSON document; every transient failure is retried (a GET changes nothing)."""
+    def get_json(self, path: str, params: dict[str, Any] | None = None, keep_text: bool = False) -> Any:
+        """GET a JSON document; every transient failure is retried (a GET changes nothing).
+        ``keep_text``: (document, its text as received)."""
         url = self._url(path)
-        return self._retrying(lambda: self._json_once("GET", url, {"params": params}), lambda e: True, "GET")
+        return self._retrying(lambda: self._json_once("GET", url, {"params": params}, keep_text=keep_text),
+                              lambda e: True, "GET")
 
-    def _json_once(self, method: str, url: str, body: dict[str, Any], idempotent: bool = True) -> Any:
+    def _json_once(self, method: str, url: str, body: dict[str, Any], idempotent: bool = True,
+                   keep_text: bool = False) -> Any:
         where = url.split("?")[0]
         try:
             response = self.session.request(method, url, timeout=self.timeout, verify=self.session.verify, **body)
             _raise_for_status(response, method, where, idempotent)
             if response.status_code == 204 or not response.content:
-                return {}
+                return ({}, None) if keep_text else {}
+            if keep_text:  # JSON is UTF-8 (RFC 8259); guessing the charset of megabytes is slow
+                text = response.content.decode("utf-8")
+                return json.loads(text), text
             return response.json()
         except requests.ConnectTimeout:
             raise _unsent(f"could not connect to {where} in time") from None
@@ -270,13 +277,13 @@ class KoboClient:
                 params["query"] = json.dumps({"_id": bounds})
             if fields is not None:
                 params["fields"] = json.dumps(fields)
-            body = self.get_json(f"api/v2/assets/{uid}/data/", params)
+            body, text = self.get_json(f"api/v2/assets/{uid}/data/", params, keep_text=True)
             if not isinstance(body, dict) or not isinstance(body.get("results"), list):
                 raise ServerUnavailable(f"the data page of project {uid} has no 'results' list")
             results = body["results"]
             page_ids = [int(r["_id"]) for r in results if isinstance(r, dict) and str(r.get("_id", "")).isdigit()]
             previous, last = last, max(page_ids) if page_ids else last
-            yield Page(results=results, remaining=int(body.get("count", len(results))), last_id=last)
+            yield Page(results=results, remaining=int(body.get("count", len(results))), last_id=last, text=text)
             if not results or not body.get("next"):
                 return
             if last == previous:  # a page without one usable _id: paging on would repeat it forever

@@ -1,23 +1,36 @@
-"""Loading one page of submissions: land raw, type each submission with the form
-version it was collected with, validate, replace clean rows, record issues, move the
-watermark, all in one transaction. A run killed at any point leaves the warehouse as
-it was after the last whole page."""
+"""Loading pages of submissions: land raw, type each submission with the form version
+it was collected with, validate, replace clean rows, record issues, move the
+watermark, all in one transaction per batch of pages. A run killed at any point
+leaves the warehouse as it was after the last whole batch; the next sync pulls the
+rest again (nothing lost, nothing twice: raw is keyed by content).
+
+The submissions stay JSON text from the server to DuckDB: landing and typing are SQL
+(warehouse/sql/land_raw.sql, warehouse/staging.py); Python sees typed frames only,
+for pandera and the high-frequency rules.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
+import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator, Union
 
 from forms.dictionary import FieldDictionary
+from kobo.client import Page
 from validation.corrections import apply_corrections
 from validation.rules import QualitySettings, run_rules
 from validation.schemas import FormValidator
+from warehouse.staging import BATCH_DOCS, StagingPlan, quote
 from warehouse.store import Warehouse
-from warehouse.typing import Issue, type_submissions
+from warehouse.typing import Issue, root_uuid_of
 
-VERSION_KEY = "__version__"
 VersionLookup = Callable[[str], "FieldDictionary | None"]
+PageInput = Union[Page, list[Any]]
+PENDING = "pending_docs"  # the batch's new and edited submissions, as landed
+ERROR_ROOTS = "error_roots"
 
 
 @dataclass
@@ -27,6 +40,41 @@ class PageResult:
     edited: int
     unchanged: int
     quarantined: int
+
+
+@dataclass
+class _Version:
+    dictionary: FieldDictionary
+    validator: FormValidator
+    plan: StagingPlan
+
+
+def page_json(page: PageInput) -> tuple[str, str]:
+    """The JSON text DuckDB reads a page from, and the path to its results: the server's
+    own text when the client kept it, else the results serialised here."""
+    if isinstance(page, Page) and page.text is not None and _strict_json(page.text):
+        return page.text, "$.results[*]"
+    results = page.results if isinstance(page, Page) else page
+    return json.dumps(_finite(results), ensure_ascii=False, default=str), "$[*]"
+
+
+def _strict_json(text: str) -> bool:
+    """Python reads NaN and Infinity, DuckDB (rightly) does not: such a page is re-serialised."""
+    return "NaN" not in text and "Infinity" not in text
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _count(page: PageInput) -> int:
+    return len(page.results if isinstance(page, Page) else page)
 
 
 class FormLoader:
@@ -41,73 +89,158 @@ class FormLoader:
                  version_lookup: VersionLookup | None = None, deployed_version: str | None = None,
                  quality: QualitySettings | None = None):
         self.warehouse = warehouse
+        self.con = warehouse.con
         self.quality = quality or QualitySettings()
         self.dictionary = dictionary
         self.asset_uid = asset_uid
         self.version_lookup = version_lookup
-        self._by_version: dict[str | None, tuple[FieldDictionary, FormValidator]] = {}
+        self._by_version: dict[str | None, _Version] = {}
         self._register(deployed_version, dictionary)
 
-    def _register(self, version_uid: str | None, dictionary: FieldDictionary) -> tuple[FieldDictionary, FormValidator]:
+    def _register(self, version_uid: str | None, dictionary: FieldDictionary) -> _Version:
         key = (dictionary.form_id, dictionary.version)
-        known = next((pair for pair in self._by_version.values() if (pair[0].form_id, pair[0].version) == key), None)
-        pair = known or (dictionary, FormValidator(dictionary))
+        known = next((v for v in self._by_version.values()
+                      if (v.dictionary.form_id, v.dictionary.version) == key), None)
         if known is None:
             self.warehouse.register_form_version(dictionary)
+            known = _Version(dictionary, FormValidator(dictionary), StagingPlan(dictionary))
         if version_uid:
             self.warehouse.register_asset_version(self.asset_uid, version_uid, dictionary)
-        self._by_version[version_uid] = pair
-        return pair
+        self._by_version[version_uid] = known
+        return known
 
-    def for_version(self, version_uid: str | None) -> tuple[FieldDictionary, FormValidator]:
+    def for_version(self, version_uid: str | None) -> _Version:
         if version_uid in self._by_version:
             return self._by_version[version_uid]
         found = self.version_lookup(version_uid) if (self.version_lookup and version_uid) else None
         return self._register(version_uid, found or self.dictionary)
 
-    def retype(self, submissions: list[dict[str, Any]], now: dt.datetime) -> int:
-        """Types, validates and (re)places the clean rows of these submissions; returns how
-        many went to quarantine. The caller holds the transaction."""
-        groups: dict[str | None, list[dict[str, Any]]] = {}
-        for submission in submissions:
-            version = submission.get(VERSION_KEY)
-            groups.setdefault(version if isinstance(version, str) else None, []).append(submission)
+    # -- loading ------------------------------------------------------------------------
+    def load_page(self, page: PageInput, last_id: int | None) -> PageResult:
+        return self.load_pages([page], last_id)
+
+    def load_pages(self, pages: list[PageInput], last_id: int | None) -> PageResult:
+        """Lands and types these pages in one transaction, then moves the watermark to ``last_id``."""
+        totals = PageResult(0, 0, 0, 0, 0)
+        for _, result in self.load_stream(pages, batch_size=None, last_id=last_id):
+            for name in ("pulled", "new", "edited", "unchanged", "quarantined"):
+                setattr(totals, name, getattr(totals, name) + getattr(result, name))
+        return totals
+
+    def load_stream(self, pages: Iterable[PageInput], batch_size: int | None,
+                    last_id: int | None | Callable[[PageInput], int | None] = None
+                    ) -> Iterator[tuple[PageInput, PageResult]]:
+        """Loads pages as they come, typing and committing every ``batch_size`` submissions
+        (None: all in one transaction); yields each page and its result once it is landed,
+        the quarantine count with the page that closes its batch. The watermark moves with
+        each commit to ``last_id`` (a number, or a function of the batch's last page)."""
+        iterator = iter(pages)
+        page = next(iterator, None)
+        form_id = self.dictionary.form_id
+        while page is not None:
+            now = dt.datetime.now(dt.timezone.utc)
+            with self.warehouse.writing(), self.warehouse.transaction():
+                self._start_pending()
+                landed = sequence = 0
+                while True:
+                    result = self._land(page, sequence, now)
+                    landed += result.pulled
+                    sequence += 1
+                    following = next(iterator, None)
+                    if following is None or (batch_size is not None and landed >= batch_size):
+                        break
+                    yield page, result
+                    page = following
+                result.quarantined += self.retype_pending(now)
+                watermark = last_id(page) if callable(last_id) else last_id
+                if watermark is not None:
+                    self.warehouse.set_watermark(self.asset_uid, form_id, watermark, now)
+            yield page, result
+            page = following
+
+    def _land(self, page: PageInput, sequence: int, now: dt.datetime) -> PageResult:
+        """Lands one page in raw and adds its new and edited submissions to the pending ones."""
+        form_id = self.dictionary.form_id
+        body, path = page_json(page)
+        landing = self.warehouse.land(self.asset_uid, form_id, body, path, now)
+        self.con.execute(f"INSERT INTO {PENDING} SELECT root_uuid, submission_id, form_version, payload, "
+                         f"is_edit, ? FROM landing_new", [sequence])
         quarantined = 0
-        for version_uid, group in groups.items():
-            dictionary, validator = self.for_version(version_uid)
-            batch = type_submissions(dictionary, apply_corrections(self.warehouse.con, dictionary, group, now))
-            issues: list[Issue] = (batch.issues + validator.validate(batch.tables)
-                                   + run_rules(dictionary, batch.tables, self.warehouse.con, self.quality))
-            errors = {issue.root_uuid for issue in issues if issue.severity == "error"}
-            quarantined += len(errors)
-            self.warehouse.replace_clean(dictionary, batch.root_uuids, batch.tables, keep_out=errors)
-            self.warehouse.record_issues(self.asset_uid, dictionary.form_id, batch.root_uuids, issues, now)
+        if landing.rejected:
+            rejected = [_rejected_issue(why, what) for why, what in landing.rejected]
+            # Seen again, the same unusable result replaces its issue instead of adding one.
+            self.warehouse.record_issues(self.asset_uid, form_id, [i.root_uuid for i in rejected], rejected, now)
+            quarantined = len(rejected)
+        return PageResult(pulled=_count(page), new=landing.new, edited=landing.edited, unchanged=landing.unchanged,
+                          quarantined=quarantined)
+
+    def _start_pending(self) -> None:
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE {PENDING} (root_uuid VARCHAR, submission_id BIGINT, "
+                         f"form_version VARCHAR, doc JSON, replace BOOLEAN, sequence BIGINT)")
+
+    def retype_from_raw(self, roots_sql: str, params: list[Any], now: dt.datetime) -> int:
+        """Types again the current raw version of the submissions ``roots_sql`` selects (a
+        query returning root_uuid); the caller holds the transaction."""
+        self._start_pending()
+        self.con.execute(
+            f"INSERT INTO {PENDING} SELECT root_uuid, submission_id, form_version, payload, TRUE, 0 "
+            f"FROM raw.submissions WHERE asset_uid = ? AND is_current AND deleted_at IS NULL "
+            f"AND root_uuid IN ({roots_sql})", [self.asset_uid, *params])
+        return self.retype_pending(now)
+
+    def retype_pending(self, now: dt.datetime) -> int:
+        """Types, validates and (re)places the clean rows of the pending submissions, one
+        form version at a time; returns how many went to quarantine."""
+        versions = [row[0] for row in self.con.execute(
+            f"SELECT DISTINCT form_version FROM {PENDING} ORDER BY form_version NULLS FIRST").fetchall()]
+        quarantined = 0
+        for version_uid in versions:
+            version = self.for_version(version_uid)
+            self.con.execute(
+                f"CREATE OR REPLACE TEMP TABLE {BATCH_DOCS} AS SELECT root_uuid, submission_id, doc, replace "
+                f"FROM {PENDING} WHERE form_version IS NOT DISTINCT FROM ? "
+                f"QUALIFY row_number() OVER (PARTITION BY root_uuid ORDER BY sequence DESC) = 1", [version_uid])
+            quarantined += self._retype_batch(version, now)
         return quarantined
 
-    def load_page(self, submissions: list[dict[str, Any]], last_id: int | None) -> PageResult:
-        now = dt.datetime.now(dt.timezone.utc)
-        form_id = self.dictionary.form_id
-        with self.warehouse.writing(), self.warehouse.transaction():
-            landing = self.warehouse.land(self.asset_uid, form_id, submissions, now)
-            quarantined = self.retype(landing.changed, now) if landing.changed else 0
-            if landing.rejected:
-                rejected = [_rejected_issue(why, what) for why, what in landing.rejected]
-                # Seen again, the same unusable result replaces its issue instead of adding one.
-                self.warehouse.record_issues(self.asset_uid, form_id, [i.root_uuid for i in rejected], rejected, now)
-                quarantined += len(landing.rejected)
-            if last_id is not None:
-                self.warehouse.set_watermark(self.asset_uid, form_id, last_id, now)
-        return PageResult(pulled=len(submissions), new=landing.new, edited=landing.edited,
-                          unchanged=landing.unchanged, quarantined=quarantined)
+    def _retype_batch(self, version: _Version, now: dt.datetime) -> int:
+        self._apply_corrections(version.dictionary, now)
+        staged = version.plan.run(self.con)
+        issues: list[Issue] = (staged.issues + version.validator.validate(staged.tables)
+                               + run_rules(version.dictionary, staged.tables, self.con, self.quality))
+        errors = sorted({issue.root_uuid for issue in issues if issue.severity == "error"})
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE {ERROR_ROOTS} AS "
+                         f"SELECT unnest(CAST(? AS VARCHAR[])) AS root_uuid", [errors])
+        replaced = [row[0] for row in self.con.execute(f"SELECT root_uuid FROM {BATCH_DOCS} WHERE replace").fetchall()]
+        if replaced:
+            for table in self._known_tables():
+                self.con.execute(f"DELETE FROM {quote(table)} WHERE root_uuid IN "
+                                 f"(SELECT root_uuid FROM {BATCH_DOCS} WHERE replace)")
+        version.plan.insert_clean(self.con, ERROR_ROOTS)
+        self.warehouse.record_issues(self.asset_uid, version.dictionary.form_id, replaced, issues, now)
+        return len(errors)
+
+    def _known_tables(self) -> list[str]:
+        names = {t for v in self._by_version.values() for t in v.dictionary.tables}
+        return sorted(names)
+
+    def _apply_corrections(self, dictionary: FieldDictionary, now: dt.datetime) -> None:
+        """Recorded corrections change the answers of the batch's documents before typing
+        (raw keeps them as received)."""
+        rows = self.con.execute(
+            f"SELECT b.doc::VARCHAR FROM {BATCH_DOCS} b WHERE b.root_uuid IN "
+            f"(SELECT root_uuid FROM meta.corrections)").fetchall()
+        if not rows:
+            return
+        corrected = apply_corrections(self.con, dictionary, [json.loads(row[0]) for row in rows], now)
+        for submission in corrected:
+            self.con.execute(f"UPDATE {BATCH_DOCS} SET doc = ? WHERE root_uuid = ?",
+                             [json.dumps(_finite(submission), ensure_ascii=False), root_uuid_of(submission)])
 
 
-def _rejected_issue(why: str, what: Any) -> Issue:
+def _rejected_issue(why: str, what: str) -> Issue:
     """A quarantine row for something the server sent that is not a usable submission."""
-    import hashlib
-    import json
-
-    text = json.dumps(what, ensure_ascii=False, default=str)
-    return Issue(root_uuid=f"unidentified:{hashlib.sha256(text.encode()).hexdigest()[:16]}",
+    return Issue(root_uuid=f"unidentified:{hashlib.sha256(what.encode()).hexdigest()[:16]}",
                  submission_id=None, table_name="raw.submissions", column_name=None, row_key=None,
-                 check_code="malformed_submission", value=text[:500], severity="error",
+                 check_code="malformed_submission", value=what[:500], severity="error",
                  message=f"Résultat inutilisable reçu du serveur : {why} / Unusable result from the server: {why}")

@@ -6,12 +6,11 @@ with, as stored in meta, so a rebuild needs no network and gives the same tables
 from __future__ import annotations
 
 import datetime as dt
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from warehouse.load import FormLoader
-from warehouse.store import Warehouse
+from warehouse.store import Warehouse, quote
 
 CHUNK = 5000
 
@@ -32,20 +31,22 @@ def rebuild_asset(warehouse: Warehouse, asset_uid: str, roots: set[str] | None =
     loader = FormLoader(warehouse, current, asset_uid,
                         version_lookup=lambda version_uid: warehouse.dictionary_for(asset_uid, version_uid))
     now = dt.datetime.now(dt.timezone.utc)
-    total = quarantined = 0
+    con = warehouse.con
     with warehouse.transaction():
-        chosen = [r[0] for r in warehouse.con.execute(
-            "SELECT root_uuid FROM raw.submissions WHERE asset_uid = ? GROUP BY root_uuid", [asset_uid]).fetchall()
-            if roots is None or r[0] in roots]
+        # Every submission of the project (or the chosen ones), in chunks of CHUNK by _id.
+        con.execute("CREATE OR REPLACE TEMP TABLE rebuild_roots AS SELECT root_uuid, "
+                    "(row_number() OVER (ORDER BY min(submission_id)) - 1) // $chunk AS chunk "
+                    "FROM raw.submissions WHERE asset_uid = $asset_uid AND (CAST($chosen AS VARCHAR[]) IS NULL "
+                    "OR list_contains(CAST($chosen AS VARCHAR[]), root_uuid)) GROUP BY root_uuid",
+                    {"chunk": CHUNK, "asset_uid": asset_uid, "chosen": sorted(roots) if roots is not None else None})
         for dictionary in warehouse.all_dictionaries(form_id):
-            warehouse.delete_clean(dictionary, chosen)
-        rows = [row for row in warehouse.con.execute(
-            "SELECT root_uuid, payload::VARCHAR FROM raw.submissions WHERE asset_uid = ? AND is_current "
-            "AND deleted_at IS NULL ORDER BY submission_id", [asset_uid]).fetchall() if roots is None or row[0] in roots]
-        for start in range(0, len(rows), CHUNK):
-            submissions = [json.loads(row[1]) for row in rows[start:start + CHUNK]]
-            quarantined += loader.retype(submissions, now)
-            total += len(submissions)
+            for table in dictionary.tables:
+                con.execute(f"DELETE FROM {quote(table)} WHERE root_uuid IN (SELECT root_uuid FROM rebuild_roots)")
+        total = con.execute("SELECT count(*) FROM raw.submissions WHERE asset_uid = ? AND is_current AND deleted_at "
+                            "IS NULL AND root_uuid IN (SELECT root_uuid FROM rebuild_roots)", [asset_uid]).fetchone()[0]
+        chunks = con.execute("SELECT coalesce(max(chunk) + 1, 0) FROM rebuild_roots").fetchone()[0]
+        quarantined = sum(loader.retype_from_raw("SELECT root_uuid FROM rebuild_roots WHERE chunk = ?", [chunk], now)
+                          for chunk in range(chunks))
     return RebuildResult(asset_uid=asset_uid, form_id=form_id, submissions=total, quarantined=quarantined)
 
 

@@ -22,15 +22,12 @@ import pandas as pd
 from forms.dictionary import FieldDictionary, Table
 from forms.errors import TerrainError
 from warehouse.labels import create_labelled_views, store_labels
-from warehouse.typing import RELEVANT_PREFIX, Issue, root_uuid_of
+from warehouse.typing import Issue, root_uuid_of
 
 SQL_DIR = Path(__file__).resolve().parent / "sql"
 DEFAULT_PATH = Path("terrain.duckdb")
 # DuckDB's own cache otherwise grows with the warehouse; a sync should fit a small laptop.
 MEMORY_LIMIT_ENV, DEFAULT_MEMORY_LIMIT = "TERRAIN_DUCKDB_MEMORY", "256MB"
-# Not part of the answers: a status change, the old servers' _tags/_notes, and the
-# server's host in attachment URLs (it differs with the name the server is reached by).
-HASH_EXCLUDED_KEYS = ("_validation_status", "_tags", "_notes")
 
 
 class WarehouseError(TerrainError):
@@ -53,39 +50,13 @@ def quote(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
 
 
-def content_hash(submission: dict[str, Any]) -> str:
-    """Tells an edit from the same submission seen again."""
-    payload = {k: v for k, v in submission.items() if k not in HASH_EXCLUDED_KEYS}
-    if isinstance(payload.get("_attachments"), list):
-        payload["_attachments"] = [{k: v for k, v in a.items() if not k.startswith("download")}
-                                   if isinstance(a, dict) else a for a in payload["_attachments"]]
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
-
-
 @dataclass
 class LandingResult:
     new: int
     edited: int
     unchanged: int
-    changed: list[dict[str, Any]]  # submissions whose clean rows must be (re)built
-    rejected: list[tuple[str, Any]] = field(default_factory=list)  # (why, what arrived): not submissions
-
-
-def unusable(submission: Any) -> str | None:
-    """Why a result from the server cannot be landed as a submission, or None."""
-    if not isinstance(submission, dict):
-        return f"a result that is not a JSON object ({type(submission).__name__})"
-    try:
-        int(submission.get("_id"))
-    except (TypeError, ValueError):
-        return f"a submission without a valid _id ({str(submission.get('_id'))[:40]!r})"
-    if not (submission.get("meta/rootUuid") or submission.get("_uuid")):
-        return "a submission without meta/rootUuid or _uuid"
-    return None
-
-
-def _text_or_none(value: Any) -> str | None:
-    return None if value is None or isinstance(value, (dict, list)) else str(value)
+    rejected: list[tuple[str, str]] = field(default_factory=list)  # (why, what arrived): not submissions
+    # the new and edited submissions stay in the temp table landing_new for the caller
 
 
 class Warehouse:
@@ -96,6 +67,7 @@ class Warehouse:
         try:
             config = {"memory_limit": os.environ.get(MEMORY_LIMIT_ENV, DEFAULT_MEMORY_LIMIT)}
             self.con = duckdb.connect(str(self.path), read_only=read_only, config=config)
+            self.con.execute("SET TimeZone = 'UTC'")  # KoboToolbox times are read and shown in UTC
         except duckdb.IOException as error:
             if "not a valid DuckDB database" in str(error):
                 raise WarehouseError(f"{self.path} is not a usable DuckDB warehouse (a corrupted file, or another "
@@ -235,66 +207,23 @@ class Warehouse:
                                  f"{duck_type.replace(' NOT NULL', '')}")
 
     # -- raw landing --------------------------------------------------------------------
-    def land(self, asset_uid: str, form_id: str, submissions: list[dict[str, Any]], now: dt.datetime) -> LandingResult:
-        """Lands a page of submissions as received; returns which of them are new or edited."""
-        by_root: dict[str, dict[str, Any]] = {}
-        rows, rejected = [], []
-        for submission in submissions:
-            problem = unusable(submission)
-            if problem:
-                rejected.append((problem, submission))
-                continue
-            root = root_uuid_of(submission)
-            by_root[root] = submission
-            rows.append({
-                "asset_uid": asset_uid, "form_id": form_id, "submission_id": int(submission["_id"]),
-                "root_uuid": root, "uuid": str(submission.get("_uuid") or ""),
-                "form_version": _text_or_none(submission.get("__version__")),
-                "submission_time": _text_or_none(submission.get("_submission_time")),
-                "content_hash": content_hash(submission),
-                "payload": json.dumps(submission, ensure_ascii=False),
-            })
-        if not rows:
-            return LandingResult(0, 0, 0, [], rejected)
-        landing = pd.DataFrame(rows)
-        # A malformed time is kept in the payload and left empty here, never a crash.
-        landing["submission_time"] = pd.to_datetime(landing["submission_time"], utc=True, errors="coerce",
-                                                    format="ISO8601")
+    def land(self, asset_uid: str, form_id: str, body: str, path: str, now: dt.datetime) -> LandingResult:
+        """Lands the submissions of a JSON document as received (``path`` points at its list
+        of results, e.g. ``$.results[*]``); DuckDB parses it, Python never walks it."""
         queries = named_queries("land_raw.sql")
-        self.con.register("landing_frame", landing)
-        try:
-            self.con.execute("CREATE OR REPLACE TEMP TABLE landing AS SELECT * FROM landing_frame")
-        finally:
-            self.con.unregister("landing_frame")
+        self.con.execute(queries["page_documents"], {"body": body, "path": path})
+        self.con.execute(queries["landing"], {"asset_uid": asset_uid, "form_id": form_id})
+        rejected = self.con.execute(queries["rejected"]).fetchall()
         self.con.execute(queries["touch_seen"], {"now": now})
         self.con.execute(queries["new_versions"])
-        changed = self.con.execute("SELECT root_uuid, is_edit FROM landing_new").fetchall()
+        counts = self.con.execute("SELECT (SELECT count(*) FROM landing), count(*), count(*) FILTER (WHERE is_edit) "
+                                  "FROM landing_new").fetchone()
         self.con.execute(queries["retire_old_versions"])
         self.con.execute(queries["insert_new_versions"], {"now": now})
-        edited = sum(1 for _, is_edit in changed if is_edit)
-        return LandingResult(new=len(changed) - edited, edited=edited, unchanged=len(rows) - len(changed),
-                             changed=[by_root[root] for root, _ in changed], rejected=rejected)
+        landed, changed, edited = counts
+        return LandingResult(new=changed - edited, edited=edited, unchanged=landed - changed, rejected=rejected)
 
     # -- clean tables and quarantine ------------------------------------------------------
-    def replace_clean(self, dictionary: FieldDictionary, root_uuids: list[str], tables: dict[str, pd.DataFrame],
-                      keep_out: set[str]) -> None:
-        """Replaces the clean rows of these submissions; those in ``keep_out`` (with errors) get none."""
-        if not root_uuids:
-            return
-        self.delete_clean(dictionary, root_uuids)
-        for table in dictionary.tables.values():
-            frame = tables[table.name]
-            frame = frame[[c for c in frame.columns if not c.startswith(RELEVANT_PREFIX)]]
-            if keep_out:
-                frame = frame[~frame["root_uuid"].isin(keep_out)]
-            if frame.empty:
-                continue
-            self.con.register("clean_frame", frame)
-            try:
-                self.con.execute(f"INSERT INTO {quote(table.name)} BY NAME SELECT * FROM clean_frame")
-            finally:
-                self.con.unregister("clean_frame")
-
     @contextmanager
     def _keys(self, name: str, root_uuids: list[str]) -> Iterator[None]:
         """A list of submission keys as a relation other statements can join."""

@@ -1,3 +1,42 @@
+-- name: page_documents
+-- The results of one page, parsed by DuckDB from the JSON text as received.
+CREATE OR REPLACE TEMP TABLE page_documents AS
+SELECT doc, json_type(doc) AS kind,
+       json_extract_string(doc, ['$._id', '$."meta/rootUuid"', '$._uuid', '$.__version__', '$._submission_time']) AS k
+FROM (SELECT unnest(CAST(json_extract(CAST($body AS JSON), $path) AS JSON[])) AS doc);
+
+-- name: landing
+-- One row per usable submission of the page (the last one if a root uuid comes twice).
+-- The content hash tells an edit from the same submission seen again: it leaves out
+-- a status change, the old servers' _tags/_notes, and the host in attachment URLs.
+CREATE OR REPLACE TEMP TABLE landing AS
+SELECT $asset_uid AS asset_uid, $form_id AS form_id, CAST(trim(k[1]) AS BIGINT) AS submission_id,
+       coalesce(nullif(k[2], ''), 'uuid:' || coalesce(k[3], 'None')) AS root_uuid, coalesce(k[3], '') AS uuid,
+       CASE WHEN json_type(doc, '$.__version__') IN ('OBJECT', 'ARRAY') THEN NULL ELSE k[4] END AS form_version,
+       TRY_CAST(k[5] AS TIMESTAMPTZ) AS submission_time,
+       md5(CAST(json_merge_patch(doc, '{"_validation_status": null, "_tags": null, "_notes": null, "_attachments": null}')
+                AS VARCHAR)
+           || coalesce(CAST(list_transform(CAST(json_extract(doc, '$._attachments[*]') AS JSON[]),
+                a -> json_merge_patch(a, '{"download_url": null, "download_large_url": null, '
+                                         '"download_medium_url": null, "download_small_url": null}')) AS VARCHAR), ''))
+           AS content_hash,
+       doc AS payload
+FROM page_documents
+WHERE kind = 'OBJECT' AND regexp_full_match(coalesce(k[1], ''), '\s*-?\d{1,18}\s*')
+  AND (nullif(k[2], '') IS NOT NULL OR nullif(k[3], '') IS NOT NULL)
+QUALIFY row_number() OVER (PARTITION BY root_uuid ORDER BY submission_id DESC) = 1;
+
+-- name: rejected
+-- What the page held that is not a usable submission, and why.
+SELECT CASE WHEN kind <> 'OBJECT' THEN 'a result that is not a JSON object (' || lower(kind) || ')'
+            WHEN NOT regexp_full_match(coalesce(k[1], ''), '\s*-?\d{1,18}\s*')
+                THEN 'a submission without a valid _id (' || left(coalesce(k[1], 'None'), 40) || ')'
+            ELSE 'a submission without meta/rootUuid or _uuid' END AS why,
+       CAST(doc AS VARCHAR) AS what
+FROM page_documents
+WHERE kind <> 'OBJECT' OR NOT regexp_full_match(coalesce(k[1], ''), '\s*-?\d{1,18}\s*')
+   OR (nullif(k[2], '') IS NULL AND nullif(k[3], '') IS NULL);
+
 -- name: touch_seen
 -- Submissions seen again unchanged: only their last_seen moves.
 UPDATE raw.submissions AS r
