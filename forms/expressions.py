@@ -7,10 +7,15 @@ need to evaluate the form's own expressions in Python, row by row. Supported:
 ``${name}``, ``.``, numbers, strings, ``= != < <= > >=``, ``+ - * div mod``,
 ``and or``, parentheses and the functions in FUNCTIONS. Anything else raises
 ExpressionError, so an unsupported form is reported, never silently misread.
+
+Dates are ISO strings (``2026-06-01``, or with a time for dateTime answers), as in
+KoboToolbox JSON; ``today()`` and ``date('2020-01-01')`` return such strings, and a
+comparison of two of them compares the moments they stand for, as XPath does.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import re
 from dataclasses import dataclass
@@ -172,9 +177,42 @@ def _boolean(value: Any) -> bool:
     return _string(value) != ""
 
 
+_ISO_DATE = re.compile(r"^\s*\d{4}-\d{2}-\d{2}(?:[T ][\d:.]+(?:Z|[+-]\d{2}:?\d{2})?)?\s*$")
+_EPOCH = dt.datetime(1970, 1, 1)
+
+
+def _days(value: Any) -> float:
+    """An ISO date or date and time as days since 1970-01-01 (times in UTC), as XPath
+    turns dates into numbers; NaN when it is not one."""
+    if not isinstance(value, str) or not _ISO_DATE.match(value):
+        return math.nan
+    try:
+        moment = dt.datetime.fromisoformat(value.strip())
+    except ValueError:
+        return math.nan
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    return (moment - _EPOCH) / dt.timedelta(days=1)
+
+
+def today() -> dt.date:
+    """The date of today()'s answer: UTC, which is Mali's time all year (no summer time)."""
+    return dt.datetime.now(dt.timezone.utc).date()
+
+
+def _date(value: Any) -> str:
+    """XPath date(): an ISO date string, or a number of days since 1970-01-01; '' otherwise."""
+    if isinstance(value, float):
+        return "" if math.isnan(value) else (_EPOCH + dt.timedelta(days=math.floor(value))).date().isoformat()
+    text = _string(value).strip()
+    return text[:10] if not math.isnan(_days(text)) else ""
+
+
 def _compare(op: str, left: Any, right: Any) -> bool:
     if isinstance(left, bool) or isinstance(right, bool):
         left, right = _boolean(left), _boolean(right)
+    elif not math.isnan(left_days := _days(left)) and not math.isnan(right_days := _days(right)):
+        left, right = left_days, right_days
     elif op in ("=", "!=") and not isinstance(left, float) and not isinstance(right, float):
         left, right = _string(left), _string(right)
     else:
@@ -211,6 +249,8 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "boolean": _boolean,
     "coalesce": lambda a, b: a if _string(a) != "" else b,
     "if": lambda condition, a, b: a if _boolean(condition) else b,
+    "today": lambda: today().isoformat(),
+    "date": _date,
 }
 
 
@@ -270,23 +310,63 @@ def references(expression: str | None) -> list[str]:
 
 
 _RANGE_PART = re.compile(r"^\s*\.\s*(>=|<=|>|<)\s*(-?\d+(?:\.\d+)?)\s*$")
+_DATE_PART = re.compile(
+    r"""^\s*\.\s*(>=|<=|>|<)\s*(today\(\s*\)|date\(\s*(?:'(\d{4}-\d{2}-\d{2})'|"(\d{4}-\d{2}-\d{2})")\s*\))\s*$""")
 
 
-def numeric_bounds(constraint: str | None) -> tuple[float | None, float | None, bool, bool] | None:
+class _Today:
+    """The bound ``today()`` in date_bounds: a marker, read as a date only when checking
+    (see bound_date), so that a schema built once does not keep the day it was built."""
+
+    def __repr__(self) -> str:
+        return "TODAY"
+
+
+TODAY = _Today()
+
+
+def bound_date(bound: dt.date | _Today) -> dt.date:
+    """The date a bound of date_bounds stands for now."""
+    return today() if bound is TODAY else bound
+
+
+def _bounds(constraint: str | None, part: re.Pattern[str], read: Callable[[re.Match[str]], Any]) -> tuple | None:
     """Reads ``. >= a and . <= b`` style constraints as (low, high, low_inclusive,
-    high_inclusive) so validation can check whole columns at once; None when the
+    high_inclusive), each bound read by ``read`` from a ``part`` match; None when the
     constraint is anything else."""
     if not constraint:
         return None
     low = high = None
     low_inclusive = high_inclusive = True
-    for part in re.split(r"\s+and\s+", constraint.strip()):
-        match = _RANGE_PART.match(part)
+    for text in re.split(r"\s+and\s+", constraint.strip()):
+        match = part.match(text)
         if not match:
             return None
-        op, number = match.group(1), float(match.group(2))
+        op, bound = match.group(1), read(match)
+        if bound is None:
+            return None
         if op in (">=", ">"):
-            low, low_inclusive = number, op == ">="
+            low, low_inclusive = bound, op == ">="
         else:
-            high, high_inclusive = number, op == "<="
+            high, high_inclusive = bound, op == "<="
     return low, high, low_inclusive, high_inclusive
+
+
+def numeric_bounds(constraint: str | None) -> tuple[float | None, float | None, bool, bool] | None:
+    """Numeric ranges (``. >= 0 and . <= 110``), so validation can check whole columns at once."""
+    return _bounds(constraint, _RANGE_PART, lambda match: float(match.group(2)))
+
+
+def _date_literal(match: re.Match[str]) -> dt.date | _Today | None:
+    if match.group(2).startswith("today"):
+        return TODAY
+    try:
+        return dt.date.fromisoformat(match.group(3) or match.group(4))
+    except ValueError:
+        return None
+
+
+def date_bounds(constraint: str | None) -> tuple[dt.date | _Today | None, dt.date | _Today | None, bool, bool] | None:
+    """Date ranges against literals and today() (``. >= date('2020-01-01') and . <= today()``);
+    a bound is a date or TODAY. Comparisons with other answers (``. > ${start_date}``) give None."""
+    return _bounds(constraint, _DATE_PART, _date_literal)

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 from forms.dictionary import Field, FieldDictionary, Table
 from forms.errors import FormError
-from forms.expressions import is_true, numeric_bounds
+from forms.expressions import bound_date, date_bounds, is_true, numeric_bounds
 from forms.source import read_admin_units
 from kobo.server import BASE_PLACEHOLDER, DEFAULT_OWNER, MEDIA_TYPES, attachments_for
 
@@ -142,6 +142,28 @@ class SubmissionGenerator:
             value = rng.randint(low, min(high, low + 12))
         return max(low, min(high, value))
 
+    def _date(self, f: Field, rng: random.Random) -> str:
+        """A day in the two years before the survey, within the question's date range
+        (``. <= today()``, ``. >= date('2020-01-01')``); a dateTime gets a time of day too."""
+        high = SURVEY_START.date()
+        low = high - dt.timedelta(days=700)
+        bounds = date_bounds(f.constraint)
+        if bounds:
+            first, last, first_in, last_in = bounds
+            # A dateTime on the last day is past that day's midnight, which is what XPath compares.
+            first = None if first is None else bound_date(first) + dt.timedelta(days=0 if first_in else 1)
+            last = None if last is None else bound_date(last) - dt.timedelta(
+                days=0 if last_in and f.xlsform_type == "date" else 1)
+            low, high = max(low, first or low), min(high, last or high)
+            if low > high:  # a range outside the survey's own (a planned visit, say)
+                low = first or last - dt.timedelta(days=700)
+                high = last or first + dt.timedelta(days=700)
+        day = high - dt.timedelta(days=rng.randint(0, max(0, (high - low).days)))
+        if f.xlsform_type == "date":
+            return day.isoformat()
+        moment = dt.datetime.combine(day, dt.time(rng.randint(7, 17), rng.randint(0, 59)))
+        return moment.isoformat(timespec="milliseconds") + MALI_UTC_OFFSET
+
     def _text(self, f: Field, rng: random.Random, context: _Context, sex: str) -> str:
         if f.fake == "full_name":
             return f"{rng.choice(FIRST_NAMES[sex])} {rng.choice(FAMILY_NAMES)}"
@@ -199,8 +221,8 @@ class SubmissionGenerator:
             return f"{rng.uniform(bounds[0] or 0, bounds[1] or 100):.2f}"
         if kind == "geopoint":
             return self._geopoint(rng, context)
-        if kind == "date":
-            return (SURVEY_START.date() - dt.timedelta(days=rng.randint(0, 700))).isoformat()
+        if kind in ("date", "dateTime"):
+            return self._date(f, rng)
         if kind in ("image", "photo", "audio", "video", "file"):
             return f"{rng.randint(1_700_000_000_000, 1_799_999_999_999)}.jpg"
         if kind == "audit":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from forms.build import build_form, write_build
 from forms.dictionary import MAX_COLUMN_LENGTH, build_dictionary
 from forms.errors import FormError
-from forms.expressions import evaluate, is_true, numeric_bounds
+from forms.expressions import TODAY, date_bounds, evaluate, is_true, numeric_bounds
 from forms.source import SOURCES_DIR, read_admin_units
 from pyxform.xls2xform import convert
 
@@ -119,6 +120,31 @@ def test_every_source_builds_without_warnings() -> None:
 ])
 def test_expressions(expression: str, answers: dict, expected: bool) -> None:
     assert is_true(expression, answers.get) is expected
+
+
+@pytest.mark.parametrize("expression, current, expected", [
+    (". <= today()", dt.datetime.now(dt.timezone.utc).date().isoformat(), True),
+    (". <= today()", "2999-01-01", False),
+    (". >= date('2020-01-01') and . <= today()", "2019-12-31", False),
+    (". >= date('2020-01-01') and . <= today()", "2020-01-01", True),
+    (". > date('2020-01-01')", "2020-01-01", False),
+    (". > date('2020-01-01')", "2020-01-01T08:00:00.000+00:00", True),  # a dateTime is past midnight
+    (". < date('2020-01-10')", "2020-01-09", True),  # as dates, not as text or numbers
+    (". = date('2020-01-01')", "2020-01-01", True),
+    (". != ''", "2020-01-01", True),
+    (". >= 10", "9", False),  # numbers still compare as numbers
+])
+def test_date_expressions(expression: str, current: str, expected: bool) -> None:
+    assert is_true(expression, {}.get, current=current) is expected
+
+
+def test_date_bounds() -> None:
+    assert date_bounds(". <= today()") == (None, TODAY, True, True)
+    assert date_bounds(". >= date('2020-01-01') and . < today()") == (dt.date(2020, 1, 1), TODAY, True, False)
+    assert date_bounds('. > date("2024-02-29")') == (dt.date(2024, 2, 29), None, False, True)
+    for other in (". > ${start_date}", ". >= 0 and . <= 110", ". <= date('2024-02-30')", ". <= today() or . = ''", None):
+        assert date_bounds(other) is None
+    assert numeric_bounds(". <= today()") is None
 
 
 def test_choice_filter_reads_choice_columns() -> None:

@@ -132,6 +132,31 @@ def test_water_point_and_training_rules() -> None:
     assert codes("training_attendance", [training]) == [("young_participant", "warning")]
 
 
+@pytest.mark.parametrize("column, score, expected", [
+    ("participants/pre_test_score", "21", [("score_out_of_range", "error")]),
+    ("participants/post_test_score", "-1", [("score_out_of_range", "error")]),
+    ("participants/post_test_score", "20", []),
+    ("participants/pre_test_score", "0", []),
+])
+def test_test_scores_outside_their_range(column, score, expected) -> None:
+    training = copy.deepcopy(clean_one("training_attendance"))
+    training["participants"][-1][column] = score
+    assert codes("training_attendance", [training]) == expected
+
+
+def test_score_range_is_a_setting() -> None:
+    dictionary = project_forms()["training_attendance"].dictionary
+    training = copy.deepcopy(clean_one("training_attendance"))
+    training["participants"][0]["participants/post_test_score"] = "15"
+    tables = type_submissions(dictionary, [training]).tables
+    issues = run_rules(dictionary, tables, None, QualitySettings(test_score_range=(0, 10)), NOW)
+    found = [i for i in issues if (i.column_name, i.row_key) == ("post_test_score", "1")]
+    assert [(i.check_code, i.severity, i.table_name, i.value) for i in found] == \
+        [("score_out_of_range", "error", "training_participants", "15")]
+    assert found[0].message == ("Note de test hors de l'échelle : 15 (attendu 0–10) / "
+                                "Test score out of range: 15 (expected 0–10)")
+
+
 def test_warnings_flag_in_place_and_errors_quarantine(seeded, warehouse_path) -> None:
     from kobo.client import KoboClient
     from flows.sync import SyncSettings, sync_asset

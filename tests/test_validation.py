@@ -4,9 +4,13 @@ stays quiet on a clean one."""
 from __future__ import annotations
 
 import copy
+import datetime as dt
 
 import pytest
 
+from forms.build import build_form
+from forms.dictionary import FieldDictionary
+from forms.expressions import is_true
 from kobo.generate import Deployment, generate_submissions
 from validation.schemas import FormValidator
 from warehouse.typing import type_submissions
@@ -56,3 +60,77 @@ def test_required_only_when_relevant(household, clean) -> None:
     member = copy.deepcopy(clean)
     member["livelihood/avec_member"] = "yes"
     assert [(i.check_code, i.column_name) for i in _issues(household, member)] == [("required", "avec_savings_fcfa")]
+
+
+DATED_FORM = """
+| survey |
+| | type | name | label::Français (fr) | label::English (en) | constraint | constraint_message::Français (fr) | constraint_message::English (en) |
+| | today | today | | | . >= date('2020-01-01') | | |
+| | date | visit_date | Date de la visite | Date of the visit | . >= date('2020-01-01') and . <= today() | Entre 2020 et aujourd'hui | Between 2020 and today |
+| | dateTime | seen_at | Vu le | Seen at | . > date('2024-01-01') and . <= today() | Après 2024, pas dans le futur | After 2024, not in the future |
+| | date | next_visit | Prochaine visite | Next visit | . >= today() | Pas dans le passé | Not in the past |
+
+| settings |
+| | form_id | version | default_language |
+| | dated_visit | 2026112401 | Français (fr) |
+"""
+
+
+@pytest.fixture(scope="module")
+def dated(tmp_path_factory) -> FieldDictionary:
+    """A hand-made form with date constraints (none of our forms has one yet)."""
+    path = tmp_path_factory.mktemp("dated") / "dated_visit.md"
+    path.write_text(DATED_FORM, encoding="utf-8")
+    return build_form(path).dictionary
+
+
+def _dated_issues(dictionary: FieldDictionary, **answers: str) -> list:
+    submission = {"_id": 1, "meta/rootUuid": "uuid:dated-1", "today": "2026-06-01",
+                  "visit_date": "2026-05-30", "seen_at": "2026-05-30T09:15:00.000+00:00", **answers}
+    batch = type_submissions(dictionary, [submission])
+    return batch.issues + FormValidator(dictionary).validate(batch.tables)
+
+
+def test_generated_dates_meet_date_constraints(dated) -> None:
+    submissions = generate_submissions(dated, DEPLOYMENT, 40, seed=12, mistake_rate=0.0)
+    answered = [(f, s[f.kobo_key]) for s in submissions for f in dated.fields() if f.kobo_key in s]
+    assert {f.name for f, _ in answered} == {"today", "visit_date", "seen_at", "next_visit"}
+    assert all(is_true(f.constraint, {}.get, current=value) for f, value in answered)
+    assert FormValidator(dated).validate(type_submissions(dated, submissions).tables) == []
+
+
+TODAY = dt.datetime.now(dt.timezone.utc).date()
+
+
+@pytest.mark.parametrize("answers, column", [
+    ({}, None),
+    ({"visit_date": TODAY.isoformat()}, None),
+    ({"visit_date": "2020-01-01", "seen_at": "2024-01-01T00:00:01.000+00:00"}, None),
+    ({"visit_date": "2019-12-31"}, "visit_date"),
+    ({"visit_date": (TODAY + dt.timedelta(days=1)).isoformat()}, "visit_date"),
+    ({"seen_at": "2024-01-01T00:00:00.000+00:00"}, "seen_at"),  # '>': midnight itself is out
+    ({"seen_at": f"{TODAY + dt.timedelta(days=3)}T08:00:00.000+00:00"}, "seen_at"),
+    ({"today": "2019-06-01"}, "today"),
+    # Collect checked '. >= today()' on the day; read again later (a rebuild) it would refuse every old answer.
+    ({"next_visit": "2020-01-01"}, None),
+])
+def test_date_constraints(dated, answers, column) -> None:
+    issues = _dated_issues(dated, **answers)
+    assert [(i.check_code, i.column_name) for i in issues] == ([("constraint", column)] if column else [])
+    if column == "visit_date":
+        value = answers["visit_date"]
+        assert issues[0].message == (f"« Date de la visite » = {value} : Entre 2020 et aujourd'hui / "
+                                     f"'Date of the visit' = {value}: Between 2020 and today")
+
+
+def test_today_is_read_when_validating(dated, monkeypatch) -> None:
+    """A schema built once keeps no day: a date in the future today is fine tomorrow."""
+    import forms.expressions
+
+    validator = FormValidator(dated)
+    tomorrow = (TODAY + dt.timedelta(days=1)).isoformat()
+    batch = type_submissions(dated, [{"_id": 1, "meta/rootUuid": "uuid:dated-1", "visit_date": tomorrow}])
+    assert [i.column_name for i in validator.validate(batch.tables)] == ["visit_date"]
+    monkeypatch.setattr(forms.expressions, "today", lambda: TODAY + dt.timedelta(days=1))
+    assert validator.validate(batch.tables) == []
+    assert is_true(". <= today()", {}.get, current=tomorrow)

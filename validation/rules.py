@@ -32,6 +32,7 @@ class QualitySettings:
     near_duplicate_metres: float = 10.0
     plausible_fee_fcfa: tuple[int, int] = (0, 5000)
     min_participant_age: int = 15
+    test_score_range: tuple[int, int] = (0, 20)  # training pre/post tests are marked out of 20
 
 
 @dataclass
@@ -175,6 +176,22 @@ def young_participant(ctx: RuleContext):
     bad = _rows(frame, frame["participant_age"] < limit)
     return [(r.root_uuid, name, "participant_age", r.row_key, str(r.participant_age),
              f"Participant de moins de {limit} ans / Participant under {limit}") for r in bad.itertuples()]
+
+
+def score_out_of_range(ctx: RuleContext):
+    low, high = ctx.settings.test_score_range
+    problems = []
+    for column in ("pre_test_score", "post_test_score"):
+        found = ctx.table_with(column)
+        if not found:
+            continue
+        name, frame = found
+        for r in _rows(frame, (frame[column] < low) | (frame[column] > high)).itertuples():
+            score = getattr(r, column)
+            problems.append((r.root_uuid, name, column, getattr(r, "row_key", None), str(score),
+                             f"Note de test hors de l'échelle : {score} (attendu {low}–{high}) / "
+                             f"Test score out of range: {score} (expected {low}–{high})"))
+    return problems
 
 
 # -- rules across submissions (the warehouse holds the others) -------------------------------
@@ -326,6 +343,7 @@ RULES = [
     Rule("far_from_village", "warning", far_from_village),
     Rule("implausible_fee", "warning", implausible_fee),
     Rule("young_participant", "warning", young_participant),
+    Rule("score_out_of_range", "error", score_out_of_range),
 ]
 
 

@@ -1,8 +1,8 @@
 """pandera schemas built from the field dictionary, plus the hand-written rules.
 
 Nothing the form says is copied by hand here: types, required (only where the
-question was relevant), choice lists, numeric ranges and regular expressions all
-come from the compiled form. Each check carries a code; failures become issues
+question was relevant), choice lists, numeric and date ranges and regular expressions
+all come from the compiled form. Each check carries a code; failures become issues
 with a message in plain words (contract 4).
 """
 
@@ -16,13 +16,14 @@ import pandas as pd
 import pandera.pandas as pa
 
 from forms.dictionary import Field, FieldDictionary, Table
-from forms.expressions import numeric_bounds
+from forms.expressions import TODAY, bound_date, date_bounds, numeric_bounds
 from warehouse.typing import RELEVANT_PREFIX, Issue, label_of
 
 # Mali's bounding box, with a small margin for border villages.
 MALI_LATITUDE = (10.1, 25.1)
 MALI_LONGITUDE = (-12.3, 4.3)
 _REGEX_CONSTRAINT = re.compile(r"^\s*regex\(\s*\.\s*,\s*'([^']*)'\s*\)\s*$")
+DATE_TYPES = ("date", "dateTime", "today")
 
 
 @dataclass(frozen=True)
@@ -61,18 +62,10 @@ class TableSchema:
                 else:
                     test = lambda s, allowed=allowed: s.map(lambda items: set(items) <= allowed).astype(bool)  # noqa: E731
                 checks.append(self._check(f"choice:{f.column}", info, test))
-            bounds = numeric_bounds(f.constraint) if f.xlsform_type in ("integer", "decimal", "range") else None
-            if bounds:
-                low, high, low_in, high_in = bounds
-                message = _constraint_message(f, fr, en)
-                checks.append(self._check(f"constraint:{f.column}", CheckInfo("constraint", f.column, f, message),
-                                          lambda s, b=bounds: _in_bounds(s, *b)))
-            regex = _REGEX_CONSTRAINT.match(f.constraint or "")
-            if regex and f.xlsform_type in ("text", "barcode"):
-                pattern = regex.group(1)
+            constraint = _constraint_test(f)
+            if constraint:
                 checks.append(self._check(f"constraint:{f.column}", CheckInfo(
-                    "constraint", f.column, f, _constraint_message(f, fr, en)),
-                    lambda s, p=pattern: s.str.contains(p, regex=True)))
+                    "constraint", f.column, f, _constraint_message(f, fr, en)), constraint))
             for column, duck_type in f.columns():
                 columns[column] = pa.Column(nullable=True, checks=checks if column == f.column else [])
             if f.required:
@@ -131,13 +124,40 @@ class TableSchema:
         return issues
 
 
-def _in_bounds(series: pd.Series, low: float | None, high: float | None, low_in: bool, high_in: bool) -> pd.Series:
+def _constraint_test(f: Field) -> Callable[[pd.Series], pd.Series] | None:
+    """The column-wide test of the simple constraints: numeric ranges, date ranges against
+    literals and today(), regular expressions. Others are left to Collect."""
+    bounds = numeric_bounds(f.constraint) if f.xlsform_type in ("integer", "decimal", "range") else None
+    if bounds:
+        return lambda s: _in_bounds(s, *bounds)
+    dates = date_bounds(f.constraint) if f.xlsform_type in DATE_TYPES else None
+    if dates:
+        return lambda s: _in_date_bounds(s, *dates)
+    regex = _REGEX_CONSTRAINT.match(f.constraint or "")
+    if regex and f.xlsform_type in ("text", "barcode"):
+        return lambda s: s.str.contains(regex.group(1), regex=True)
+    return None
+
+
+def _in_bounds(series: pd.Series, low: float | pd.Timestamp | None, high: float | pd.Timestamp | None,
+               low_in: bool, high_in: bool) -> pd.Series:
     ok = pd.Series(True, index=series.index)
     if low is not None:
         ok &= series >= low if low_in else series > low
     if high is not None:
         ok &= series <= high if high_in else series < high
     return ok
+
+
+def _in_date_bounds(series: pd.Series, low, high, low_in: bool, high_in: bool) -> pd.Series:
+    """Date bounds on a DATE column (python dates) or a TIMESTAMPTZ one (pandas, UTC): a
+    date stands for its midnight, as XPath compares a dateTime with a date. today() is read
+    now, at validation time. A ``. >= today()`` bound is left to Collect, which checked it
+    on the day: read later (a rebuild, a correction) it would refuse every older answer."""
+    moments = pd.to_datetime(series, utc=True)
+    low = None if low is None or low is TODAY else pd.Timestamp(bound_date(low), tz="UTC")
+    high = None if high is None else pd.Timestamp(bound_date(high), tz="UTC")
+    return _in_bounds(moments, low, high, low_in, high_in)
 
 
 def _constraint_message(f: Field, fr: str, en: str) -> Callable[[object], str]:
