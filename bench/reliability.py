@@ -50,15 +50,15 @@ import tempfile
 import threading
 import time
 import traceback
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-POOL = 2000  # distinct generated submissions, cloned with new ids up to the size wanted
-FIRST_ID, ID_STEP = 1000, 3
+
+from clones import FIRST_ID, ID_STEP, POOL, cloned_server, serve_until_stdin_closes  # noqa: E402
+
 ALL_FAULTS = ("500", "502", "429", "timeout", "truncated", "reset")
 # Two warnings compare a submission with what the warehouse held when it was checked (the
 # village's other GPS points, the enumerator's count that day), so they depend on the order
@@ -69,39 +69,9 @@ KILLED_SIZE, KILLED_TRIALS, STORM_SIZE = 100_000, 10, 20_000
 
 # -- the server process -------------------------------------------------------------------------
 def serve(size: int, seed: int = 2026) -> None:
-    """A local server holding ``size`` household submissions; prints how to reach it as JSON
-    and stays up until its stdin closes."""
-    from forms.build import project_form
-    from kobo.seed import seeded_server
-
-    built = project_form("household_survey")
-    seeded = seeded_server([built], min(size, POOL), seed=seed)
-    asset = seeded.assets["household_survey"]
-    pool = asset.submissions
-    clones = []
-    for i in range(size):
-        doc = dict(pool[i % len(pool)])
-        instance = str(uuid.UUID(int=(i + 1) * 7919 + seed, version=4))
-        doc.update({"_id": FIRST_ID + i * ID_STEP, "_uuid": instance, "meta/instanceID": f"uuid:{instance}",
-                    "meta/rootUuid": f"uuid:{instance}", "_attachments": []})
-        # As in bench/sync_bench.py: clones are distinct where the duplicate checks look
-        # (household id, GPS), as real households are.
-        if "identification/household_id" in doc:
-            letters = "".join(chr(65 + (i // 10000 // 26 ** k) % 26) for k in range(3))
-            doc["identification/household_id"] = f"{letters}-{i % 10000:04d}"
-        if "location" in doc and i >= POOL:
-            lat, lon, *rest = doc["location"].split()
-            shift = (i // POOL) * 0.0007
-            doc["location"] = " ".join([f"{float(lat) + shift:.6f}", f"{float(lon) + shift:.6f}", *rest])
-        clones.append(doc)
-    asset.submissions = clones
-    asset.__post_init__()
-    asset._encoded.clear()
-    seeded.server.add_asset(asset)  # the server's own id counter follows the clones
-    seeded.server.start()
-    print(json.dumps({"url": seeded.server.url, "token": seeded.token, "asset": asset.uid, "size": size}), flush=True)
-    sys.stdin.read()  # until the driver closes our stdin
-    seeded.server.stop()
+    """A local server holding ``size`` household submissions (bench/clones.py); prints how to
+    reach it as JSON and stays up until its stdin closes."""
+    serve_until_stdin_closes(cloned_server(size, seed=seed, pool=min(size, POOL), uuid_offset=seed), size=size)
 
 
 class Server:

@@ -20,12 +20,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-POOL = 2000  # distinct generated submissions, cloned with new ids up to the size wanted
+
+from clones import cloned_server, serve_until_stdin_closes  # noqa: E402
 
 
 def process_age() -> float:
@@ -41,36 +41,7 @@ def peak_mb() -> float:
 
 # -- the server process ---------------------------------------------------------------------
 def serve(size: int) -> None:
-    from forms.build import project_form
-    from kobo.seed import seeded_server
-
-    built = project_form("household_survey")
-    seeded = seeded_server([built], POOL, seed=2026)
-    asset = seeded.assets["household_survey"]
-    pool = asset.submissions
-    clones = []
-    for i in range(size):
-        doc = dict(pool[i % POOL])
-        instance = str(uuid.UUID(int=(i + 1) * 7919, version=4))
-        doc.update({"_id": 1000 + i * 3, "_uuid": instance, "meta/instanceID": f"uuid:{instance}",
-                    "meta/rootUuid": f"uuid:{instance}", "_attachments": []})
-        # Clones are made distinct where the duplicate checks look (household id, GPS),
-        # as real households are: otherwise every clone is a true duplicate of its template.
-        if "identification/household_id" in doc:
-            letters = "".join(chr(65 + (i // 10000 // 26 ** k) % 26) for k in range(3))
-            doc["identification/household_id"] = f"{letters}-{i % 10000:04d}"
-        if "location" in doc and i >= POOL:
-            lat, lon, *rest = doc["location"].split()
-            shift = (i // POOL) * 0.0007
-            doc["location"] = " ".join([f"{float(lat) + shift:.6f}", f"{float(lon) + shift:.6f}", *rest])
-        clones.append(doc)
-    asset.submissions = clones
-    asset.__post_init__()
-    asset._encoded.clear()
-    seeded.server.start()
-    print(json.dumps({"url": seeded.server.url, "token": seeded.token, "asset": asset.uid}), flush=True)
-    sys.stdin.read()  # until the benchmark closes our stdin
-    seeded.server.stop()
+    serve_until_stdin_closes(cloned_server(size))
 
 
 # -- one method, in its own process -----------------------------------------------------------

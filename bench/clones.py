@@ -1,0 +1,61 @@
+"""Benchmark servers of many household submissions, for bench/sync_bench.py and
+bench/reliability.py: a pool of generated submissions cloned with new ids up to the size
+wanted (generating a million one by one would take longer than the benchmark itself).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+POOL = 2000  # distinct generated submissions, cloned with new ids up to the size wanted
+FIRST_ID, ID_STEP = 1000, 3
+
+
+def cloned_server(size: int, seed: int = 2026, pool: int = POOL, uuid_offset: int = 0):
+    """A seeded server (not started) holding ``size`` household submissions: clones of
+    ``pool`` generated ones (seeded with ``seed``), each with its own ``_id`` (from FIRST_ID,
+    every ID_STEP), uuid (from ``uuid_offset``), household id, and beyond the first pool a
+    GPS point shifted by 0.0007° a round. Returns the kobo.seed.SeededServer."""
+    from forms.build import project_form
+    from kobo.seed import seeded_server
+
+    seeded = seeded_server([project_form("household_survey")], pool, seed=seed)
+    asset = seeded.assets["household_survey"]
+    templates = asset.submissions
+    clones = []
+    for i in range(size):
+        doc = dict(templates[i % len(templates)])
+        instance = str(uuid.UUID(int=(i + 1) * 7919 + uuid_offset, version=4))
+        doc.update({"_id": FIRST_ID + i * ID_STEP, "_uuid": instance, "meta/instanceID": f"uuid:{instance}",
+                    "meta/rootUuid": f"uuid:{instance}", "_attachments": []})
+        # Clones are made distinct where the duplicate checks look (household id, GPS),
+        # as real households are: otherwise every clone is a true duplicate of its template.
+        if "identification/household_id" in doc:
+            letters = "".join(chr(65 + (i // 10000 // 26 ** k) % 26) for k in range(3))
+            doc["identification/household_id"] = f"{letters}-{i % 10000:04d}"
+        if "location" in doc and i >= len(templates):
+            lat, lon, *rest = doc["location"].split()
+            shift = (i // len(templates)) * 0.0007
+            doc["location"] = " ".join([f"{float(lat) + shift:.6f}", f"{float(lon) + shift:.6f}", *rest])
+        clones.append(doc)
+    asset.submissions = clones
+    asset.__post_init__()
+    seeded.server.add_asset(asset)  # the server's own id counter follows the clones
+    return seeded
+
+
+def serve_until_stdin_closes(seeded, **extra) -> None:
+    """Starts the server, prints how to reach it as one JSON line (with ``extra``), and
+    stays up until the driver closes this process's stdin."""
+    asset = seeded.assets["household_survey"]
+    seeded.server.start()
+    print(json.dumps({"url": seeded.server.url, "token": seeded.token, "asset": asset.uid, **extra}), flush=True)
+    sys.stdin.read()
+    seeded.server.stop()
