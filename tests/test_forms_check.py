@@ -220,11 +220,11 @@ def test_TF110_function_terrain_cannot_evaluate_is_only_a_warning(tmp_path: Path
 | survey |
 | | type | name | label::Français (fr) | label::English (en) | relevant | calculation |
 | | date | visit | Date | Date | | |
-| | integer | age | Âge | Age | ${visit} < today() | |
+| | integer | age | Âge | Age | ${visit} < now() | |
 | | calculate | year | | | | format-date(today(), '%Y') |
 """)
     problem = reported(path, "TF110", "survey", 3, "relevant")
-    assert "today()" in problem.message
+    assert "now()" in problem.message
 
 
 @pytest.mark.parametrize("expression", ["count(../age) > 0", "position(..) = 1",

@@ -105,19 +105,64 @@ def test_near_duplicate_and_far_from_village_against_the_warehouse(tmp_path) -> 
         far = copy.deepcopy(copy_of)
         far["identification/head_name"] = "Awa Keïta"
         far["location"] = f"{float(lat) + 0.5} {lon} {alt} {acc}"
-        found = codes("household_survey", [far], warehouse.con)
-        assert ("far_from_village", "warning") in found and ("near_duplicate", "warning") not in found
+        assert ("near_duplicate", "warning") not in codes("household_survey", [far], warehouse.con)
+        loader.load_page([far], None)
+        assert open_issues(warehouse, "far_from_village") == {far["meta/rootUuid"]}
 
 
-def test_too_many_submissions_a_day() -> None:
+def open_issues(warehouse: Warehouse, code: str) -> set[str]:
+    return {r[0] for r in warehouse.con.execute("select root_uuid from quality.issues where check_code = ? "
+                                                "and resolved_at is null", [code]).fetchall()}
+
+
+def test_far_from_village_does_not_depend_on_arrival_order(tmp_path) -> None:
+    """The far point arriving first (before its village has 3 points) or last is flagged all
+    the same: the check is recomputed for the whole village after each batch."""
+    from warehouse.load import FormLoader
+
+    dictionary = project_forms()["household_survey"].dictionary
+    base = [s for s in generate_submissions(dictionary, DEPLOYMENT, 200, seed=62, mistake_rate=0.0)
+            if s.get("consent") == "yes"]
+    village = base[0]["identification/village"]
+    neighbours = [s for s in base if s["identification/village"] == village][:4]
+    far = copy.deepcopy(neighbours[-1])
+    lat, lon, *rest = far["location"].split()
+    far["location"] = " ".join([f"{float(lat) + 0.5}", lon, *rest])
+    results = []
+    for name, batches in (("far first", [[far], neighbours[:-1]]), ("far last", [neighbours[:-1], [far]])):
+        with Warehouse(tmp_path / f"{name}.duckdb") as warehouse:
+            loader = FormLoader(warehouse, dictionary, DEPLOYMENT.asset_uid)
+            for batch in batches:
+                loader.load_page(batch, None)
+            results.append(open_issues(warehouse, "far_from_village"))
+    assert results[0] == results[1] == {far["meta/rootUuid"]}
+
+
+def test_too_many_submissions_a_day_whatever_the_order(tmp_path) -> None:
+    """27 forms by one enumerator on one day (over the limit of 25): all 27 are flagged,
+    whether they arrive in one batch or in two, in either order; 25 are not."""
+    from warehouse.load import FormLoader
+
+    dictionary = project_forms()["household_survey"].dictionary
     s = household()
     many = []
     for i in range(27):
         one = copy.deepcopy(s)
         one.update({"_uuid": f"00000000-0000-4000-8000-{i:012d}", "meta/rootUuid": f"uuid:00000000-0000-4000-8000-{i:012d}",
-                    "identification/household_id": f"ABC-{i:04d}", "location": f"{11 + i / 10} -5.5 300 5"})
+                    "identification/household_id": f"ABC-{i:04d}", "location": f"{11 + i / 10} -5.5 300 5",
+                    "_id": 5000 + i})
         many.append(one)
-    assert ("too_many_per_day", "warning") in codes("household_survey", many)
+    found = {}
+    for name, batches in (("one batch", [many]), ("early first", [many[:20], many[20:]]),
+                          ("late first", [many[20:], many[:20]]), ("only 25", [many[:25]])):
+        with Warehouse(tmp_path / f"{name}.duckdb") as warehouse:
+            loader = FormLoader(warehouse, dictionary, DEPLOYMENT.asset_uid)
+            for batch in batches:
+                loader.load_page(batch, None)
+            found[name] = open_issues(warehouse, "too_many_per_day")
+    everyone = {one["meta/rootUuid"] for one in many}
+    assert found["one batch"] == found["early first"] == found["late first"] == everyone
+    assert found["only 25"] == set()
 
 
 def test_water_point_and_training_rules() -> None:

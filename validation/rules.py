@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import duckdb
@@ -20,6 +21,8 @@ import pandas as pd
 
 from forms.dictionary import FieldDictionary
 from warehouse.typing import Issue
+
+SQL_DIR = Path(__file__).resolve().parent / "sql"
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,8 @@ class Rule:
 
 
 def _issues(rule: Rule, ctx: RuleContext, problems) -> list[Issue]:
+    if not problems:
+        return []
     ids = dict(zip(ctx.main["root_uuid"], ctx.main["submission_id"].astype("object")))
     return [Issue(root, ids.get(root), table, column, row_key, rule.code, value, rule.severity, message)
             for root, table, column, row_key, value, message in problems]
@@ -277,58 +282,6 @@ def near_duplicate(ctx: RuleContext):
     return list(dict.fromkeys(problems))
 
 
-def too_many_per_day(ctx: RuleContext):
-    if not {"submitted_by", "today"} <= set(ctx.main.columns):
-        return []
-    table = ctx.main_name()
-    batch = ctx.main[["root_uuid", "submitted_by", "today"]].dropna()
-    batch = batch.assign(today=pd.to_datetime(batch["today"]).dt.date)
-    keys = batch[["submitted_by", "today"]].drop_duplicates()
-    others = _others(ctx, f'SELECT t.submitted_by, t.today, count(*) AS n FROM main."{table}" t '
-                          f"JOIN batch_keys k ON k.submitted_by = t.submitted_by AND k.today = t.today "
-                          f"WHERE t.root_uuid NOT IN (SELECT root_uuid FROM batch_roots) GROUP BY ALL", keys)
-    counts = batch.groupby(["submitted_by", "today"]).size()
-    for r in (others.itertuples() if not others.empty else []):
-        key = (r.submitted_by, pd.Timestamp(r.today).date())
-        counts[key] = counts.get(key, 0) + r.n
-    limit = ctx.settings.max_submissions_per_day
-    problems = []
-    for r in batch.itertuples():
-        count = counts.get((r.submitted_by, r.today), 0)
-        if count > limit:
-            problems.append((r.root_uuid, table, "submitted_by", None, f"{r.submitted_by} {r.today}: {count}",
-                             f"{r.submitted_by} a envoyé {count} fiches le {r.today} (plus de {limit}) / "
-                             f"{r.submitted_by} sent {count} forms on {r.today} (more than {limit})"))
-    return problems
-
-
-def far_from_village(ctx: RuleContext):
-    needed = ["village", "location_latitude", "location_longitude"]
-    if not set(needed) <= set(ctx.main.columns):
-        return []
-    table = ctx.main_name()
-    batch = ctx.main[needed + ["root_uuid"]].dropna()
-    keys = pd.DataFrame({"village": batch["village"].astype(str).unique()})
-    others = _others(ctx, f'SELECT t.village, t.location_latitude, t.location_longitude FROM main."{table}" t '
-                          f"WHERE t.village IN (SELECT village FROM batch_keys) AND t.location_latitude IS NOT NULL "
-                          f"AND t.root_uuid NOT IN (SELECT root_uuid FROM batch_roots)", keys)
-    pool = pd.concat([batch[needed], others], ignore_index=True).dropna()
-    centres = pool.groupby("village").agg(centre_lat=("location_latitude", "median"),
-                                          centre_lon=("location_longitude", "median"),
-                                          size=("location_latitude", "size"))
-    placed = batch.join(centres, on="village")
-    placed = placed[placed["size"] >= 3]
-    placed = placed.assign(km=_vector_km(placed["location_latitude"], placed["location_longitude"],
-                                         placed["centre_lat"], placed["centre_lon"]))
-    limit = ctx.settings.max_km_from_village
-    problems = []
-    for r in placed[placed["km"] > limit].itertuples():
-        problems.append((r.root_uuid, table, "location", None, f"{r.km:.1f} km",
-                         f"Point GPS à {r.km:.1f} km des autres fiches du village (plus de {limit:g} km) / "
-                         f"GPS point {r.km:.1f} km from the village's other submissions (over {limit:g} km)"))
-    return problems
-
-
 RULES = [
     Rule("end_before_start", "error", end_before_start),
     Rule("in_the_future", "error", in_the_future),
@@ -339,8 +292,6 @@ RULES = [
     Rule("age_vs_relation", "warning", ages_against_relation),
     Rule("duplicate_household_id", "warning", duplicate_household_id),
     Rule("near_duplicate", "warning", near_duplicate),
-    Rule("too_many_per_day", "warning", too_many_per_day),
-    Rule("far_from_village", "warning", far_from_village),
     Rule("implausible_fee", "warning", implausible_fee),
     Rule("young_participant", "warning", young_participant),
     Rule("score_out_of_range", "error", score_out_of_range),
@@ -356,3 +307,44 @@ def run_rules(dictionary: FieldDictionary, tables: dict[str, pd.DataFrame], con:
     for rule in RULES:
         issues.extend(_issues(rule, ctx, rule.check(ctx)))
     return issues
+
+
+# -- rules over the whole warehouse ---------------------------------------------------------
+# Submissions a day per enumerator, and distance to the village's other submissions, depend
+# on every submission of that enumerator-day or village, not only the batch: they run in SQL
+# after each batch's clean rows are in, for every submission sharing a key with the batch,
+# and keep the open issues equal to what holds now, whatever order submissions came in.
+@dataclass(frozen=True)
+class TableRule:
+    code: str
+    severity: str
+    columns: tuple[str, ...]  # the main table must have them
+    parameters: Callable[[QualitySettings], dict]
+
+
+TABLE_RULES = [
+    TableRule("too_many_per_day", "warning", ("submitted_by", "today"),
+              lambda s: {"limit": s.max_submissions_per_day}),
+    TableRule("far_from_village", "warning", ("village", "location_latitude", "location_longitude"),
+              lambda s: {"limit": s.max_km_from_village, "limit_text": f"{s.max_km_from_village:g}"}),
+]
+
+
+def run_table_rules(con: duckdb.DuckDBPyConnection, dictionary: FieldDictionary, stage: str, asset_uid: str,
+                    settings: QualitySettings, now: dt.datetime) -> None:
+    """Runs TABLE_RULES for the keys of the batch staged in ``stage`` (its main table)."""
+    from warehouse.store import named_queries, quote
+
+    queries = named_queries("table_rules.sql", SQL_DIR)
+    main = dictionary.main_table
+    columns = set(main.system_columns()) | {c for f in main.fields for c, _ in f.columns()}
+    for rule in TABLE_RULES:
+        if not set(rule.columns) <= columns:
+            continue
+        names = {"table": f"main.{quote(main.name)}", "stage": quote(stage)}
+        con.execute(queries[f"{rule.code}/scope"].format(**names))
+        con.execute(queries[f"{rule.code}/found"].format(**names), rule.parameters(settings))
+        common = {"asset_uid": asset_uid, "code": rule.code, "now": now}
+        con.execute(queries["resolve_gone"], common)
+        con.execute(queries["insert_found"], {**common, "form_id": dictionary.form_id, "table_name": main.name,
+                                              "severity": rule.severity})

@@ -21,9 +21,9 @@ from typing import Any, Callable, Iterable, Iterator, Union
 from forms.dictionary import FieldDictionary
 from kobo.client import Page
 from validation.corrections import apply_corrections
-from validation.rules import QualitySettings, run_rules
+from validation.rules import QualitySettings, run_rules, run_table_rules
 from validation.schemas import FormValidator
-from warehouse.staging import BATCH_DOCS, StagingPlan, quote
+from warehouse.staging import BATCH_DOCS, StagingPlan, quote, stage_name
 from warehouse.store import Warehouse
 from warehouse.typing import Issue, root_uuid_of
 
@@ -218,6 +218,8 @@ class FormLoader:
                                  f"(SELECT root_uuid FROM {BATCH_DOCS} WHERE replace)")
         version.plan.insert_clean(self.con, ERROR_ROOTS)
         self.warehouse.record_issues(self.asset_uid, version.dictionary.form_id, replaced, issues, now)
+        run_table_rules(self.con, version.dictionary, stage_name(version.dictionary.main_table.name), self.asset_uid,
+                        self.quality, now)
         return len(errors)
 
     def _known_tables(self) -> list[str]:

@@ -140,13 +140,14 @@ class StagingPlan:
                     f"CAST(NULL AS VARCHAR) AS row_key, doc AS item FROM {BATCH_DOCS}")
         parent = quote(items_name(table.parent))
         path = sql_literal(json_path(table.repeat_key))
+        entries = sql_literal(json_path(table.repeat_key) + "[*]")
         return (
             f"CREATE OR REPLACE TEMP TABLE {quote(items_name(table.name))} AS "
             f"SELECT root_uuid, submission_id, row_key AS parent_row_key, "
             f"coalesce(row_key || '.', '') || CAST(position AS VARCHAR) AS row_key, position, item FROM ("
             f"SELECT root_uuid, submission_id, row_key, unnest(entries) AS item, "
             f"CAST(generate_subscripts(entries, 1) AS BIGINT) AS position FROM ("
-            f"SELECT root_uuid, submission_id, row_key, CAST(json_extract(item, {path}) AS JSON[]) AS entries "
+            f"SELECT root_uuid, submission_id, row_key, json_extract(item, {entries}) AS entries "
             f"FROM {parent} WHERE json_type(item, {path}) = 'ARRAY'))")
 
     def _resolver(self, table: Table):

@@ -35,9 +35,9 @@ class WarehouseError(TerrainError):
 
 
 @lru_cache(maxsize=None)
-def named_queries(file_name: str) -> dict[str, str]:
+def named_queries(file_name: str, folder: Path = SQL_DIR) -> dict[str, str]:
     """Reads ``-- name: x`` sections of a .sql file."""
-    text = (SQL_DIR / file_name).read_text(encoding="utf-8")
+    text = (folder / file_name).read_text(encoding="utf-8")
     queries: dict[str, str] = {}
     for block in re.split(r"^-- name: ", text, flags=re.MULTILINE)[1:]:
         name, _, body = block.partition("\n")

@@ -3,7 +3,7 @@
 CREATE OR REPLACE TEMP TABLE page_documents AS
 SELECT doc, json_type(doc) AS kind,
        json_extract_string(doc, ['$._id', '$."meta/rootUuid"', '$._uuid', '$.__version__', '$._submission_time']) AS k
-FROM (SELECT unnest(CAST(json_extract(CAST($body AS JSON), $path) AS JSON[])) AS doc);
+FROM (SELECT unnest(json_extract($body, $path)) AS doc);
 
 -- name: landing
 -- One row per usable submission of the page (the last one if a root uuid comes twice).
@@ -16,7 +16,7 @@ SELECT $asset_uid AS asset_uid, $form_id AS form_id, CAST(trim(k[1]) AS BIGINT) 
        TRY_CAST(k[5] AS TIMESTAMPTZ) AS submission_time,
        md5(CAST(json_merge_patch(doc, '{"_validation_status": null, "_tags": null, "_notes": null, "_attachments": null}')
                 AS VARCHAR)
-           || coalesce(CAST(list_transform(CAST(json_extract(doc, '$._attachments[*]') AS JSON[]),
+           || coalesce(CAST(list_transform(json_extract(doc, '$._attachments[*]'),
                 a -> json_merge_patch(a, '{"download_url": null, "download_large_url": null, '
                                          '"download_medium_url": null, "download_small_url": null}')) AS VARCHAR), ''))
            AS content_hash,

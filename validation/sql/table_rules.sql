@@ -1,0 +1,66 @@
+-- High-frequency checks over the whole warehouse, not one batch: recomputed after each
+-- batch for every submission sharing a key with it, so the result does not depend on
+-- the order submissions arrive in. {table} is the form's main clean table and {stage}
+-- the batch's staging table (identifiers from the field dictionary, quoted).
+-- Each rule fills rule_scope (the submissions it looked at) and rule_found (those it flags).
+
+-- name: too_many_per_day/scope
+CREATE OR REPLACE TEMP TABLE rule_scope AS
+SELECT t.root_uuid, t.submission_id, t.submitted_by, t.today
+FROM {table} AS t
+JOIN (SELECT DISTINCT submitted_by, today FROM {stage} WHERE submitted_by IS NOT NULL AND today IS NOT NULL) AS k
+  USING (submitted_by, today);
+
+-- name: too_many_per_day/found
+CREATE OR REPLACE TEMP TABLE rule_found AS
+SELECT root_uuid, submission_id, 'submitted_by' AS column_name,
+       submitted_by || ' ' || CAST(today AS VARCHAR) || ': ' || CAST(n AS VARCHAR) AS value,
+       submitted_by || ' a envoyé ' || n || ' fiches le ' || today || ' (plus de ' || $limit || ') / '
+           || submitted_by || ' sent ' || n || ' forms on ' || today || ' (more than ' || $limit || ')' AS message
+FROM (SELECT *, count(*) OVER (PARTITION BY submitted_by, today) AS n FROM rule_scope)
+WHERE n > $limit;
+
+-- name: far_from_village/scope
+CREATE OR REPLACE TEMP TABLE rule_scope AS
+SELECT t.root_uuid, t.submission_id, t.village, t.location_latitude AS lat, t.location_longitude AS lon
+FROM {table} AS t
+WHERE t.village IN (SELECT village FROM {stage})
+  AND t.location_latitude IS NOT NULL AND t.location_longitude IS NOT NULL;
+
+-- name: far_from_village/found
+-- The village's centre is the median of its submissions' points (at least 3 of them);
+-- distances are great-circle (haversine) in km.
+CREATE OR REPLACE TEMP TABLE rule_found AS
+WITH centres AS (
+    SELECT village, median(lat) AS centre_lat, median(lon) AS centre_lon, count(*) AS size
+    FROM rule_scope GROUP BY village
+), placed AS (
+    SELECT s.*, 12742 * asin(sqrt(pow(sin(radians(c.centre_lat - s.lat) / 2), 2)
+        + cos(radians(s.lat)) * cos(radians(c.centre_lat)) * pow(sin(radians(c.centre_lon - s.lon) / 2), 2))) AS km
+    FROM rule_scope AS s JOIN centres AS c USING (village)
+    WHERE c.size >= 3
+)
+SELECT root_uuid, submission_id, 'location' AS column_name, printf('%.1f km', km) AS value,
+       printf('Point GPS à %.1f km des autres fiches du village (plus de %s km) / '
+              'GPS point %.1f km from the village''s other submissions (over %s km)', km, $limit_text, km, $limit_text)
+           AS message
+FROM placed
+WHERE km > $limit;
+
+-- name: resolve_gone
+-- Open issues of this check that no longer hold (the count or the centre moved).
+UPDATE quality.issues AS i
+SET resolved_at = $now
+WHERE i.asset_uid = $asset_uid AND i.check_code = $code AND i.resolved_at IS NULL
+  AND i.root_uuid IN (SELECT root_uuid FROM rule_scope)
+  AND NOT EXISTS (SELECT 1 FROM rule_found AS f WHERE f.root_uuid = i.root_uuid AND f.message = i.message);
+
+-- name: insert_found
+INSERT INTO quality.issues (asset_uid, form_id, root_uuid, submission_id, table_name, column_name, row_key,
+                            check_code, value, severity, message, detected_at)
+SELECT $asset_uid, $form_id, f.root_uuid, f.submission_id, $table_name, f.column_name, NULL, $code, f.value,
+       $severity, f.message, $now
+FROM rule_found AS f
+WHERE NOT EXISTS (SELECT 1 FROM quality.issues AS i
+                  WHERE i.asset_uid = $asset_uid AND i.check_code = $code AND i.resolved_at IS NULL
+                    AND i.root_uuid = f.root_uuid AND i.message = f.message);
