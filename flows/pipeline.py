@@ -93,7 +93,7 @@ class _Recorder(Progress):
 
 
 def _client(settings: Settings) -> KoboClient:
-    return KoboClient(settings.kobo_url, resolve_token(), page_size=settings.page_size)
+    return KoboClient(settings.kobo_url, resolve_token(), page_size=settings.page_size, verify_tls=settings.verify_tls)
 
 
 # -- tasks ---------------------------------------------------------------------------------

@@ -48,6 +48,7 @@ ENVIRONMENT: dict[str, tuple[str, ...]] = {
     "lock_timeout_seconds": ("TERRAIN_LOCK_TIMEOUT",),
     "report_dir": ("TERRAIN_REPORT_DIR",),
     "prefect_port": ("TERRAIN_PREFECT_PORT",),
+    "verify_tls": ("TERRAIN_VERIFY_TLS",),
 }
 
 
@@ -69,6 +70,7 @@ class Settings:
     lock_timeout_seconds: float = 600.0
     report_dir: str = "reports"
     prefect_port: int = 4200  # the local Prefect API and UI that `terrain serve` starts
+    verify_tls: bool = True  # False only for a server with a self-signed certificate (a warning is logged)
     source: str | None = field(default=None, compare=False)  # the settings file read, if any
 
     def sync_settings(self) -> SyncSettings:
@@ -160,7 +162,7 @@ def _coerce(key: str, value: Any, origin: str) -> Any:
         if isinstance(value, bool) or number < 0:
             raise fail("a number of seconds, 0 or more")
         return number
-    if key in ("download_attachments", "write_back"):
+    if key in ("download_attachments", "write_back", "verify_tls"):
         if isinstance(value, bool):
             return value
         text = str(value).strip().lower()

@@ -107,3 +107,35 @@ def test_verify_tls_off_talks_to_the_server_and_warns(https_server, caplog: pyte
     assert len(off) == 1 and url in off[0].getMessage()
     assert seeded.token not in caplog.text
     assert any("Unverified HTTPS request" in str(w.message) for w in caught)  # urllib3's, on each request
+
+
+def test_verify_tls_is_a_setting_of_terrain_toml_and_the_environment(https_server, tmp_path: Path, monkeypatch,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """A data manager turns verification off in terrain.toml (or TERRAIN_VERIFY_TLS); the
+    flows' client then talks to the server, with the warning; left alone, it refuses."""
+    from flows.pipeline import _client
+    from flows.settings import load_settings
+
+    seeded, url, _ = https_server
+    uid = seeded.assets["household_survey"].uid
+    config = tmp_path / "terrain.toml"
+    config.write_text(f'kobo_url = "{url}"\nverify_tls = false\n', encoding="utf-8")
+    empty = tmp_path / "empty.toml"
+    empty.write_text("", encoding="utf-8")
+    off = load_settings(config, environ={})
+    assert off.verify_tls is False
+    assert load_settings(empty, environ={"TERRAIN_VERIFY_TLS": "no"}).verify_tls is False
+    default = load_settings(empty, environ={"TERRAIN_KOBO_URL": url})
+    assert default.verify_tls is True
+    caplog.set_level(logging.WARNING, logger="kobo.client")
+    # Importing the flows loads Prefect's logging configuration; listen on the client's logger itself.
+    logging.getLogger("kobo.client").addHandler(caplog.handler)
+    monkeypatch.setenv("KOBO_TOKEN", seeded.token)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with _client(off) as client:
+            assert sum(len(page.results) for page in client.iter_pages(uid)) == 5
+        with pytest.raises(KoboError, match="certificate"), _client(default) as client:
+            list(client.iter_pages(uid))
+    logging.getLogger("kobo.client").removeHandler(caplog.handler)
+    assert any("TLS certificate verification is OFF" in r.getMessage() for r in caplog.records)

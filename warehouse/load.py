@@ -26,6 +26,7 @@ from validation.schemas import FormValidator
 from warehouse.staging import BATCH_DOCS, StagingPlan, quote, stage_name
 from warehouse.store import Warehouse
 from warehouse.typing import Issue, root_uuid_of
+from warehouse.xpath_sql import sql_literal
 
 VersionLookup = Callable[[str], "FieldDictionary | None"]
 PageInput = Union[Page, list[Any]]
@@ -196,10 +197,12 @@ class FormLoader:
         quarantined = 0
         for version_uid in versions:
             version = self.for_version(version_uid)
+            # A view (no copy of the documents); views take no parameters, hence the literal.
+            version_sql = "IS NULL" if version_uid is None else f"= {sql_literal(version_uid)}"
             self.con.execute(
-                f"CREATE OR REPLACE TEMP TABLE {BATCH_DOCS} AS SELECT root_uuid, submission_id, doc, replace "
-                f"FROM {PENDING} WHERE form_version IS NOT DISTINCT FROM ? "
-                f"QUALIFY row_number() OVER (PARTITION BY root_uuid ORDER BY sequence DESC) = 1", [version_uid])
+                f"CREATE OR REPLACE TEMP VIEW {BATCH_DOCS} AS SELECT root_uuid, submission_id, doc, replace "
+                f"FROM {PENDING} WHERE form_version {version_sql} "
+                f"QUALIFY row_number() OVER (PARTITION BY root_uuid ORDER BY sequence DESC) = 1")
             quarantined += self._retype_batch(version, now)
         return quarantined
 
@@ -236,7 +239,7 @@ class FormLoader:
             return
         corrected = apply_corrections(self.con, dictionary, [json.loads(row[0]) for row in rows], now)
         for submission in corrected:
-            self.con.execute(f"UPDATE {BATCH_DOCS} SET doc = ? WHERE root_uuid = ?",
+            self.con.execute(f"UPDATE {PENDING} SET doc = ? WHERE root_uuid = ?",  # batch_docs is a view of it
                              [json.dumps(_finite(submission), ensure_ascii=False), root_uuid_of(submission)])
 
 

@@ -136,7 +136,7 @@ class StagingPlan:
     def _items_sql(self, table: Table) -> str:
         """The rows of a table before typing: the submission itself, or the items of a repeat."""
         if not table.is_repeat:
-            return (f"CREATE OR REPLACE TEMP TABLE {quote(items_name(table.name))} AS SELECT root_uuid, submission_id, "
+            return (f"CREATE OR REPLACE TEMP VIEW {quote(items_name(table.name))} AS SELECT root_uuid, submission_id, "
                     f"CAST(NULL AS VARCHAR) AS row_key, doc AS item FROM {BATCH_DOCS}")
         parent = quote(items_name(table.parent))
         path = sql_literal(json_path(table.repeat_key))

@@ -68,6 +68,7 @@ class Warehouse:
             config = {"memory_limit": os.environ.get(MEMORY_LIMIT_ENV, DEFAULT_MEMORY_LIMIT)}
             self.con = duckdb.connect(str(self.path), read_only=read_only, config=config)
             self.con.execute("SET TimeZone = 'UTC'")  # KoboToolbox times are read and shown in UTC
+            self.con.execute("SET checkpoint_threshold = '1GB'")
         except duckdb.IOException as error:
             if "not a valid DuckDB database" in str(error):
                 raise WarehouseError(f"{self.path} is not a usable DuckDB warehouse (a corrupted file, or another "
