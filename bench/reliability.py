@@ -26,8 +26,7 @@ final state.
 
 Prints one line per scenario: trials, faults injected, submissions expected, lost and
 duplicated (both must be 0), other differences, seconds. Exits 1 if anything was lost,
-duplicated or different, or if a run failed. Two warnings that compare a submission
-with what was loaded before it (ORDER_DEPENDENT_CHECKS) are compared and reported apart.
+duplicated or different, or if a run failed.
 
 Sub-commands used by the driver (and the tests): ``serve SIZE SEED`` (the server;
 prints url/token/asset as JSON, stays up until stdin closes) and ``sync CONFIG_JSON``
@@ -63,7 +62,6 @@ ALL_FAULTS = ("500", "502", "429", "timeout", "truncated", "reset")
 # Two warnings compare a submission with what the warehouse held when it was checked (the
 # village's other GPS points, the enumerator's count that day), so they depend on the order
 # and batching of loads (as in tests/test_sync_kobo.py): compared apart, reported, not failed.
-ORDER_DEPENDENT_CHECKS = ("far_from_village", "too_many_per_day")
 KILLED_SIZE, KILLED_TRIALS, STORM_SIZE = 100_000, 10, 20_000
 
 
@@ -316,7 +314,6 @@ class Comparison:
     lost: int = 0  # submissions on the server (or in the reference) missing from the warehouse
     duplicated: int = 0  # submissions with several current versions, or clean rows twice
     differences: dict[str, int] = field(default_factory=dict)  # everything else that differs (0 = equal)
-    order_dependent: int = 0  # open warnings of ORDER_DEPENDENT_CHECKS that differ (reported, not a failure)
 
     @property
     def different(self) -> int:
@@ -432,10 +429,8 @@ def compare_warehouses(candidate: Path, reference: Path, server_index: dict[str,
         quarantine = "select asset_uid, form_id, root_uuid, errors, reasons from {}.quality.quarantine"
         d["quarantine"] = _symmetric(con, quarantine.format("r"), quarantine.format("c"))
         issue = ("select asset_uid, root_uuid, table_name, column_name, row_key, check_code, value, severity "
-                 "from {}.quality.issues where resolved_at is null and check_code {} in (%s)"
-                 % ", ".join(f"'{c}'" for c in ORDER_DEPENDENT_CHECKS))
-        d["open issues"] = _symmetric(con, issue.format("r", "not"), issue.format("c", "not"))
-        result.order_dependent = _symmetric(con, issue.format("r", ""), issue.format("c", ""))
+                 "from {}.quality.issues where resolved_at is null")
+        d["open issues"] = _symmetric(con, issue.format("r"), issue.format("c"))
         d["watermark"] = _symmetric(con, "select asset_uid, watermark from r.meta.sync_state",
                                     "select asset_uid, watermark from c.meta.sync_state")
         result.duplicated = several + clean_twice
@@ -454,7 +449,6 @@ class KilledRuns:
     lost: int = 0
     duplicated: int = 0
     differences: dict[str, int] = field(default_factory=dict)
-    order_dependent: int = 0
     runs_left_running: int = 0  # meta.sync_runs rows of killed runs, still 'running' (noted, not a failure)
     reference_seconds: float = 0.0
     seconds: float = 0.0
@@ -607,7 +601,6 @@ def killed_runs(size: int = KILLED_SIZE, trials: int = KILLED_TRIALS, seed: int 
                         return
                     result.lost += comparison.lost
                     result.duplicated += comparison.duplicated
-                    result.order_dependent += comparison.order_dependent
                     result.runs_left_running += running
                     for name, count in comparison.differences.items():
                         result.differences[name] = result.differences.get(name, 0) + count
@@ -636,7 +629,6 @@ class Storm:
     lost: int = 0
     duplicated: int = 0
     differences: dict[str, int] = field(default_factory=dict)
-    order_dependent: int = 0
     failures: list[str] = field(default_factory=list)
     runs: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
@@ -811,7 +803,6 @@ def fault_storm(size: int = STORM_SIZE, seed: int = 20, page_size: int = 250, ra
             run_sync(server, calm, folder / "calm.log", page_size=page_size)
             comparison = compare_warehouses(stormy, calm, server_index, exact_raw=False)
             result.lost, result.duplicated = comparison.lost, comparison.duplicated
-            result.order_dependent = comparison.order_dependent
             result.differences = comparison.differences
             result.differences["submissions of the new version missing"] = new_version_missing(
                 stormy, changer.version_uid, server_index)
@@ -869,9 +860,6 @@ def print_table(killed: KilledRuns | None, storm: Storm | None) -> None:
         print("fault storm: 20% of API requests failed; during the first sync: "
               + ", ".join(f"{v} {k}" for k, v in storm.changes.items()) + "; runs: "
               + ", ".join(f"{r['run']} {r['seconds']:.0f} s" for r in storm.runs))
-    order = (killed.order_dependent if killed else 0) + (storm.order_dependent if storm else 0)
-    print(f"order-dependent warnings ({', '.join(ORDER_DEPENDENT_CHECKS)}) that differ from the calm sync: {order} "
-          f"(they compare a submission with what was loaded before it; not counted as different)")
     for failure in (killed.failures if killed else []) + (storm.failures if storm else []):
         print(f"FAILED: {failure}")
 

@@ -32,6 +32,7 @@ VersionLookup = Callable[[str], "FieldDictionary | None"]
 PageInput = Union[Page, list[Any]]
 PENDING = "pending_docs"  # the batch's new and edited submissions, as landed
 ERROR_ROOTS = "error_roots"
+OLD_ROWS = "old_rows"  # main-table rows as they were before a replacement or a deletion
 
 
 @dataclass
@@ -215,15 +216,36 @@ class FormLoader:
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE {ERROR_ROOTS} AS "
                          f"SELECT unnest(CAST(? AS VARCHAR[])) AS root_uuid", [errors])
         replaced = [row[0] for row in self.con.execute(f"SELECT root_uuid FROM {BATCH_DOCS} WHERE replace").fetchall()]
+        main = version.dictionary.main_table.name
         if replaced:
+            # What the replaced rows said before, so checks over their old keys run again too.
+            self._keep_old_rows(main, f"SELECT root_uuid FROM {BATCH_DOCS} WHERE replace")
             for table in self._known_tables():
                 self.con.execute(f"DELETE FROM {quote(table)} WHERE root_uuid IN "
                                  f"(SELECT root_uuid FROM {BATCH_DOCS} WHERE replace)")
         version.plan.insert_clean(self.con, ERROR_ROOTS)
         self.warehouse.record_issues(self.asset_uid, version.dictionary.form_id, replaced, issues, now)
-        run_table_rules(self.con, version.dictionary, stage_name(version.dictionary.main_table.name), self.asset_uid,
-                        self.quality, now)
+        run_table_rules(self.con, version.dictionary, stage_name(main), self.asset_uid, self.quality, now)
+        if replaced:
+            run_table_rules(self.con, version.dictionary, OLD_ROWS, self.asset_uid, self.quality, now)
         return len(errors)
+
+    def _keep_old_rows(self, main: str, roots_sql: str) -> None:
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE {OLD_ROWS} AS SELECT * FROM {quote(main)} "
+                         f"WHERE root_uuid IN ({roots_sql})")
+
+    def delete(self, root_uuids: list[str], now: dt.datetime) -> None:
+        """Submissions deleted on the server: marked in raw, gone from the clean tables, and
+        the checks over their enumerator-day and village run again without them. The caller
+        holds the transaction."""
+        if not root_uuids:
+            return
+        main = self.dictionary.main_table.name
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE deleted_roots AS SELECT unnest(CAST(? AS VARCHAR[])) AS root_uuid",
+                         [root_uuids])
+        self._keep_old_rows(main, "SELECT root_uuid FROM deleted_roots")
+        self.warehouse.mark_deleted(self.dictionary, self.asset_uid, root_uuids, now)
+        run_table_rules(self.con, self.dictionary, OLD_ROWS, self.asset_uid, self.quality, now)
 
     def _known_tables(self) -> list[str]:
         names = {t for v in self._by_version.values() for t in v.dictionary.tables}
