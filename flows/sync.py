@@ -215,7 +215,7 @@ def reconcile(client: KoboClient, warehouse: Warehouse, loader: FormLoader, asse
     for start in range(0, len(changed_ids), client.page_size):
         chunk = changed_ids[start:start + client.page_size]
         for page in client.iter_pages(asset_uid, ids=chunk):
-            summary.add(loader.load_page(page, None))
+            summary.add(loader.load_page(page, None, checks=False))
     with warehouse.transaction():
         loader.delete(deleted, _now())
         warehouse.mark_reconciled(asset_uid, _now())
@@ -257,6 +257,7 @@ def sync_asset(client: KoboClient, warehouse: Warehouse, asset_uid: str, progres
         total = int(asset.get("deployment__submission_count") or 0)
         if reconciliation_due(warehouse, asset_uid, total, settings):
             reconcile(client, warehouse, loader, asset_uid, summary, progress)
+        loader.run_warehouse_checks()
         if settings.write_back:
             summary.statuses_written = write_back_statuses(client, warehouse, asset_uid, dictionary)
         if settings.download_attachments:

@@ -311,9 +311,9 @@ def run_rules(dictionary: FieldDictionary, tables: dict[str, pd.DataFrame], con:
 
 # -- rules over the whole warehouse ---------------------------------------------------------
 # Submissions a day per enumerator, and distance to the village's other submissions, depend
-# on every submission of that enumerator-day or village, not only the batch: they run in SQL
-# after each batch's clean rows are in, for every submission sharing a key with the batch,
-# and keep the open issues equal to what holds now, whatever order submissions came in.
+# on every submission of that enumerator-day or village, not only a batch: they run in SQL
+# once a sync (or rebuild, or corrections) is done, over the whole project, and keep the
+# open issues equal to what holds now, whatever order submissions came in.
 @dataclass(frozen=True)
 class TableRule:
     code: str
@@ -330,9 +330,9 @@ TABLE_RULES = [
 ]
 
 
-def run_table_rules(con: duckdb.DuckDBPyConnection, dictionary: FieldDictionary, stage: str, asset_uid: str,
+def run_table_rules(con: duckdb.DuckDBPyConnection, dictionary: FieldDictionary, asset_uid: str,
                     settings: QualitySettings, now: dt.datetime) -> None:
-    """Runs TABLE_RULES for the keys of the batch staged in ``stage`` (its main table)."""
+    """Runs TABLE_RULES over the project's clean submissions; the caller holds the transaction."""
     from warehouse.store import named_queries, quote
 
     queries = named_queries("table_rules.sql", SQL_DIR)
@@ -341,10 +341,10 @@ def run_table_rules(con: duckdb.DuckDBPyConnection, dictionary: FieldDictionary,
     for rule in TABLE_RULES:
         if not set(rule.columns) <= columns:
             continue
-        names = {"table": f"main.{quote(main.name)}", "stage": quote(stage)}
-        con.execute(queries[f"{rule.code}/scope"].format(**names))
-        con.execute(queries[f"{rule.code}/found"].format(**names), rule.parameters(settings))
+        table = f"main.{quote(main.name)}"
         common = {"asset_uid": asset_uid, "code": rule.code, "now": now}
+        con.execute(queries[f"{rule.code}/scope"].format(table=table), {"asset_uid": asset_uid})
+        con.execute(queries[f"{rule.code}/found"], rule.parameters(settings))
         con.execute(queries["resolve_gone"], common)
         con.execute(queries["insert_found"], {**common, "form_id": dictionary.form_id, "table_name": main.name,
                                               "severity": rule.severity})

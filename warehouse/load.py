@@ -23,7 +23,7 @@ from kobo.client import Page
 from validation.corrections import apply_corrections
 from validation.rules import QualitySettings, run_rules, run_table_rules
 from validation.schemas import FormValidator
-from warehouse.staging import BATCH_DOCS, StagingPlan, quote, stage_name
+from warehouse.staging import BATCH_DOCS, StagingPlan, quote
 from warehouse.store import Warehouse
 from warehouse.typing import Issue, root_uuid_of
 from warehouse.xpath_sql import sql_literal
@@ -32,7 +32,6 @@ VersionLookup = Callable[[str], "FieldDictionary | None"]
 PageInput = Union[Page, list[Any]]
 PENDING = "pending_docs"  # the batch's new and edited submissions, as landed
 ERROR_ROOTS = "error_roots"
-OLD_ROWS = "old_rows"  # main-table rows as they were before a replacement or a deletion
 
 
 @dataclass
@@ -118,15 +117,18 @@ class FormLoader:
         return self._register(version_uid, found or self.dictionary)
 
     # -- loading ------------------------------------------------------------------------
-    def load_page(self, page: PageInput, last_id: int | None) -> PageResult:
-        return self.load_pages([page], last_id)
+    def load_page(self, page: PageInput, last_id: int | None, checks: bool = True) -> PageResult:
+        return self.load_pages([page], last_id, checks)
 
-    def load_pages(self, pages: list[PageInput], last_id: int | None) -> PageResult:
-        """Lands and types these pages in one transaction, then moves the watermark to ``last_id``."""
+    def load_pages(self, pages: list[PageInput], last_id: int | None, checks: bool = True) -> PageResult:
+        """Lands and types these pages in one transaction, then moves the watermark to ``last_id``;
+        ``checks``: then runs the warehouse-wide checks."""
         totals = PageResult(0, 0, 0, 0, 0)
         for _, result in self.load_stream(pages, batch_size=None, last_id=last_id):
             for name in ("pulled", "new", "edited", "unchanged", "quarantined"):
                 setattr(totals, name, getattr(totals, name) + getattr(result, name))
+        if checks:
+            self.run_warehouse_checks()
         return totals
 
     def load_stream(self, pages: Iterable[PageInput], batch_size: int | None,
@@ -216,36 +218,27 @@ class FormLoader:
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE {ERROR_ROOTS} AS "
                          f"SELECT unnest(CAST(? AS VARCHAR[])) AS root_uuid", [errors])
         replaced = [row[0] for row in self.con.execute(f"SELECT root_uuid FROM {BATCH_DOCS} WHERE replace").fetchall()]
-        main = version.dictionary.main_table.name
         if replaced:
-            # What the replaced rows said before, so checks over their old keys run again too.
-            self._keep_old_rows(main, f"SELECT root_uuid FROM {BATCH_DOCS} WHERE replace")
             for table in self._known_tables():
                 self.con.execute(f"DELETE FROM {quote(table)} WHERE root_uuid IN "
                                  f"(SELECT root_uuid FROM {BATCH_DOCS} WHERE replace)")
         version.plan.insert_clean(self.con, ERROR_ROOTS)
         self.warehouse.record_issues(self.asset_uid, version.dictionary.form_id, replaced, issues, now)
-        run_table_rules(self.con, version.dictionary, stage_name(main), self.asset_uid, self.quality, now)
-        if replaced:
-            run_table_rules(self.con, version.dictionary, OLD_ROWS, self.asset_uid, self.quality, now)
         return len(errors)
 
-    def _keep_old_rows(self, main: str, roots_sql: str) -> None:
-        self.con.execute(f"CREATE OR REPLACE TEMP TABLE {OLD_ROWS} AS SELECT * FROM {quote(main)} "
-                         f"WHERE root_uuid IN ({roots_sql})")
-
     def delete(self, root_uuids: list[str], now: dt.datetime) -> None:
-        """Submissions deleted on the server: marked in raw, gone from the clean tables, and
-        the checks over their enumerator-day and village run again without them. The caller
-        holds the transaction."""
-        if not root_uuids:
-            return
-        main = self.dictionary.main_table.name
-        self.con.execute(f"CREATE OR REPLACE TEMP TABLE deleted_roots AS SELECT unnest(CAST(? AS VARCHAR[])) AS root_uuid",
-                         [root_uuids])
-        self._keep_old_rows(main, "SELECT root_uuid FROM deleted_roots")
+        """Submissions deleted on the server: marked in raw and gone from the clean tables.
+        The caller holds the transaction (and runs the warehouse-wide checks after)."""
         self.warehouse.mark_deleted(self.dictionary, self.asset_uid, root_uuids, now)
-        run_table_rules(self.con, self.dictionary, OLD_ROWS, self.asset_uid, self.quality, now)
+
+    def run_warehouse_checks(self) -> None:
+        """The checks over the whole warehouse (submissions per enumerator-day, distance to
+        the village's other submissions), in their own transaction: run once after a sync,
+        a rebuild or corrections, so their warnings depend on what the warehouse holds, not
+        on the order or the batches submissions came in."""
+        now = dt.datetime.now(dt.timezone.utc)
+        with self.warehouse.writing(), self.warehouse.transaction():
+            run_table_rules(self.con, self.dictionary, self.asset_uid, self.quality, now)
 
     def _known_tables(self) -> list[str]:
         names = {t for v in self._by_version.values() for t in v.dictionary.tables}

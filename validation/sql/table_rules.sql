@@ -1,15 +1,15 @@
--- High-frequency checks over the whole warehouse, not one batch: recomputed after each
--- batch for every submission sharing a key with it, so the result does not depend on
--- the order submissions arrive in. {table} is the form's main clean table and {stage}
--- the batch's staging table (identifiers from the field dictionary, quoted).
--- Each rule fills rule_scope (the submissions it looked at) and rule_found (those it flags).
+-- High-frequency checks over the whole warehouse, not one batch: recomputed once after
+-- each sync, rebuild or corrections over every clean submission of the project, so the
+-- result does not depend on the order or the batches submissions arrived in. {table} is
+-- the form's main clean table (an identifier from the field dictionary, quoted).
+-- Each rule fills rule_scope (the submissions it looks at) and rule_found (those it flags).
 
 -- name: too_many_per_day/scope
 CREATE OR REPLACE TEMP TABLE rule_scope AS
 SELECT t.root_uuid, t.submission_id, t.submitted_by, t.today
 FROM {table} AS t
-JOIN (SELECT DISTINCT submitted_by, today FROM {stage} WHERE submitted_by IS NOT NULL AND today IS NOT NULL) AS k
-  USING (submitted_by, today);
+WHERE t.root_uuid IN (SELECT root_uuid FROM raw.submissions WHERE asset_uid = $asset_uid)
+  AND t.submitted_by IS NOT NULL AND t.today IS NOT NULL;
 
 -- name: too_many_per_day/found
 CREATE OR REPLACE TEMP TABLE rule_found AS
@@ -24,8 +24,8 @@ WHERE n > $limit;
 CREATE OR REPLACE TEMP TABLE rule_scope AS
 SELECT t.root_uuid, t.submission_id, t.village, t.location_latitude AS lat, t.location_longitude AS lon
 FROM {table} AS t
-WHERE t.village IN (SELECT village FROM {stage})
-  AND t.location_latitude IS NOT NULL AND t.location_longitude IS NOT NULL;
+WHERE t.root_uuid IN (SELECT root_uuid FROM raw.submissions WHERE asset_uid = $asset_uid)
+  AND t.village IS NOT NULL AND t.location_latitude IS NOT NULL AND t.location_longitude IS NOT NULL;
 
 -- name: far_from_village/found
 -- The village's centre is the median of its submissions' points (at least 3 of them);
@@ -48,11 +48,11 @@ FROM placed
 WHERE km > $limit;
 
 -- name: resolve_gone
--- Open issues of this check that no longer hold (the count or the centre moved).
+-- Open issues of this check that no longer hold (the count or the centre moved, the
+-- submission was edited, quarantined or deleted).
 UPDATE quality.issues AS i
 SET resolved_at = $now
 WHERE i.asset_uid = $asset_uid AND i.check_code = $code AND i.resolved_at IS NULL
-  AND i.root_uuid IN (SELECT root_uuid FROM rule_scope)
   AND NOT EXISTS (SELECT 1 FROM rule_found AS f WHERE f.root_uuid = i.root_uuid AND f.message = i.message);
 
 -- name: insert_found
