@@ -449,7 +449,8 @@ class KilledRuns:
     lost: int = 0
     duplicated: int = 0
     differences: dict[str, int] = field(default_factory=dict)
-    runs_left_running: int = 0  # meta.sync_runs rows of killed runs, still 'running' (noted, not a failure)
+    runs_left_running: int = 0  # meta.sync_runs rows still 'running' after the last run (a killed run is
+    # marked 'interrupted' by the next one)
     reference_seconds: float = 0.0
     seconds: float = 0.0
 
@@ -855,7 +856,8 @@ def print_table(killed: KilledRuns | None, storm: Storm | None) -> None:
         print(f"killed runs: {killed.expected:,} submissions, pages of 1,000; calm sync "
               f"{killed.reference_seconds:.0f} s; the kills interrupted: {phases}; {killed.wal_left} left a "
               f"DuckDB WAL, replayed by the next run; "
-              f"{killed.runs_left_running} killed runs left 'running' in meta.sync_runs")
+              f"{killed.runs_left_running} runs still 'running' in meta.sync_runs after the last runs (killed runs "
+              f"are marked 'interrupted' by the next)")
     if storm:
         print("fault storm: 20% of API requests failed; during the first sync: "
               + ", ".join(f"{v} {k}" for k, v in storm.changes.items()) + "; runs: "

@@ -34,6 +34,7 @@ def test_killed_syncs_resume_to_the_warehouse_of_an_uninterrupted_sync(tmp_path:
     assert result.phases.get("pulling new submissions", 0) >= 3, result.phases
     assert result.phases.get("reconciling: listing ids", 0) >= 1, result.phases
     assert result.wal_left >= 1, details  # a killed run left a write-ahead log, and the next run replayed it
+    assert result.runs_left_running == 0, details  # killed runs are marked 'interrupted' in meta.sync_runs
 
 
 def test_a_fault_storm_with_changes_and_a_new_form_version_mid_sync_ends_as_a_calm_sync(tmp_path: Path) -> None:

@@ -23,8 +23,8 @@ from kobo.client import Page
 from validation.corrections import apply_corrections
 from validation.rules import QualitySettings, run_rules, run_table_rules
 from validation.schemas import FormValidator
-from warehouse.staging import BATCH_DOCS, StagingPlan, quote
-from warehouse.store import Warehouse
+from warehouse.staging import BATCH_DOCS, StagingPlan
+from warehouse.store import Warehouse, quote
 from warehouse.typing import Issue, root_uuid_of
 from warehouse.xpath_sql import sql_literal
 
@@ -247,6 +247,8 @@ class FormLoader:
     def _apply_corrections(self, dictionary: FieldDictionary, now: dt.datetime) -> None:
         """Recorded corrections change the answers of the batch's documents before typing
         (raw keeps them as received)."""
+        if not self.con.execute("SELECT count(*) FROM meta.corrections").fetchone()[0]:
+            return
         rows = self.con.execute(
             f"SELECT b.doc::VARCHAR FROM {BATCH_DOCS} b WHERE b.root_uuid IN "
             f"(SELECT root_uuid FROM meta.corrections)").fetchall()

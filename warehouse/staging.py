@@ -25,6 +25,7 @@ import pandas as pd
 
 from forms.dictionary import Field, FieldDictionary, Table
 from forms.errors import ExpressionError
+from warehouse.store import quote
 from warehouse.typing import RELEVANT_PREFIX, TYPE_WORDS, Issue, label_of
 from warehouse.xpath_sql import compile_condition, sql_literal
 
@@ -38,10 +39,6 @@ MAIN_SYSTEM_KEYS = {  # column: JSON path of the submission's metadata
     "submitted_by": "$._submitted_by", "validation_status": "$._validation_status.uid",
 }
 CASTABLE = {"integer", "decimal", "range", "date", "today", "dateTime", "start", "end", "time", "geopoint"}
-
-
-def quote(identifier: str) -> str:
-    return '"' + identifier.replace('"', '""') + '"'
 
 
 def json_path(key: str) -> str:

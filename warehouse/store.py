@@ -6,8 +6,6 @@ change of connection, not of callers.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
 import os
 import re
 from contextlib import contextmanager
@@ -68,6 +66,9 @@ class Warehouse:
             config = {"memory_limit": os.environ.get(MEMORY_LIMIT_ENV, DEFAULT_MEMORY_LIMIT)}
             self.con = duckdb.connect(str(self.path), read_only=read_only, config=config)
             self.con.execute("SET TimeZone = 'UTC'")  # KoboToolbox times are read and shown in UTC
+            # A checkpoint rewrites the tables' indexes whole: at DuckDB's default (16 MB of
+            # write-ahead log) every batch of a sync paid one, growing with the warehouse. The
+            # log is checkpointed when the warehouse is closed, or replayed after a crash.
             self.con.execute("SET checkpoint_threshold = '1GB'")
         except duckdb.IOException as error:
             if "not a valid DuckDB database" in str(error):
@@ -325,6 +326,9 @@ class Warehouse:
             [asset_uid, form_id, watermark, now])
 
     def start_run(self, asset_uid: str, form_id: str, now: dt.datetime) -> int:
+        # One writer at a time (DuckDB's lock and ours): a run still 'running' here was killed.
+        self.con.execute("UPDATE meta.sync_runs SET status = 'interrupted' WHERE asset_uid = ? AND status = 'running'",
+                         [asset_uid])
         return self.con.execute(
             "INSERT INTO meta.sync_runs (asset_uid, form_id, started_at, status) VALUES (?, ?, ?, 'running') "
             "RETURNING run_id", [asset_uid, form_id, now]).fetchone()[0]
