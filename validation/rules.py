@@ -267,18 +267,17 @@ def near_duplicate(ctx: RuleContext):
                           f"JOIN batch_keys k USING (submitted_by, head_name) "
                           f"WHERE t.root_uuid NOT IN (SELECT root_uuid FROM batch_roots)", keys)
     pool = pd.concat([batch, others], ignore_index=True).dropna()
-    pool = pool[pool.duplicated(["submitted_by", "head_name"], keep=False)]  # only names seen twice
-    pairs = pool.merge(pool, on=["submitted_by", "head_name"], suffixes=("_a", "_b"))
-    pairs = pairs[pairs["submission_id_a"] < pairs["submission_id_b"]]  # b is the later one: it is flagged
+    # Each batch submission (b) against the earlier ones (a) of the same enumerator and head
+    # name: the later one is flagged. Pairs within the pool alone would grow as its square.
+    pairs = batch.merge(pool, on=["submitted_by", "head_name"], suffixes=("_b", "_a"))
+    pairs = pairs[pairs["submission_id_a"] < pairs["submission_id_b"]]
     pairs = pairs.assign(metres=_vector_km(pairs["location_latitude_a"], pairs["location_longitude_a"],
                                            pairs["location_latitude_b"], pairs["location_longitude_b"]) * 1000)
-    ours = set(batch["root_uuid"])
     problems = []
     for r in pairs[pairs["metres"] <= ctx.settings.near_duplicate_metres].itertuples():
-        if r.root_uuid_b in ours:
-            problems.append((r.root_uuid_b, table, "head_name", None, r.head_name,
-                             f"Doublon probable : même enquêteur, même chef de ménage, à {r.metres:.0f} m "
-                             f"/ Likely duplicate: same enumerator, same head, {r.metres:.0f} m apart"))
+        problems.append((r.root_uuid_b, table, "head_name", None, r.head_name,
+                         f"Doublon probable : même enquêteur, même chef de ménage, à {r.metres:.0f} m "
+                         f"/ Likely duplicate: same enumerator, same head, {r.metres:.0f} m apart"))
     return list(dict.fromkeys(problems))
 
 

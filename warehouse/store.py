@@ -69,7 +69,7 @@ class Warehouse:
             # A checkpoint rewrites the tables' indexes whole: at DuckDB's default (16 MB of
             # write-ahead log) every batch of a sync paid one, growing with the warehouse. The
             # log is checkpointed when the warehouse is closed, or replayed after a crash.
-            self.con.execute("SET checkpoint_threshold = '1GB'")
+            self.con.execute("SET checkpoint_threshold = '128MB'")
         except duckdb.IOException as error:
             if "not a valid DuckDB database" in str(error):
                 raise WarehouseError(f"{self.path} is not a usable DuckDB warehouse (a corrupted file, or another "
