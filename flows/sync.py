@@ -232,7 +232,10 @@ def sync_asset(client: KoboClient, warehouse: Warehouse, asset_uid: str, progres
     batch of work (pulled again by the next sync)."""
     started = time.monotonic()
     asset = client.get_asset(asset_uid)
-    dictionary = dictionary_for_asset(asset)
+    # A deployed version seen before has its dictionary in the warehouse (kpi versions never
+    # change): no form to compile again on every sync.
+    deployed = asset.get("deployed_version_id")
+    dictionary = (deployed and warehouse.dictionary_for(asset_uid, deployed)) or dictionary_for_asset(asset)
     summary = SyncSummary(form_id=dictionary.form_id, asset_uid=asset_uid)
     loader = FormLoader(warehouse, dictionary, asset_uid, version_lookup=version_lookup(client, warehouse, asset),
                         deployed_version=asset.get("deployed_version_id"))
