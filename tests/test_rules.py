@@ -78,9 +78,28 @@ def test_duplicates_within_the_batch() -> None:
     twin = copy.deepcopy(s)
     twin["meta/rootUuid"] = "uuid:00000000-0000-4000-8000-000000000001"
     twin["_id"] = s["_id"] + 1  # the same submission sent twice gets a second _id
-    found = codes("household_survey", [s, twin])
-    assert ("duplicate_uuid", "error") in found
-    assert ("duplicate_household_id", "warning") in found
+    assert ("duplicate_uuid", "error") in codes("household_survey", [s, twin])
+
+
+def test_duplicate_household_id_flags_the_later_id_whatever_the_order(tmp_path) -> None:
+    """Two households with one household id: the later _id is flagged, whether it arrives
+    first (a late upload below the watermark) or second."""
+    from warehouse.load import FormLoader
+
+    dictionary = project_forms()["household_survey"].dictionary
+    first = household()
+    second = copy.deepcopy(first)
+    second.update({"_uuid": "22222222-2222-4222-8222-222222222222", "_id": first["_id"] + 50,
+                   "meta/rootUuid": "uuid:22222222-2222-4222-8222-222222222222",
+                   "identification/head_name": "Oumou Sangaré"})
+    lat, lon, *rest = second["location"].split()
+    second["location"] = " ".join([f"{float(lat) + 0.01}", lon, *rest])
+    for name, order in (("in order", [first, second]), ("late upload", [second, first])):
+        with Warehouse(tmp_path / f"{name}.duckdb") as warehouse:
+            loader = FormLoader(warehouse, dictionary, DEPLOYMENT.asset_uid)
+            for one in order:
+                loader.load_page([one], None)
+            assert open_issues(warehouse, "duplicate_household_id") == {second["meta/rootUuid"]}, name
 
 
 def test_near_duplicate_and_far_from_village_against_the_warehouse(tmp_path) -> None:
@@ -101,13 +120,17 @@ def test_near_duplicate_and_far_from_village_against_the_warehouse(tmp_path) -> 
                         "identification/household_id": "ZZZ-9999", "_id": 99_999})
         lat, lon, alt, acc = original["location"].split()
         copy_of["location"] = f"{float(lat) + 0.00003} {lon} {alt} {acc}"
-        assert ("near_duplicate", "warning") in codes("household_survey", [copy_of], warehouse.con)
+        loader.load_page([copy_of], None)
+        assert open_issues(warehouse, "near_duplicate") == {copy_of["meta/rootUuid"]}
         far = copy.deepcopy(copy_of)
+        far.update({"_uuid": "33333333-3333-4333-8333-333333333333", "_id": 100_000,
+                    "meta/rootUuid": "uuid:33333333-3333-4333-8333-333333333333",
+                    "identification/household_id": "ZZZ-9998"})
         far["identification/head_name"] = "Awa Keïta"
         far["location"] = f"{float(lat) + 0.5} {lon} {alt} {acc}"
-        assert ("near_duplicate", "warning") not in codes("household_survey", [far], warehouse.con)
         loader.load_page([far], None)
         assert open_issues(warehouse, "far_from_village") == {far["meta/rootUuid"]}
+        assert open_issues(warehouse, "near_duplicate") == {copy_of["meta/rootUuid"]}
 
 
 def open_issues(warehouse: Warehouse, code: str) -> set[str]:

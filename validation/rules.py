@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Callable
 
 import duckdb
-import numpy as np
 import pandas as pd
 
 from forms.dictionary import FieldDictionary
@@ -235,52 +234,6 @@ def duplicate_uuid(ctx: RuleContext):
             for r in _later_duplicates(ctx, "uuid", others).itertuples()]
 
 
-def duplicate_household_id(ctx: RuleContext):
-    if "household_id" not in ctx.main.columns:
-        return []
-    table = ctx.main_name()
-    keys = pd.DataFrame({"household_id": ctx.main["household_id"].dropna().astype(str).unique()})
-    others = _others(ctx, f'SELECT household_id, submission_id FROM main."{table}" WHERE household_id IN '
-                          "(SELECT household_id FROM batch_keys) "
-                          "AND root_uuid NOT IN (SELECT root_uuid FROM batch_roots)", keys)
-    return [(r.root_uuid, table, "household_id", None, r.household_id,
-             f"Identifiant de ménage {r.household_id} déjà utilisé / Household ID {r.household_id} already used")
-            for r in _later_duplicates(ctx, "household_id", others).itertuples()]
-
-
-def _vector_km(lat1: pd.Series, lon1: pd.Series, lat2: pd.Series, lon2: pd.Series) -> np.ndarray:
-    """Great-circle distances in km, for whole columns at once (haversine)."""
-    lat1, lon1, lat2, lon2 = (np.radians(np.asarray(c, dtype=float)) for c in (lat1, lon1, lat2, lon2))
-    haversine = np.sin((lat2 - lat1) / 2) ** 2 + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2
-    return 12_742 * np.arcsin(np.sqrt(haversine))
-
-
-def near_duplicate(ctx: RuleContext):
-    needed = ["submitted_by", "location_latitude", "location_longitude", "head_name"]
-    if not set(needed) <= set(ctx.main.columns):
-        return []
-    table = ctx.main_name()
-    batch = ctx.main[needed + ["root_uuid", "submission_id"]].dropna()
-    keys = batch[["submitted_by", "head_name"]].drop_duplicates().astype(str)
-    others = _others(ctx, f'SELECT t.root_uuid, t.submission_id, t.submitted_by, t.location_latitude, '
-                          f't.location_longitude, t.head_name FROM main."{table}" t '
-                          f"JOIN batch_keys k USING (submitted_by, head_name) "
-                          f"WHERE t.root_uuid NOT IN (SELECT root_uuid FROM batch_roots)", keys)
-    pool = pd.concat([batch, others], ignore_index=True).dropna()
-    # Each batch submission (b) against the earlier ones (a) of the same enumerator and head
-    # name: the later one is flagged. Pairs within the pool alone would grow as its square.
-    pairs = batch.merge(pool, on=["submitted_by", "head_name"], suffixes=("_b", "_a"))
-    pairs = pairs[pairs["submission_id_a"] < pairs["submission_id_b"]]
-    pairs = pairs.assign(metres=_vector_km(pairs["location_latitude_a"], pairs["location_longitude_a"],
-                                           pairs["location_latitude_b"], pairs["location_longitude_b"]) * 1000)
-    problems = []
-    for r in pairs[pairs["metres"] <= ctx.settings.near_duplicate_metres].itertuples():
-        problems.append((r.root_uuid_b, table, "head_name", None, r.head_name,
-                         f"Doublon probable : même enquêteur, même chef de ménage, à {r.metres:.0f} m "
-                         f"/ Likely duplicate: same enumerator, same head, {r.metres:.0f} m apart"))
-    return list(dict.fromkeys(problems))
-
-
 RULES = [
     Rule("end_before_start", "error", end_before_start),
     Rule("in_the_future", "error", in_the_future),
@@ -289,8 +242,6 @@ RULES = [
     Rule("short_interview", "warning", short_interview),
     Rule("household_size_vs_members", "warning", household_size_vs_members),
     Rule("age_vs_relation", "warning", ages_against_relation),
-    Rule("duplicate_household_id", "warning", duplicate_household_id),
-    Rule("near_duplicate", "warning", near_duplicate),
     Rule("implausible_fee", "warning", implausible_fee),
     Rule("young_participant", "warning", young_participant),
     Rule("score_out_of_range", "error", score_out_of_range),
@@ -309,8 +260,9 @@ def run_rules(dictionary: FieldDictionary, tables: dict[str, pd.DataFrame], con:
 
 
 # -- rules over the whole warehouse ---------------------------------------------------------
-# Submissions a day per enumerator, and distance to the village's other submissions, depend
-# on every submission of that enumerator-day or village, not only a batch: they run in SQL
+# Duplicate household ids, near-duplicates, submissions a day per enumerator and distance to
+# the village's other submissions depend on every submission sharing a key, not only a
+# batch (a late arrival with a smaller _id changes which one is "the later"): they run in SQL
 # once a sync (or rebuild, or corrections) is done, over the whole project, and keep the
 # open issues equal to what holds now, whatever order submissions came in.
 @dataclass(frozen=True)
@@ -322,6 +274,9 @@ class TableRule:
 
 
 TABLE_RULES = [
+    TableRule("duplicate_household_id", "warning", ("household_id",), lambda s: {}),
+    TableRule("near_duplicate", "warning", ("submitted_by", "head_name", "location_latitude", "location_longitude"),
+              lambda s: {"metres": s.near_duplicate_metres}),
     TableRule("too_many_per_day", "warning", ("submitted_by", "today"),
               lambda s: {"limit": s.max_submissions_per_day}),
     TableRule("far_from_village", "warning", ("village", "location_latitude", "location_longitude"),
@@ -335,6 +290,7 @@ def run_table_rules(con: duckdb.DuckDBPyConnection, dictionary: FieldDictionary,
     from warehouse.store import named_queries, quote
 
     queries = named_queries("table_rules.sql", SQL_DIR)
+    con.execute(queries["macros"])
     main = dictionary.main_table
     columns = set(main.system_columns()) | {c for f in main.fields for c, _ in f.columns()}
     for rule in TABLE_RULES:

@@ -4,6 +4,12 @@
 -- the form's main clean table (an identifier from the field dictionary, quoted).
 -- Each rule fills rule_scope (the submissions it looks at) and rule_found (those it flags).
 
+-- name: macros
+-- Great-circle distance in km (haversine), for the checks on GPS points.
+CREATE OR REPLACE TEMP MACRO km(lat1, lon1, lat2, lon2) AS
+    12742 * asin(sqrt(pow(sin(radians(lat2 - lat1) / 2), 2)
+        + cos(radians(lat1)) * cos(radians(lat2)) * pow(sin(radians(lon2 - lon1) / 2), 2)));
+
 -- name: too_many_per_day/scope
 CREATE OR REPLACE TEMP TABLE rule_scope AS
 SELECT t.root_uuid, t.submission_id, t.submitted_by, t.today
@@ -28,15 +34,13 @@ WHERE t.root_uuid IN (SELECT root_uuid FROM raw.submissions WHERE asset_uid = $a
   AND t.village IS NOT NULL AND t.location_latitude IS NOT NULL AND t.location_longitude IS NOT NULL;
 
 -- name: far_from_village/found
--- The village's centre is the median of its submissions' points (at least 3 of them);
--- distances are great-circle (haversine) in km.
+-- The village's centre is the median of its submissions' points (at least 3 of them).
 CREATE OR REPLACE TEMP TABLE rule_found AS
 WITH centres AS (
     SELECT village, median(lat) AS centre_lat, median(lon) AS centre_lon, count(*) AS size
     FROM rule_scope GROUP BY village
 ), placed AS (
-    SELECT s.*, 12742 * asin(sqrt(pow(sin(radians(c.centre_lat - s.lat) / 2), 2)
-        + cos(radians(s.lat)) * cos(radians(c.centre_lat)) * pow(sin(radians(c.centre_lon - s.lon) / 2), 2))) AS km
+    SELECT s.*, km(s.lat, s.lon, c.centre_lat, c.centre_lon) AS km
     FROM rule_scope AS s JOIN centres AS c USING (village)
     WHERE c.size >= 3
 )
@@ -46,6 +50,48 @@ SELECT root_uuid, submission_id, 'location' AS column_name, printf('%.1f km', km
            AS message
 FROM placed
 WHERE km > $limit;
+
+-- name: duplicate_household_id/scope
+CREATE OR REPLACE TEMP TABLE rule_scope AS
+SELECT t.root_uuid, t.submission_id, t.household_id
+FROM {table} AS t
+WHERE t.root_uuid IN (SELECT root_uuid FROM raw.submissions WHERE asset_uid = $asset_uid)
+  AND t.household_id IS NOT NULL;
+
+-- name: duplicate_household_id/found
+-- The first submission (smallest _id) with a household id is the original; later ones are flagged.
+CREATE OR REPLACE TEMP TABLE rule_found AS
+SELECT root_uuid, submission_id, 'household_id' AS column_name, household_id AS value,
+       'Identifiant de ménage ' || household_id || ' déjà utilisé / Household ID ' || household_id || ' already used'
+           AS message
+FROM (SELECT *, min(submission_id) OVER (PARTITION BY household_id) AS first_id FROM rule_scope)
+WHERE submission_id > first_id;
+
+-- name: near_duplicate/scope
+CREATE OR REPLACE TEMP TABLE rule_scope AS
+SELECT t.root_uuid, t.submission_id, t.submitted_by, t.head_name, t.location_latitude AS lat,
+       t.location_longitude AS lon
+FROM {table} AS t
+WHERE t.root_uuid IN (SELECT root_uuid FROM raw.submissions WHERE asset_uid = $asset_uid)
+  AND t.submitted_by IS NOT NULL AND t.head_name IS NOT NULL
+  AND t.location_latitude IS NOT NULL AND t.location_longitude IS NOT NULL;
+
+-- name: near_duplicate/found
+-- Same enumerator, same head of household, GPS points within $metres: the later _id is
+-- flagged, with the distance to the nearest earlier one.
+CREATE OR REPLACE TEMP TABLE rule_found AS
+SELECT root_uuid, submission_id, 'head_name' AS column_name, head_name AS value,
+       printf('Doublon probable : même enquêteur, même chef de ménage, à %.0f m / '
+              'Likely duplicate: same enumerator, same head, %.0f m apart', metres, metres) AS message
+FROM (
+    SELECT b.root_uuid, b.submission_id, b.head_name,
+           1000 * km(b.lat, b.lon, a.lat, a.lon) AS metres
+    FROM rule_scope AS b
+    JOIN rule_scope AS a
+      ON a.submitted_by = b.submitted_by AND a.head_name = b.head_name AND a.submission_id < b.submission_id
+)
+WHERE metres <= $metres
+QUALIFY row_number() OVER (PARTITION BY root_uuid ORDER BY metres) = 1;
 
 -- name: resolve_gone
 -- Open issues of this check that no longer hold (the count or the centre moved, the
