@@ -66,8 +66,8 @@ class TableSchema:
             if constraint:
                 checks.append(self._check(f"constraint:{f.column}", CheckInfo(
                     "constraint", f.column, f, _constraint_message(f, fr, en)), constraint))
-            for column, duck_type in f.columns():
-                columns[column] = pa.Column(nullable=True, checks=checks if column == f.column else [])
+            if checks and f.column in dict(f.columns()):  # columns without checks would cost time for nothing
+                columns[f.column] = pa.Column(nullable=True, checks=checks)
             if f.required:
                 code = f"required:{f.column}"
                 info = CheckInfo("required", f.column, f, lambda v, fr=fr, en=en:

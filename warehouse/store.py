@@ -26,6 +26,7 @@ SQL_DIR = Path(__file__).resolve().parent / "sql"
 DEFAULT_PATH = Path("terrain.duckdb")
 # DuckDB's own cache otherwise grows with the warehouse; a sync should fit a small laptop.
 MEMORY_LIMIT_ENV, DEFAULT_MEMORY_LIMIT = "TERRAIN_DUCKDB_MEMORY", "256MB"
+CLOSE_CHECKPOINT_BYTES = 16 * 2**20
 
 
 class WarehouseError(TerrainError):
@@ -60,6 +61,7 @@ class LandingResult:
 class Warehouse:
     def __init__(self, path: str | Path = DEFAULT_PATH, read_only: bool = False):
         self.path = Path(path)
+        self.read_only = read_only
         if read_only and not self.path.exists():
             raise WarehouseError(f"no warehouse at {self.path}: run `terrain sync` (or `make demo`) first")
         try:
@@ -70,6 +72,8 @@ class Warehouse:
             # write-ahead log) every batch of a sync paid one, growing with the warehouse. The
             # log is checkpointed when the warehouse is closed, or replayed after a crash.
             self.con.execute("SET checkpoint_threshold = '128MB'")
+            if not read_only:  # close() decides (see there)
+                self.con.execute("PRAGMA disable_checkpoint_on_shutdown")
         except duckdb.IOException as error:
             if "not a valid DuckDB database" in str(error):
                 raise WarehouseError(f"{self.path} is not a usable DuckDB warehouse (a corrupted file, or another "
@@ -85,7 +89,19 @@ class Warehouse:
             self.con.execute((SQL_DIR / "schema.sql").read_text(encoding="utf-8"))
 
     def close(self) -> None:
+        """Closes the warehouse; checkpoints only a large write-ahead log. A checkpoint
+        rewrites the tables' indexes whole, which would make a small incremental sync pay
+        for the size of the warehouse; a small log is replayed quickly by the next open."""
+        if not self.read_only and self._wal_bytes() > CLOSE_CHECKPOINT_BYTES:
+            try:
+                self.con.execute("CHECKPOINT")
+            except duckdb.Error:
+                pass  # (a full disk?) the log stays and is replayed by the next open
         self.con.close()
+
+    def _wal_bytes(self) -> int:
+        wal = Path(f"{self.path}.wal")
+        return wal.stat().st_size if wal.exists() else 0
 
     def __enter__(self) -> "Warehouse":
         return self
