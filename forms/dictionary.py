@@ -43,6 +43,11 @@ MAIN_SYSTEM_COLUMNS = (
     "submitted_by", "validation_status",
 )
 REPEAT_SYSTEM_COLUMNS = ("root_uuid", "row_key", "parent_row_key", "position")
+SYSTEM_COLUMN_TYPES = {
+    "root_uuid": "VARCHAR", "submission_id": "BIGINT", "uuid": "VARCHAR", "form_version": "VARCHAR",
+    "submission_time": "TIMESTAMPTZ", "submitted_by": "VARCHAR", "validation_status": "VARCHAR",
+    "row_key": "VARCHAR", "parent_row_key": "VARCHAR", "position": "BIGINT",
+}
 SKIPPED_META = {"instanceID", "instanceName", "deprecatedID", "rootUuid"}
 
 
@@ -99,6 +104,11 @@ class Table:
 
     def system_columns(self) -> tuple[str, ...]:
         return REPEAT_SYSTEM_COLUMNS if self.is_repeat else MAIN_SYSTEM_COLUMNS
+
+    def column_types(self) -> list[tuple[str, str]]:
+        """Every column of the clean table with its DuckDB type, system columns first."""
+        return ([(c, SYSTEM_COLUMN_TYPES[c]) for c in self.system_columns()]
+                + [column for f in self.fields for column in f.columns()])
 
 
 @dataclass(frozen=True)

@@ -226,14 +226,10 @@ class FormLoader:
         self.warehouse.record_issues(self.asset_uid, version.dictionary.form_id, replaced, issues, now)
         return len(errors)
 
-    def delete(self, root_uuids: list[str], now: dt.datetime) -> None:
-        """Submissions deleted on the server: marked in raw and gone from the clean tables.
-        The caller holds the transaction (and runs the warehouse-wide checks after)."""
-        self.warehouse.mark_deleted(self.dictionary, self.asset_uid, root_uuids, now)
-
     def run_warehouse_checks(self) -> None:
-        """The checks over the whole warehouse (submissions per enumerator-day, distance to
-        the village's other submissions), in their own transaction: run once after a sync,
+        """The checks over the whole warehouse (validation/rules.py TABLE_RULES: duplicate
+        household ids, near-duplicates, submissions per enumerator-day, distance to the
+        village's other submissions), in their own transaction: run once after a sync,
         a rebuild or corrections, so their warnings depend on what the warehouse holds, not
         on the order or the batches submissions came in."""
         now = dt.datetime.now(dt.timezone.utc)

@@ -105,7 +105,6 @@ class StagedBatch:
 
     tables: dict[str, pd.DataFrame]
     issues: list[Issue] = field(default_factory=list)
-    root_uuids: list[str] = field(default_factory=list)
 
 
 class StagingPlan:
@@ -119,7 +118,6 @@ class StagingPlan:
             table = pending.pop(0)
             self.order.append(table)
             pending.extend(dictionary.children_of(table.name))
-        self._warned: set[str] = set()
         self.statements = [(t.name, self._items_sql(t), self._stage_sql(t)) for t in self.order]
 
     # -- generation ---------------------------------------------------------------------
@@ -223,7 +221,7 @@ class StagingPlan:
 
     # -- columns ------------------------------------------------------------------------
     def clean_columns(self, table: Table) -> list[str]:
-        return list(table.system_columns()) + [column for f in table.fields for column, _ in f.columns()]
+        return [column for column, _ in table.column_types()]
 
     def frame_columns(self, table: Table) -> list[str]:
         return self.clean_columns(table) + [RELEVANT_PREFIX + f.column for f in table.fields
@@ -276,14 +274,13 @@ class StagingPlan:
                 for root, row_key, column, value, message, code, table_name in con.execute(sql).fetchall():
                     issues.append(Issue(root, ids.get(root), table_name, column, row_key, code, value, "error", message))
             tables[table.name] = self.frame(con, table)
-        return StagedBatch(tables=tables, issues=issues, root_uuids=list(ids))
+        return StagedBatch(tables=tables, issues=issues)
 
     def frame(self, con: duckdb.DuckDBPyConnection, table: Table) -> pd.DataFrame:
         """A stage table as pandas, with the dtypes validation and the rules expect."""
         columns = ", ".join(quote(c) for c in self.frame_columns(table))
         frame = con.execute(f"SELECT {columns} FROM {quote(stage_name(table.name))}").df()
-        types = dict(table_column_types(table))
-        for column, duck_type in types.items():
+        for column, duck_type in table.column_types():
             dtype = PANDAS_DTYPES.get(duck_type)
             if dtype:
                 frame[column] = frame[column].astype(dtype)
@@ -306,10 +303,3 @@ class StagingPlan:
             con.execute(f"INSERT INTO {quote(table.name)} ({columns}) SELECT {columns} FROM "
                         f"{quote(stage_name(table.name))} WHERE root_uuid NOT IN (SELECT root_uuid FROM {keep_out})")
 
-
-def table_column_types(table: Table) -> list[tuple[str, str]]:
-    """Every column of a clean table with its DuckDB type, system columns first."""
-    system = {"root_uuid": "VARCHAR", "submission_id": "BIGINT", "uuid": "VARCHAR", "form_version": "VARCHAR",
-              "submission_time": "TIMESTAMPTZ", "submitted_by": "VARCHAR", "validation_status": "VARCHAR",
-              "row_key": "VARCHAR", "parent_row_key": "VARCHAR", "position": "BIGINT"}
-    return [(c, system[c]) for c in table.system_columns()] + [c for f in table.fields for c in f.columns()]

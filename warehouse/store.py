@@ -203,14 +203,8 @@ class Warehouse:
 
     def _ensure_table(self, table: Table) -> None:
         """Creates the clean table, or adds the columns a new form version brought (never drops any)."""
-        system = {
-            "root_uuid": "VARCHAR NOT NULL", "submission_id": "BIGINT", "uuid": "VARCHAR",
-            "form_version": "VARCHAR", "submission_time": "TIMESTAMPTZ", "submitted_by": "VARCHAR",
-            "validation_status": "VARCHAR", "row_key": "VARCHAR NOT NULL", "parent_row_key": "VARCHAR",
-            "position": "BIGINT",
-        }
-        wanted = [(c, system[c]) for c in table.system_columns()]
-        wanted += [column for f in table.fields for column in f.columns()]
+        keys = ("root_uuid", "row_key")
+        wanted = [(c, f"{t} NOT NULL" if c in keys else t) for c, t in table.column_types()]
         existing = {row[0] for row in self.con.execute(
             "SELECT column_name FROM information_schema.columns WHERE table_schema = 'main' AND table_name = ?",
             [table.name]).fetchall()}
