@@ -439,20 +439,14 @@ def compare_warehouses(candidate: Path, reference: Path, server_index: dict[str,
 
 # -- scenario 1: killed runs ------------------------------------------------------------------------
 @dataclass
-class KilledRuns:
-    trials: int = 0
-    expected: int = 0
-    kills: int = 0
-    phases: dict[str, int] = field(default_factory=dict)  # what the kills interrupted
-    wal_left: int = 0  # kills that left a DuckDB write-ahead log for the next run to replay
-    failures: list[str] = field(default_factory=list)  # runs that failed (e.g. a warehouse that did not open)
+class Outcome:
+    """What a scenario found, against its calm reference: ``ok`` when nothing was lost,
+    duplicated or different and no run failed."""
+
     lost: int = 0
     duplicated: int = 0
     differences: dict[str, int] = field(default_factory=dict)
-    runs_left_running: int = 0  # meta.sync_runs rows still 'running' after the last run (a killed run is
-    # marked 'interrupted' by the next one)
-    reference_seconds: float = 0.0
-    seconds: float = 0.0
+    failures: list[str] = field(default_factory=list)  # runs that failed (e.g. a warehouse that did not open)
 
     @property
     def different(self) -> int:
@@ -461,6 +455,19 @@ class KilledRuns:
     @property
     def ok(self) -> bool:
         return not (self.lost or self.duplicated or self.different or self.failures)
+
+
+@dataclass
+class KilledRuns(Outcome):
+    trials: int = 0
+    expected: int = 0
+    kills: int = 0
+    phases: dict[str, int] = field(default_factory=dict)  # what the kills interrupted
+    wal_left: int = 0  # kills that left a DuckDB write-ahead log for the next run to replay
+    runs_left_running: int = 0  # meta.sync_runs rows still 'running' after the last run (a killed run is
+    # marked 'interrupted' by the next one)
+    reference_seconds: float = 0.0
+    seconds: float = 0.0
 
 
 def sync_runs_left_running(path: Path) -> int:
@@ -623,24 +630,12 @@ def killed_runs(size: int = KILLED_SIZE, trials: int = KILLED_TRIALS, seed: int 
 
 # -- scenario 2: fault storm ----------------------------------------------------------------------------
 @dataclass
-class Storm:
+class Storm(Outcome):
     expected: int = 0
     faults: dict[str, int] = field(default_factory=dict)
     changes: dict[str, int] = field(default_factory=dict)
-    lost: int = 0
-    duplicated: int = 0
-    differences: dict[str, int] = field(default_factory=dict)
-    failures: list[str] = field(default_factory=list)
     runs: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
-
-    @property
-    def different(self) -> int:
-        return sum(self.differences.values())
-
-    @property
-    def ok(self) -> bool:
-        return not (self.lost or self.duplicated or self.different or self.failures)
 
 
 def second_version(folder: Path):

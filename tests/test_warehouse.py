@@ -12,7 +12,6 @@ import openpyxl
 import pytest
 
 from flows.sync import SyncSettings, sync_asset
-from forms.build import build_form
 from kobo.client import KoboClient
 from kobo.content import content_from_source
 from kobo.generate import Deployment, SubmissionGenerator
@@ -21,6 +20,9 @@ from warehouse.rebuild import rebuild_all
 from warehouse.store import Warehouse
 
 from test_sync_kobo import warehouse_snapshot  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import reliability  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_FILES = SyncSettings(download_attachments=False)
@@ -32,25 +34,8 @@ def sync(server, token: str, path: Path) -> None:
             sync_asset(client, warehouse, uid, settings=NO_FILES)
 
 
-def second_version(household, tmp_path: Path):
-    """Version 2 of the household survey: 'water_treated' removed, 'latrine' added."""
-    text = household.source.path.read_text(encoding="utf-8")
-    lines = [line for line in text.splitlines() if "| water_treated |" not in line]
-    text = "\n".join(lines).replace("| household_survey | 2026112401 |", "| household_survey | 2026112402 |")
-    anchor = next(line for line in text.splitlines() if "| water_point_id |" in line)
-    cells = anchor.split("|")
-    cells[2:6] = [" select_one yes_no ", " latrine ", " Le ménage a-t-il une latrine ? ",
-                  " Does the household have a latrine? "]
-    cells[6:-1] = [" "] * (len(cells) - 7)
-    text = text.replace(anchor, anchor + "\n" + "|".join(cells))
-    path = tmp_path / "v2" / "household_survey.md"
-    path.parent.mkdir()
-    path.write_text(text, encoding="utf-8")
-    return build_form(path)
-
-
 def test_a_second_form_version_loads_beside_the_first_without_loss(household, tmp_path: Path) -> None:
-    v2 = second_version(household, tmp_path)
+    v2 = reliability.second_version(tmp_path)  # 'water_treated' removed, 'latrine' added
     assert {f.name for f in v2.dictionary.fields()} ^ {f.name for f in household.dictionary.fields()} == {
         "water_treated", "latrine"}
     seeded = seeded_server([household], 60, seed=41, mistake_rate=0.0)
