@@ -660,6 +660,9 @@ def second_version(folder: Path):
     return build_form(path)
 
 
+CHANGE_KINDS = ["add", "edit", "delete"]
+
+
 class Changer:
     """Adds, edits and deletes submissions while a sync runs, through the control endpoints,
     and publishes the form's second version through the KoboToolbox API once the sync has
@@ -678,6 +681,7 @@ class Changer:
         self.thread: threading.Thread | None = None
         self.error: BaseException | None = None
         self.generated = 0
+        self.steps = 0
 
     def start(self, run: SyncRun, expected: int) -> None:
         def work() -> None:
@@ -729,7 +733,13 @@ class Changer:
                                              seed=self.rng.randrange(10 ** 6), mistake_rate=0.02)
 
     def step(self) -> None:
-        action = self.rng.choices(["add", "edit", "delete"], weights=[4, 4, 2])[0]
+        """One change: the first three are one of each kind, so that even a short sync sees an
+        add, an edit and a delete; then random, weighted towards adds and edits."""
+        if self.steps < len(CHANGE_KINDS):
+            action = CHANGE_KINDS[self.steps]
+        else:
+            action = self.rng.choices(CHANGE_KINDS, weights=[4, 4, 2])[0]
+        self.steps += 1
         uid = self.server.asset
         if action == "add":
             count = self.rng.randint(1, 15)
