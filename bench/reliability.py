@@ -145,7 +145,8 @@ def emit(event: dict[str, Any]) -> None:
 def sync_command(config: dict[str, Any]) -> int:
     """Runs sync_asset once on a warehouse, printing events: ``opened`` (the warehouse opened,
     a write-ahead log replayed), ``fetched`` (a page arrived: kind new/index/changed),
-    ``loaded`` (a page of new submissions committed), ``done`` (with the summary)."""
+    ``loaded`` (a page of new submissions committed: they come a batch at a time), ``done``
+    (with the summary)."""
     from flows.sync import Progress, SyncSettings, sync_asset
     from kobo.client import KoboClient
     from warehouse.store import Warehouse
@@ -154,7 +155,7 @@ def sync_command(config: dict[str, Any]) -> int:
         def iter_pages(self, uid, after_id=None, fields=None, until_id=None, ids=None):
             kind = "index" if fields is not None else "changed" if ids is not None else "new"
             for page in super().iter_pages(uid, after_id=after_id, fields=fields, until_id=until_id, ids=ids):
-                emit({"event": "fetched", "kind": kind, "n": len(page.results)})
+                emit({"event": "fetched", "kind": kind, "n": page.size})
                 yield page
 
     class ReportingProgress(Progress):
@@ -168,7 +169,8 @@ def sync_command(config: dict[str, Any]) -> int:
             emit({"event": "note", "message": message})
 
     settings = SyncSettings(page_size=config.get("page_size", 1000), reconcile=config.get("reconcile", "auto"),
-                            download_attachments=False, prefetch=config.get("prefetch", True))
+                            download_attachments=False, prefetch=config.get("prefetch", True),
+                            batch_size=config.get("batch_size", SyncSettings.batch_size))
     options = {"page_size": settings.page_size, "timeout": tuple(config.get("timeout", (10.0, 130.0))),
                "retries": config.get("retries", 5), "backoff": config.get("backoff", 0.5),
                "max_backoff": config.get("max_backoff", 30.0)}
@@ -349,7 +351,7 @@ def compare_warehouses(candidate: Path, reference: Path, server_index: dict[str,
     every raw row of the reference present in the candidate (``exact_raw``: and no other,
     none marked deleted, for runs over an unchanging server); the watermark. ``lost`` counts
     submissions (root uuids) missing, ``duplicated`` submissions with several current
-    versions plus clean rows beyond their key."""
+    versions or twin raw rows, plus clean rows beyond their key."""
     import duckdb
 
     result = Comparison()
@@ -390,6 +392,8 @@ def compare_warehouses(candidate: Path, reference: Path, server_index: dict[str,
             union (({held('r')}) except ({held('c')})))""")
         several = _scalar(con, "select count(*) from (select root_uuid from c.raw.submissions where is_current "
                                "group by asset_uid, root_uuid having count(*) > 1)")
+        several += _scalar(con, "select count(*) from (select root_uuid from c.raw.submissions "  # no key, no index
+                                "group by asset_uid, root_uuid, content_hash having count(*) > 1)")
         clean_twice = 0
         d = result.differences
         d["stale (deleted on the server, current here)"] = _scalar(
@@ -516,7 +520,7 @@ def reached(run: SyncRun, committed: int, step: tuple[int, int, int]) -> bool:
 
 def killed_runs(size: int = KILLED_SIZE, trials: int = KILLED_TRIALS, seed: int = 8, page_size: int = 1000,
                 plans: list[list[Any]] | None = None, workers: int = 2, folder: Path | None = None,
-                report: Callable[[str], None] = print) -> KilledRuns:
+                report: Callable[[str], None] = print, batch_size: int | None = None) -> KilledRuns:
     """Kills syncs of ``size`` submissions and compares each trial's warehouse, after a last
     run that finishes, with a calm sync's.
 
@@ -528,8 +532,11 @@ def killed_runs(size: int = KILLED_SIZE, trials: int = KILLED_TRIALS, seed: int 
     trial) gives set kill points instead:
     ``("loaded", n)`` kills as soon as the run has committed n pages of new submissions,
     ``("index", n)`` once it has listed n pages of ids in the reconciliation, ``("opened", 1)``
-    once the warehouse is open; a number kills after that many seconds."""
+    once the warehouse is open; a number kills after that many seconds. ``batch_size``: the
+    syncs' (default SyncSettings'), i.e. how many submissions each commit holds."""
     from concurrent.futures import ThreadPoolExecutor
+
+    options: dict[str, Any] = {"page_size": page_size, **({"batch_size": batch_size} if batch_size else {})}
 
     started = time.monotonic()
     result = KilledRuns(trials=len(plans) if plans is not None else trials, expected=size)
@@ -540,7 +547,7 @@ def killed_runs(size: int = KILLED_SIZE, trials: int = KILLED_TRIALS, seed: int 
         with Server(size, log=folder / "server.log") as server:
             server_index = server.index()
             reference = folder / "reference.duckdb"
-            calm = [SyncRun(sync_config(server, folder / f"calm{k}.duckdb" if k else reference, page_size=page_size),
+            calm = [SyncRun(sync_config(server, folder / f"calm{k}.duckdb" if k else reference, **options),
                             folder / f"calm{k}.log") for k in range(max(1, workers))]
             for k, run in enumerate(calm):
                 if run.finish(timeout=7200) != 0:
@@ -568,7 +575,7 @@ def killed_runs(size: int = KILLED_SIZE, trials: int = KILLED_TRIALS, seed: int 
                 run = None
                 try:
                     for point in plan:
-                        run = SyncRun(sync_config(server, path, page_size=page_size), log)
+                        run = SyncRun(sync_config(server, path, **options), log)
                         if isinstance(point, tuple) and point[0] == "share":
                             step, delay = kill_point(timeline, committed, point[1])
                             run.wait_until(lambda r: reached(r, committed, step), timeout=3600)
@@ -591,7 +598,7 @@ def killed_runs(size: int = KILLED_SIZE, trials: int = KILLED_TRIALS, seed: int 
                 finally:
                     if run is not None and run.process.poll() is None:
                         run.kill()
-                last = SyncRun(sync_config(server, path, page_size=page_size), log)
+                last = SyncRun(sync_config(server, path, **options), log)
                 comparison = None
                 if last.finish(timeout=max(1800, 5 * result.reference_seconds)) != 0:
                     failures.append(f"trial {number + 1}: the run after the kills failed: {last.error()}")

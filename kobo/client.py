@@ -35,12 +35,19 @@ VALIDATION_STATUSES = {"validation_status_approved": "Approved", "validation_sta
 
 @dataclass(frozen=True)
 class Page:
-    """One page of submissions, and how many remain from its first one on."""
+    """One page of submissions as received: its JSON text, how many results it holds, how
+    many remain from its first one on, and its highest ``_id``. The parsed results are
+    not kept: the warehouse reads the text itself, and a page of households parsed into
+    Python objects takes ten times its text; ``results`` parses it again when asked."""
 
-    results: list[dict[str, Any]]
+    text: str = field(repr=False)
+    size: int
     remaining: int
     last_id: int | None
-    text: str | None = field(default=None, repr=False)  # the page as received, for the warehouse to parse
+
+    @property
+    def results(self) -> list[Any]:
+        return json.loads(self.text)["results"]
 
 
 class KoboClient:
@@ -280,11 +287,14 @@ class KoboClient:
             body, text = self.get_json(f"api/v2/assets/{uid}/data/", params, keep_text=True)
             if not isinstance(body, dict) or not isinstance(body.get("results"), list):
                 raise ServerUnavailable(f"the data page of project {uid} has no 'results' list")
-            results = body["results"]
-            page_ids = [int(r["_id"]) for r in results if isinstance(r, dict) and str(r.get("_id", "")).isdigit()]
+            size, more = len(body["results"]), bool(body.get("next"))
+            page_ids = [int(r["_id"]) for r in body["results"]
+                        if isinstance(r, dict) and str(r.get("_id", "")).isdigit()]
+            remaining = int(body.get("count", size))
+            del body  # only the text travels on (see Page)
             previous, last = last, max(page_ids) if page_ids else last
-            yield Page(results=results, remaining=int(body.get("count", len(results))), last_id=last, text=text)
-            if not results or not body.get("next"):
+            yield Page(text=text, size=size, remaining=remaining, last_id=last)
+            if not size or not more:
                 return
             if last == previous:  # a page without one usable _id: paging on would repeat it forever
                 log.warning("KoboToolbox: a page of project %s has no usable _id; stopping there", uid)

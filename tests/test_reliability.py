@@ -13,7 +13,8 @@ sys.path.insert(0, str(BENCH))
 
 import reliability  # noqa: E402
 
-# Kill points per trial: ("loaded", n) once n pages of new submissions are committed,
+# Kill points per trial: ("loaded", n) once n pages of new submissions are committed (a
+# batch of 600 submissions, 3 pages, at a time),
 # ("index", n) once n pages of ids are listed by the reconciliation, ("opened", 1) as soon
 # as the warehouse is open (the schema written, nothing pulled yet).
 KILL_PLANS = [
@@ -25,7 +26,8 @@ KILL_PLANS = [
 
 def test_killed_syncs_resume_to_the_warehouse_of_an_uninterrupted_sync(tmp_path: Path) -> None:
     lines: list[str] = []
-    result = reliability.killed_runs(size=3000, page_size=200, plans=KILL_PLANS, folder=tmp_path, report=lines.append)
+    result = reliability.killed_runs(size=3000, page_size=200, batch_size=600, plans=KILL_PLANS, folder=tmp_path,
+                                     report=lines.append)
     details = "\n".join(lines)
     assert result.failures == [], details
     assert result.lost == 0 and result.duplicated == 0, details

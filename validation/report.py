@@ -21,13 +21,14 @@ import datetime as dt
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import duckdb
 import xlsxwriter
 from xlsxwriter.utility import xl_range_abs, xl_rowcol_to_cell
 
 from warehouse.store import Warehouse, quote
+from warehouse.xpath_sql import sql_literal
 
 # Answers counted as "don't know"; compared lower-cased, whole answer or one choice of a
 # select_multiple. Our forms have no such choice yet: a programme adds its own codes.
@@ -238,37 +239,43 @@ def _table_exists(con: duckdb.DuckDBPyConnection, name: str | None, schema: str 
 def _facts(con: duckdb.DuckDBPyConnection, info: _FormInfo) -> tuple[str, list[Any]]:
     """A CTE ``facts``: one row per current submission of the form, with its enumerator,
     commune, times and whether it is clean, quarantined or has a warning."""
-    commune = "coalesce(" + ", ".join("json_extract_string(r.payload, ?)" for _ in info.commune_keys) + ")"
-    clean_join = (f"LEFT JOIN (SELECT DISTINCT root_uuid FROM main.{quote(info.main_table)}) c ON c.root_uuid = r.root_uuid"
+    # The answers are read from the payload in one expression, before the joins: a join
+    # would otherwise carry every payload along (out of memory on a large project).
+    paths = ["$._submitted_by", _path(info.username_key), _path(info.start_key), _path(info.end_key),
+             _path(info.today_key), *[_path(k) for k in info.commune_keys]]
+    answers = "json_extract_string(r.payload, [" + ", ".join(sql_literal(p) for p in paths) + "])"
+    commune = ("coalesce(" + ", ".join(f"a[{6 + i}]" for i in range(len(info.commune_keys))) + ")"
+               if info.commune_keys else "CAST(NULL AS VARCHAR)")
+    clean_join = (f"LEFT JOIN (SELECT DISTINCT root_uuid FROM main.{quote(info.main_table)}) c ON c.root_uuid = s.root_uuid"
                   if _table_exists(con, info.main_table) else
-                  "LEFT JOIN (SELECT NULL::VARCHAR AS root_uuid WHERE false) c ON c.root_uuid = r.root_uuid")
+                  "LEFT JOIN (SELECT NULL::VARCHAR AS root_uuid WHERE false) c ON c.root_uuid = s.root_uuid")
     sql = f"""
     WITH flags AS (
         SELECT asset_uid, root_uuid, bool_or(severity = 'error') AS has_error,
                bool_or(severity = 'warning') AS has_warning
         FROM quality.issues WHERE resolved_at IS NULL GROUP BY asset_uid, root_uuid
-    ), base AS (
-        SELECT r.asset_uid, r.root_uuid, r.submission_id, r.submission_time,
-               coalesce(nullif(trim(json_extract_string(r.payload, '$._submitted_by')), ''),
-                        nullif(trim(json_extract_string(r.payload, ?)), ''), ?) AS enumerator,
+    ), submitted AS MATERIALIZED (
+        SELECT asset_uid, root_uuid, submission_id, submission_time,
+               coalesce(nullif(trim(a[1]), ''), nullif(trim(a[2]), ''), ?) AS enumerator,
                nullif(trim({commune}), '') AS commune,
-               try_cast(json_extract_string(r.payload, ?) AS TIMESTAMPTZ) AS started,
-               try_cast(json_extract_string(r.payload, ?) AS TIMESTAMPTZ) AS ended,
-               try_cast(json_extract_string(r.payload, ?) AS DATE) AS today,
-               c.root_uuid IS NOT NULL AS is_clean,
+               try_cast(a[3] AS TIMESTAMPTZ) AS started,
+               try_cast(a[4] AS TIMESTAMPTZ) AS ended,
+               try_cast(a[5] AS DATE) AS today
+        FROM (SELECT r.asset_uid, r.root_uuid, r.submission_id, r.submission_time, {answers} AS a
+              FROM raw.submissions r WHERE r.form_id = ? AND {CURRENT})
+    ), base AS (
+        SELECT s.*, c.root_uuid IS NOT NULL AS is_clean,
                coalesce(f.has_error, false) AS has_error,
                coalesce(f.has_warning, false) AS has_warning
-        FROM raw.submissions r
+        FROM submitted s
         {clean_join}
-        LEFT JOIN flags f ON f.asset_uid = r.asset_uid AND f.root_uuid = r.root_uuid
-        WHERE r.form_id = ? AND {CURRENT}
+        LEFT JOIN flags f ON f.asset_uid = s.asset_uid AND f.root_uuid = s.root_uuid
     ), facts AS (
         SELECT *, coalesce(today, CAST(timezone('UTC', started) AS DATE),
                            CAST(timezone('UTC', submission_time) AS DATE)) AS work_day
         FROM base
     )"""
-    parameters = [_path(info.username_key), UNKNOWN_ENUMERATOR, *[_path(k) for k in info.commune_keys],
-                  _path(info.start_key), _path(info.end_key), _path(info.today_key), info.form_id]
+    parameters = [UNKNOWN_ENUMERATOR, info.form_id]
     return sql, parameters
 
 
@@ -286,29 +293,57 @@ def _commune_labels(con: duckdb.DuckDBPyConnection, info: _FormInfo) -> dict[str
 def _dont_know_counts(con: duckdb.DuckDBPyConnection, info: _FormInfo,
                       values: list[str]) -> dict[str, tuple[int, int]]:
     """Enumerator -> (answers, "don't know" answers), over every answer of the payload
-    (repeat groups included); an answer counts when it, or one of its choices, is in ``values``."""
-    if info.answer_keys:
-        keep = "list_contains(?::VARCHAR[], t.key)"
-        keep_parameters: list[Any] = [info.answer_keys]
-    else:  # no dictionary: every answer-looking key
-        keep = ("NOT starts_with(t.key, '_') AND NOT regexp_matches(t.key, '^(meta|formhub)/') "
-                "AND t.key NOT IN ('start', 'end', 'today', 'deviceid', 'username')")
-        keep_parameters = []
-    sql = f"""
-    SELECT enumerator, count(*) AS answers,
-           count(*) FILTER (WHERE list_contains(?::VARCHAR[], answer)
-                            OR list_has_any(string_split(answer, ' '), ?::VARCHAR[])) AS dont_know
-    FROM (
-        SELECT coalesce(nullif(trim(json_extract_string(r.payload, '$._submitted_by')), ''),
-                        nullif(trim(json_extract_string(r.payload, ?)), ''), ?) AS enumerator,
-               lower(trim(json_extract_string(t.value, '$'))) AS answer
-        FROM raw.submissions r, json_tree(r.payload) t
-        WHERE r.form_id = ? AND {CURRENT} AND t.type NOT IN ('OBJECT', 'ARRAY', 'NULL') AND {keep}
-    ) WHERE answer <> ''
-    GROUP BY enumerator"""
-    rows = con.execute(sql, [values, values, _path(info.username_key), UNKNOWN_ENUMERATOR, info.form_id,
-                             *keep_parameters]).fetchall()
-    return {enumerator: (answers, dont_know) for enumerator, answers, dont_know in rows}
+    (repeat groups included); an answer counts when it, or one of its words, is in ``values``.
+
+    Walked in Python, a chunk of submissions at a time: DuckDB's json_tree over a column
+    is planned as a join that copies the payload into each of its rows (out of memory)."""
+    wanted = set(values)
+    keys = set(info.answer_keys) if info.answer_keys else None
+    sql = (f"SELECT coalesce(nullif(trim(json_extract_string(r.payload, '$._submitted_by')), ''), "
+           f"nullif(trim(json_extract_string(r.payload, ?)), ''), ?), r.payload::VARCHAR "
+           f"FROM raw.submissions r WHERE r.form_id = ? AND {CURRENT} AND r.submission_id >= ? AND r.submission_id < ?")
+    counts: dict[str, tuple[int, int]] = {}
+    for low, high in _submission_chunks(con, info.form_id, DONT_KNOW_CHUNK):
+        for enumerator, payload in con.execute(sql, [_path(info.username_key), UNKNOWN_ENUMERATOR, info.form_id,
+                                                     low, high]).fetchall():
+            answers = dont_know = 0
+            for key, value in _answers(json.loads(payload), keys):
+                answer = (value if isinstance(value, str) else json.dumps(value)).strip().lower()
+                if answer:
+                    answers += 1
+                    dont_know += answer in wanted or any(word in wanted for word in answer.split(" "))
+            before = counts.get(enumerator, (0, 0))
+            counts[enumerator] = (before[0] + answers, before[1] + dont_know)
+    return counts
+
+
+_NOT_ANSWERS = {"start", "end", "today", "deviceid", "username"}
+
+
+def _answers(node: Any, keys: set[str] | None, key: str | None = None) -> Iterator[tuple[str | None, Any]]:
+    """(key, value) of every scalar answer in a submission, inside groups and repeats; with
+    ``keys`` (the form's answer keys) only those, else every key that looks like an answer."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _answers(v, keys, k)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _answers(item, keys, None)
+    elif node is not None and key is not None:
+        if (key in keys) if keys is not None else not (key.startswith(("_", "meta/", "formhub/")) or key in _NOT_ANSWERS):
+            yield key, node
+
+
+DONT_KNOW_CHUNK = 2000
+
+
+def _submission_chunks(con: duckdb.DuckDBPyConnection, form_id: str, size: int) -> list[tuple[int, int]]:
+    """[low, high) ranges of _id holding about ``size`` current submissions of the form each."""
+    starts = [row[0] for row in con.execute(
+        f"SELECT submission_id FROM (SELECT r.submission_id, row_number() OVER (ORDER BY r.submission_id) AS n "
+        f"FROM raw.submissions r WHERE r.form_id = ? AND {CURRENT}) WHERE n % ? = 1 ORDER BY submission_id",
+        [form_id, size]).fetchall()]
+    return [(low, high) for low, high in zip(starts, starts[1:] + [2 ** 63 - 1])]
 
 
 def _rate(part: int, whole: int) -> float:

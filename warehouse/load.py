@@ -50,13 +50,13 @@ class _Version:
     plan: StagingPlan
 
 
-def page_json(page: PageInput) -> tuple[str, str]:
-    """The JSON text DuckDB reads a page from, and the path to its results: the server's
-    own text when the client kept it, else the results serialised here."""
-    if isinstance(page, Page) and page.text is not None and _strict_json(page.text):
-        return page.text, "$.results[*]"
+def page_json(page: PageInput) -> str:
+    """The JSON text DuckDB reads a page from (an object with a ``results`` list): the
+    server's own text, else the results serialised here."""
+    if isinstance(page, Page) and _strict_json(page.text):
+        return page.text
     results = page.results if isinstance(page, Page) else page
-    return json.dumps(_finite(results), ensure_ascii=False, default=str), "$[*]"
+    return json.dumps({"results": _finite(results)}, ensure_ascii=False, default=str)
 
 
 def _strict_json(text: str) -> bool:
@@ -75,7 +75,7 @@ def _finite(value: Any) -> Any:
 
 
 def _count(page: PageInput) -> int:
-    return len(page.results if isinstance(page, Page) else page)
+    return page.size if isinstance(page, Page) else len(page)
 
 
 class FormLoader:
@@ -134,49 +134,49 @@ class FormLoader:
     def load_stream(self, pages: Iterable[PageInput], batch_size: int | None,
                     last_id: int | None | Callable[[PageInput], int | None] = None
                     ) -> Iterator[tuple[PageInput, PageResult]]:
-        """Loads pages as they come, typing and committing every ``batch_size`` submissions
-        (None: all in one transaction); yields each page and its result once it is landed,
-        the quarantine count with the page that closes its batch. The watermark moves with
-        each commit to ``last_id`` (a number, or a function of the batch's last page)."""
-        iterator = iter(pages)
-        page = next(iterator, None)
-        form_id = self.dictionary.form_id
-        while page is not None:
-            now = dt.datetime.now(dt.timezone.utc)
-            with self.warehouse.writing(), self.warehouse.transaction():
-                self._start_pending()
-                landed = sequence = 0
-                while True:
-                    result = self._land(page, sequence, now)
-                    landed += result.pulled
-                    sequence += 1
-                    following = next(iterator, None)
-                    if following is None or (batch_size is not None and landed >= batch_size):
-                        break
-                    yield page, result
-                    page = following
-                result.quarantined += self.retype_pending(now)
-                watermark = last_id(page) if callable(last_id) else last_id
-                if watermark is not None:
-                    self.warehouse.set_watermark(self.asset_uid, form_id, watermark, now)
-            yield page, result
-            page = following
+        """Loads pages as they come, landing, typing and committing them together every
+        ``batch_size`` submissions (None: all in one transaction); yields each page and its
+        result once its batch is committed, the quarantine count with the batch's last page.
+        The watermark moves with each commit to ``last_id`` (a number, or a function of the
+        batch's last page)."""
+        batch: list[PageInput] = []
+        gathered = 0
+        for page in pages:
+            batch.append(page)
+            gathered += _count(page)
+            if batch_size is not None and gathered >= batch_size:
+                yield from self._load_batch(batch, last_id)
+                batch, gathered = [], 0
+        if batch:
+            yield from self._load_batch(batch, last_id)
 
-    def _land(self, page: PageInput, sequence: int, now: dt.datetime) -> PageResult:
-        """Lands one page in raw and adds its new and edited submissions to the pending ones."""
+    def _load_batch(self, pages: list[PageInput], last_id: int | None | Callable[[PageInput], int | None]
+                    ) -> Iterator[tuple[PageInput, PageResult]]:
+        """One transaction: lands the pages in raw, types their new and edited submissions,
+        moves the watermark. A landing statement per batch, not per page: every statement
+        leaves temp tables alive (DuckDB blocks) until the commit."""
+        now = dt.datetime.now(dt.timezone.utc)
         form_id = self.dictionary.form_id
-        body, path = page_json(page)
-        landing = self.warehouse.land(self.asset_uid, form_id, body, path, now)
-        self.con.execute(f"INSERT INTO {PENDING} SELECT root_uuid, submission_id, form_version, payload, "
-                         f"is_edit, ? FROM landing_new", [sequence])
-        quarantined = 0
-        if landing.rejected:
-            rejected = [_rejected_issue(why, what) for why, what in landing.rejected]
-            # Seen again, the same unusable result replaces its issue instead of adding one.
-            self.warehouse.record_issues(self.asset_uid, form_id, [i.root_uuid for i in rejected], rejected, now)
-            quarantined = len(rejected)
-        return PageResult(pulled=_count(page), new=landing.new, edited=landing.edited, unchanged=landing.unchanged,
-                          quarantined=quarantined)
+        with self.warehouse.writing(), self.warehouse.transaction():
+            landing = self.warehouse.land(self.asset_uid, form_id, [page_json(page) for page in pages], now)
+            self._start_pending()
+            self.con.execute(f"INSERT INTO {PENDING} SELECT root_uuid, submission_id, form_version, payload, "
+                             f"is_edit, sequence FROM landing_new")
+            rejected = [(sequence, _rejected_issue(why, what)) for sequence, why, what in landing.rejected]
+            if rejected:
+                # Seen again, the same unusable result replaces its issue instead of adding one.
+                issues = [issue for _, issue in rejected]
+                self.warehouse.record_issues(self.asset_uid, form_id, [i.root_uuid for i in issues], issues, now)
+            results = []
+            for sequence, page in enumerate(pages):
+                new, edited, unchanged = landing.landed.get(sequence, (0, 0, 0))
+                results.append(PageResult(pulled=_count(page), new=new, edited=edited, unchanged=unchanged,
+                                          quarantined=sum(1 for s, _ in rejected if s == sequence)))
+            results[-1].quarantined += self.retype_pending(now)
+            watermark = last_id(pages[-1]) if callable(last_id) else last_id
+            if watermark is not None:
+                self.warehouse.set_watermark(self.asset_uid, form_id, watermark, now)
+        yield from zip(pages, results)
 
     def _start_pending(self) -> None:
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE {PENDING} (root_uuid VARCHAR, submission_id BIGINT, "

@@ -25,7 +25,16 @@ from warehouse.typing import Issue, root_uuid_of
 SQL_DIR = Path(__file__).resolve().parent / "sql"
 DEFAULT_PATH = Path("terrain.duckdb")
 # DuckDB's own cache otherwise grows with the warehouse; a sync should fit a small laptop.
-MEMORY_LIMIT_ENV, DEFAULT_MEMORY_LIMIT = "TERRAIN_DUCKDB_MEMORY", "256MB"
+MEMORY_LIMIT_ENV, DEFAULT_MEMORY_LIMIT = "TERRAIN_DUCKDB_MEMORY", "128MB"
+CONNECTION_SETTINGS = [
+    # The raw payloads are JSON of a few KB each. At a checkpoint DuckDB tries each string
+    # compression on a whole row group of them, holding hundreds of MB outside its memory
+    # limit; zstd is taken without that trial (and suits JSON). Other types keep theirs.
+    "SET force_compression = 'zstd'",
+    # DuckDB's default (16 MB of write-ahead log) checkpoints every few batches; the log
+    # is checkpointed when the warehouse is closed (see close), or replayed after a crash.
+    "SET checkpoint_threshold = '128MB'",
+]
 CLOSE_CHECKPOINT_BYTES = 16 * 2**20
 
 
@@ -51,10 +60,10 @@ def quote(identifier: str) -> str:
 
 @dataclass
 class LandingResult:
-    new: int
-    edited: int
-    unchanged: int
-    rejected: list[tuple[str, str]] = field(default_factory=list)  # (why, what arrived): not submissions
+    """What landing a batch of pages found, per page (its position in the batch)."""
+
+    landed: dict[int, tuple[int, int, int]]  # page: (new, edited, unchanged)
+    rejected: list[tuple[int, str, str]] = field(default_factory=list)  # (page, why, what arrived): not submissions
     # the new and edited submissions stay in the temp table landing_new for the caller
 
 
@@ -68,10 +77,8 @@ class Warehouse:
             config = {"memory_limit": os.environ.get(MEMORY_LIMIT_ENV, DEFAULT_MEMORY_LIMIT)}
             self.con = duckdb.connect(str(self.path), read_only=read_only, config=config)
             self.con.execute("SET TimeZone = 'UTC'")  # KoboToolbox times are read and shown in UTC
-            # A checkpoint rewrites the tables' indexes whole: at DuckDB's default (16 MB of
-            # write-ahead log) every batch of a sync paid one, growing with the warehouse. The
-            # log is checkpointed when the warehouse is closed, or replayed after a crash.
-            self.con.execute("SET checkpoint_threshold = '128MB'")
+            for setting in CONNECTION_SETTINGS:
+                self.con.execute(setting)
             if not read_only:  # close() decides (see there)
                 self.con.execute("PRAGMA disable_checkpoint_on_shutdown")
         except duckdb.IOException as error:
@@ -89,9 +96,8 @@ class Warehouse:
             self.con.execute((SQL_DIR / "schema.sql").read_text(encoding="utf-8"))
 
     def close(self) -> None:
-        """Closes the warehouse; checkpoints only a large write-ahead log. A checkpoint
-        rewrites the tables' indexes whole, which would make a small incremental sync pay
-        for the size of the warehouse; a small log is replayed quickly by the next open."""
+        """Closes the warehouse; checkpoints only a large write-ahead log: a small incremental
+        sync does not pay for a checkpoint, and the next open replays a small log quickly."""
         if not self.read_only and self._wal_bytes() > CLOSE_CHECKPOINT_BYTES:
             try:
                 self.con.execute("CHECKPOINT")
@@ -209,9 +215,11 @@ class Warehouse:
             "SELECT column_name FROM information_schema.columns WHERE table_schema = 'main' AND table_name = ?",
             [table.name]).fetchall()}
         if not existing:
-            key = "root_uuid, row_key" if table.is_repeat else "root_uuid"
+            # No PRIMARY KEY: a DuckDB index is held whole in memory, so memory would grow with
+            # the warehouse; a submission's rows are deleted before they are inserted again, in
+            # the same transaction (warehouse/load.py), and tests check there are no twins.
             columns = ", ".join(f"{quote(c)} {t}" for c, t in wanted)
-            self.con.execute(f"CREATE TABLE {quote(table.name)} ({columns}, PRIMARY KEY ({key}))")
+            self.con.execute(f"CREATE TABLE {quote(table.name)} ({columns})")
             return
         for column, duck_type in wanted:
             if column not in existing:
@@ -219,21 +227,20 @@ class Warehouse:
                                  f"{duck_type.replace(' NOT NULL', '')}")
 
     # -- raw landing --------------------------------------------------------------------
-    def land(self, asset_uid: str, form_id: str, body: str, path: str, now: dt.datetime) -> LandingResult:
-        """Lands the submissions of a JSON document as received (``path`` points at its list
-        of results, e.g. ``$.results[*]``); DuckDB parses it, Python never walks it."""
+    def land(self, asset_uid: str, form_id: str, bodies: list[str], now: dt.datetime) -> LandingResult:
+        """Lands the submissions of a batch of pages as received (JSON texts, each an object
+        with a ``results`` list); DuckDB parses them, Python never walks them."""
         queries = named_queries("land_raw.sql")
-        self.con.execute(queries["page_documents"], {"body": body, "path": path})
+        self.con.execute(queries["page_documents"], {"bodies": bodies})
         self.con.execute(queries["landing"], {"asset_uid": asset_uid, "form_id": form_id})
         rejected = self.con.execute(queries["rejected"]).fetchall()
         self.con.execute(queries["touch_seen"], {"now": now})
         self.con.execute(queries["new_versions"])
-        counts = self.con.execute("SELECT (SELECT count(*) FROM landing), count(*), count(*) FILTER (WHERE is_edit) "
-                                  "FROM landing_new").fetchone()
+        landed = {sequence: (changed - edited, edited, total - changed)
+                  for sequence, total, changed, edited in self.con.execute(queries["landed_counts"]).fetchall()}
         self.con.execute(queries["retire_old_versions"])
         self.con.execute(queries["insert_new_versions"], {"now": now})
-        landed, changed, edited = counts
-        return LandingResult(new=changed - edited, edited=edited, unchanged=landed - changed, rejected=rejected)
+        return LandingResult(landed=landed, rejected=rejected)
 
     # -- clean tables and quarantine ------------------------------------------------------
     @contextmanager

@@ -1,16 +1,19 @@
 -- name: page_documents
--- The results of one page, parsed by DuckDB from the JSON text as received.
+-- The results of a batch of pages, parsed by DuckDB from the JSON texts as received;
+-- sequence is the page's position in the batch.
 CREATE OR REPLACE TEMP TABLE page_documents AS
-SELECT doc, json_type(doc) AS kind,
+SELECT sequence, doc, json_type(doc) AS kind,
        json_extract_string(doc, ['$._id', '$."meta/rootUuid"', '$._uuid', '$.__version__', '$._submission_time']) AS k
-FROM (SELECT unnest(json_extract($body, $path)) AS doc);
+FROM (SELECT sequence, unnest(json_extract(body, '$.results[*]')) AS doc
+      FROM (SELECT unnest(range(len($bodies))) AS sequence, unnest($bodies) AS body));
 
 -- name: landing
--- One row per usable submission of the page (the last one if a root uuid comes twice).
+-- One row per usable submission of the batch (the last one if a root uuid comes twice:
+-- the batch is the unit, as a page was).
 -- The content hash tells an edit from the same submission seen again: it leaves out
 -- a status change, the old servers' _tags/_notes, and the host in attachment URLs.
 CREATE OR REPLACE TEMP TABLE landing AS
-SELECT $asset_uid AS asset_uid, $form_id AS form_id, CAST(trim(k[1]) AS BIGINT) AS submission_id,
+SELECT sequence, $asset_uid AS asset_uid, $form_id AS form_id, CAST(trim(k[1]) AS BIGINT) AS submission_id,
        coalesce(nullif(k[2], ''), 'uuid:' || coalesce(k[3], 'None')) AS root_uuid, coalesce(k[3], '') AS uuid,
        CASE WHEN json_type(doc, '$.__version__') IN ('OBJECT', 'ARRAY') THEN NULL ELSE k[4] END AS form_version,
        TRY_CAST(k[5] AS TIMESTAMPTZ) AS submission_time,
@@ -24,11 +27,11 @@ SELECT $asset_uid AS asset_uid, $form_id AS form_id, CAST(trim(k[1]) AS BIGINT) 
 FROM page_documents
 WHERE kind = 'OBJECT' AND regexp_full_match(coalesce(k[1], ''), '\s*-?\d{1,18}\s*')
   AND (nullif(k[2], '') IS NOT NULL OR nullif(k[3], '') IS NOT NULL)
-QUALIFY row_number() OVER (PARTITION BY root_uuid ORDER BY submission_id DESC) = 1;
+QUALIFY row_number() OVER (PARTITION BY root_uuid ORDER BY sequence DESC, submission_id DESC) = 1;
 
 -- name: rejected
--- What the page held that is not a usable submission, and why.
-SELECT CASE WHEN kind <> 'OBJECT' THEN 'a result that is not a JSON object (' || lower(kind) || ')'
+-- What the batch held that is not a usable submission, and why.
+SELECT sequence, CASE WHEN kind <> 'OBJECT' THEN 'a result that is not a JSON object (' || lower(kind) || ')'
             WHEN NOT regexp_full_match(coalesce(k[1], ''), '\s*-?\d{1,18}\s*')
                 THEN 'a submission without a valid _id (' || left(coalesce(k[1], 'None'), 40) || ')'
             ELSE 'a submission without meta/rootUuid or _uuid' END AS why,
@@ -56,6 +59,12 @@ WHERE NOT EXISTS (
     SELECT 1 FROM raw.submissions AS r
     WHERE r.asset_uid = l.asset_uid AND r.root_uuid = l.root_uuid AND r.content_hash = l.content_hash
 );
+
+-- name: landed_counts
+-- Per page of the batch: submissions landed, new or edited, edited.
+SELECT l.sequence, count(*), count(n.root_uuid), count(*) FILTER (WHERE n.is_edit)
+FROM landing AS l LEFT JOIN landing_new AS n USING (root_uuid)
+GROUP BY l.sequence;
 
 -- name: retire_old_versions
 UPDATE raw.submissions AS r

@@ -6,6 +6,9 @@ CREATE SCHEMA IF NOT EXISTS quality;
 
 -- Contract 2: every submission as received, append-only. An edit adds a row version
 -- (a new content hash); a deletion sets deleted_at, it never removes a row.
+-- (asset_uid, root_uuid, content_hash) is unique, kept so by the landing SQL
+-- (land_raw.sql) under one writer, not by a PRIMARY KEY: DuckDB holds an index whole
+-- in memory, and it would grow with the warehouse.
 CREATE TABLE IF NOT EXISTS raw.submissions (
     asset_uid       VARCHAR     NOT NULL,
     form_id         VARCHAR     NOT NULL,
@@ -19,8 +22,7 @@ CREATE TABLE IF NOT EXISTS raw.submissions (
     first_seen      TIMESTAMPTZ NOT NULL,
     last_seen       TIMESTAMPTZ NOT NULL,
     deleted_at      TIMESTAMPTZ,
-    is_current      BOOLEAN     NOT NULL,
-    PRIMARY KEY (asset_uid, root_uuid, content_hash)
+    is_current      BOOLEAN     NOT NULL
 );
 
 -- Contract 1: each form version's field dictionary, so old submissions are typed
