@@ -176,7 +176,17 @@ class FormLoader:
             watermark = last_id(pages[-1]) if callable(last_id) else last_id
             if watermark is not None:
                 self.warehouse.set_watermark(self.asset_uid, form_id, watermark, now)
+            self._drop_batch_tables()
         yield from zip(pages, results)
+
+    def _drop_batch_tables(self) -> None:
+        """Frees the batch's temp tables with its commit (see StagingPlan.drop)."""
+        self.warehouse.drop_landing()
+        for version in {id(v): v for v in self._by_version.values()}.values():
+            version.plan.drop(self.con)
+        self.con.execute(f"DROP VIEW IF EXISTS {BATCH_DOCS}")
+        for name in (PENDING, ERROR_ROOTS):
+            self.con.execute(f"DROP TABLE IF EXISTS {name}")
 
     def _start_pending(self) -> None:
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE {PENDING} (root_uuid VARCHAR, submission_id BIGINT, "

@@ -295,6 +295,14 @@ class StagingPlan:
                 frame[column] = pd.to_datetime(frame[column], utc=True)
         return frame
 
+    def drop(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Drops the stage tables: otherwise a batch's live beside the next one's until that
+        one replaces them and commits (DuckDB keeps a replaced table for its transaction)."""
+        for table in self.order:
+            kind = "TABLE" if table.is_repeat else "VIEW"
+            con.execute(f"DROP {kind} IF EXISTS {quote(items_name(table.name))}")
+            con.execute(f"DROP TABLE IF EXISTS {quote(stage_name(table.name))}")
+
     def insert_clean(self, con: duckdb.DuckDBPyConnection, keep_out: str) -> None:
         """Inserts the staged rows into the clean tables, except the submissions ``keep_out``
         (a SQL relation of root_uuids) lists."""
