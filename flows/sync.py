@@ -40,8 +40,8 @@ class SyncSettings:
     """How a sync pulls. Defaults suit a laptop on a slow link from Mali."""
 
     page_size: int = 1000
-    batch_size: int = 2000  # submissions typed, checked and committed together (a kill loses at most these;
-    #                         memory grows with it: 2000 keeps a sync under 400 MB)
+    batch_size: int = 2000  # submissions landed, typed, checked and committed together (a kill loses at
+    #                         most these; a sync's memory grows with it)
     overlap: int = 100  # submissions re-read below the watermark, for late arrivals
     reconcile: str = "auto"  # "auto" | "always" | "never"
     reconcile_below: int = 50_000  # auto: every sync under this many submissions, else daily
