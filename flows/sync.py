@@ -218,7 +218,7 @@ def reconcile(client: KoboClient, warehouse: Warehouse, loader: FormLoader, asse
         for page in client.iter_pages(asset_uid, ids=chunk):
             summary.add(loader.load_page(page, None, checks=False))
     with warehouse.transaction():
-        warehouse.mark_deleted(loader.dictionary, asset_uid, deleted, _now())
+        loader.mark_deleted(deleted, _now())
         warehouse.mark_reconciled(asset_uid, _now())
     summary.deleted += len(deleted)
     summary.reconciled = True

@@ -244,3 +244,46 @@ def test_warnings_flag_in_place_and_errors_quarantine(seeded, warehouse_path) ->
         assert con.execute("select count(*) from households where root_uuid = ?", [other["meta/rootUuid"]]).fetchone()[0] == 0
         assert "end_before_start" in con.execute("select string_agg(check_code) from quality.issues where root_uuid = ?",
                                                  [other["meta/rootUuid"]]).fetchone()[0]
+
+
+def test_checks_of_the_changed_groups_only_equal_checks_of_everything(tmp_path) -> None:
+    """After a sync, only the groups whose submissions changed are checked again
+    (quality.unchecked_groups): an edit that moves a household to another id, a new
+    duplicate, and the deletion of the original each leave the open issues a check of
+    everything finds."""
+    from warehouse.load import FormLoader
+
+    dictionary = project_forms()["household_survey"].dictionary
+    first = household()
+
+    def twin(number: int, **answers) -> dict:
+        one = copy.deepcopy(first)
+        root = f"{number:08d}-0000-4000-8000-000000000000"
+        one.update({"_uuid": root, "meta/rootUuid": f"uuid:{root}", "_id": first["_id"] + number,
+                    "identification/head_name": f"Chef {number}", **answers})
+        lat, lon, *rest = one["location"].split()
+        one["location"] = " ".join([f"{float(lat) + 0.01 * number}", lon, *rest])
+        return one
+
+    second, third = twin(1), twin(2)
+    with Warehouse(tmp_path / "w.duckdb") as warehouse:
+        loader = FormLoader(warehouse, dictionary, DEPLOYMENT.asset_uid)
+
+        def everything_agrees() -> set[str]:
+            found = open_issues(warehouse, "duplicate_household_id")
+            assert warehouse.con.execute("select count(*) from quality.unchecked_groups").fetchone()[0] == 0
+            loader.run_warehouse_checks(everything=True)
+            assert open_issues(warehouse, "duplicate_household_id") == found
+            return found
+
+        loader.load_page([first, second], None)
+        assert everything_agrees() == {second["meta/rootUuid"]}
+        moved = {**second, "_uuid": "99999999-0000-4000-8000-000000000000", "identification/household_id": "NEW-0001"}
+        loader.load_page([moved], None)  # an edit: the household leaves the group of first
+        assert everything_agrees() == set()
+        loader.load_page([third], None)
+        assert everything_agrees() == {third["meta/rootUuid"]}
+        with warehouse.transaction():
+            loader.mark_deleted([first["meta/rootUuid"]], NOW)  # the original, deleted on the server
+        loader.run_warehouse_checks()
+        assert everything_agrees() == set()

@@ -11,6 +11,7 @@ A rule applies to any form that has the columns it reads.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -20,6 +21,7 @@ import pandas as pd
 
 from forms.dictionary import FieldDictionary
 from warehouse.typing import Issue
+from warehouse.xpath_sql import sql_literal
 
 SQL_DIR = Path(__file__).resolve().parent / "sql"
 
@@ -271,35 +273,65 @@ class TableRule:
     severity: str
     columns: tuple[str, ...]  # the main table must have them
     parameters: Callable[[QualitySettings], dict]
+    group_key: str  # SQL over a main-table row ``t``: the rows that can change each other's result
 
 
 TABLE_RULES = [
-    TableRule("duplicate_household_id", "warning", ("household_id",), lambda s: {}),
+    TableRule("duplicate_household_id", "warning", ("household_id",), lambda s: {}, "t.household_id"),
     TableRule("near_duplicate", "warning", ("submitted_by", "head_name", "location_latitude", "location_longitude"),
-              lambda s: {"metres": s.near_duplicate_metres}),
+              lambda s: {"metres": s.near_duplicate_metres}, "t.submitted_by || chr(31) || t.head_name"),
     TableRule("too_many_per_day", "warning", ("submitted_by", "today"),
-              lambda s: {"limit": s.max_submissions_per_day}),
+              lambda s: {"limit": s.max_submissions_per_day}, "t.submitted_by || chr(31) || CAST(t.today AS VARCHAR)"),
     TableRule("far_from_village", "warning", ("village", "location_latitude", "location_longitude"),
-              lambda s: {"limit": s.max_km_from_village, "limit_text": f"{s.max_km_from_village:g}"}),
+              lambda s: {"limit": s.max_km_from_village, "limit_text": f"{s.max_km_from_village:g}"}, "t.village"),
 ]
 
 
+def _table_rules(dictionary: FieldDictionary) -> list[TableRule]:
+    """The TABLE_RULES whose columns the form's main table has."""
+    main = dictionary.main_table
+    columns = set(main.system_columns()) | {c for f in main.fields for c, _ in f.columns()}
+    return [rule for rule in TABLE_RULES if set(rule.columns) <= columns]
+
+
+def record_touched_groups(con: duckdb.DuckDBPyConnection, dictionary: FieldDictionary, asset_uid: str,
+                          relation: str, chosen: str = "TRUE") -> None:
+    """Notes the groups of the rows of ``relation`` (a main clean table or its stage table;
+    ``chosen``: a condition on its rows ``t``) for the next run_table_rules: called before
+    clean rows are deleted (their old groups) and after they are inserted (their new ones),
+    in the same transaction."""
+    from warehouse.store import named_queries
+
+    sql = named_queries("table_rules.sql", SQL_DIR)["touched_groups"]
+    for rule in _table_rules(dictionary):
+        con.execute(sql.format(relation=relation, group_key=rule.group_key, chosen=chosen),
+                    {"asset_uid": asset_uid, "code": rule.code})
+
+
 def run_table_rules(con: duckdb.DuckDBPyConnection, dictionary: FieldDictionary, asset_uid: str,
-                    settings: QualitySettings, now: dt.datetime) -> None:
-    """Runs TABLE_RULES over the project's clean submissions; the caller holds the transaction."""
+                    settings: QualitySettings, now: dt.datetime, everything: bool = False) -> None:
+    """Runs TABLE_RULES over the project's clean submissions in the groups noted by
+    record_touched_groups (``everything``, or other thresholds than last time: all of
+    them), then clears those notes; the caller holds the transaction."""
     from warehouse.store import named_queries, quote
 
     queries = named_queries("table_rules.sql", SQL_DIR)
     con.execute(queries["macros"])
-    main = dictionary.main_table
-    columns = set(main.system_columns()) | {c for f in main.fields for c, _ in f.columns()}
-    for rule in TABLE_RULES:
-        if not set(rule.columns) <= columns:
-            continue
-        table = f"main.{quote(main.name)}"
+    rules = _table_rules(dictionary)
+    parameters = json.dumps({rule.code: rule.parameters(settings) for rule in rules}, sort_keys=True)
+    last = con.execute("SELECT parameters FROM quality.table_rule_runs WHERE asset_uid = ?", [asset_uid]).fetchone()
+    everything = everything or last is None or last[0] != parameters
+    table = f"main.{quote(dictionary.main_table.name)}"
+    for rule in rules:
+        restrict = "TRUE" if everything else (
+            f"({rule.group_key}) IN (SELECT group_key FROM quality.unchecked_groups "
+            f"WHERE asset_uid = $asset_uid AND check_code = {sql_literal(rule.code)})")
         common = {"asset_uid": asset_uid, "code": rule.code, "now": now}
-        con.execute(queries[f"{rule.code}/scope"].format(table=table), {"asset_uid": asset_uid})
+        con.execute(queries[f"{rule.code}/scope"].format(table=table, restrict=restrict), {"asset_uid": asset_uid})
         con.execute(queries[f"{rule.code}/found"], rule.parameters(settings))
-        con.execute(queries["resolve_gone"], common)
-        con.execute(queries["insert_found"], {**common, "form_id": dictionary.form_id, "table_name": main.name,
-                                              "severity": rule.severity})
+        con.execute(queries["resolve_gone"], {**common, "everything": everything})
+        con.execute(queries["insert_found"], {**common, "form_id": dictionary.form_id,
+                                              "table_name": dictionary.main_table.name, "severity": rule.severity})
+    con.execute("DELETE FROM quality.unchecked_groups WHERE asset_uid = ?", [asset_uid])
+    con.execute("INSERT INTO quality.table_rule_runs VALUES (?, ?, ?) ON CONFLICT (asset_uid) DO UPDATE SET "
+                "parameters = excluded.parameters, ran_at = excluded.ran_at", [asset_uid, parameters, now])

@@ -21,9 +21,9 @@ from typing import Any, Callable, Iterable, Iterator, Union
 from forms.dictionary import FieldDictionary
 from kobo.client import Page
 from validation.corrections import apply_corrections
-from validation.rules import QualitySettings, run_rules, run_table_rules
+from validation.rules import QualitySettings, record_touched_groups, run_rules, run_table_rules
 from validation.schemas import FormValidator
-from warehouse.staging import BATCH_DOCS, StagingPlan
+from warehouse.staging import BATCH_DOCS, StagingPlan, stage_name
 from warehouse.store import Warehouse, quote
 from warehouse.typing import Issue, root_uuid_of
 from warehouse.xpath_sql import sql_literal
@@ -228,23 +228,39 @@ class FormLoader:
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE {ERROR_ROOTS} AS "
                          f"SELECT unnest(CAST(? AS VARCHAR[])) AS root_uuid", [errors])
         replaced = [row[0] for row in self.con.execute(f"SELECT root_uuid FROM {BATCH_DOCS} WHERE replace").fetchall()]
+        main = version.dictionary.main_table.name
         if replaced:
+            chosen = f"t.root_uuid IN (SELECT root_uuid FROM {BATCH_DOCS} WHERE replace)"
+            record_touched_groups(self.con, self.dictionary, self.asset_uid, f"main.{quote(main)}", chosen)
             for table in self._known_tables():
                 self.con.execute(f"DELETE FROM {quote(table)} WHERE root_uuid IN "
                                  f"(SELECT root_uuid FROM {BATCH_DOCS} WHERE replace)")
         version.plan.insert_clean(self.con, ERROR_ROOTS)
+        record_touched_groups(self.con, version.dictionary, self.asset_uid, quote(stage_name(main)))
         self.warehouse.record_issues(self.asset_uid, version.dictionary.form_id, replaced, issues, now)
         return len(errors)
 
-    def run_warehouse_checks(self) -> None:
+    def run_warehouse_checks(self, everything: bool = False) -> None:
         """The checks over the whole warehouse (validation/rules.py TABLE_RULES: duplicate
         household ids, near-duplicates, submissions per enumerator-day, distance to the
         village's other submissions), in their own transaction: run once after a sync,
         a rebuild or corrections, so their warnings depend on what the warehouse holds, not
-        on the order or the batches submissions came in."""
+        on the order or the batches submissions came in. Only the groups whose submissions
+        changed are checked again, unless ``everything`` (after a rebuild)."""
         now = dt.datetime.now(dt.timezone.utc)
         with self.warehouse.writing(), self.warehouse.transaction():
-            run_table_rules(self.con, self.dictionary, self.asset_uid, self.quality, now)
+            run_table_rules(self.con, self.dictionary, self.asset_uid, self.quality, now, everything)
+
+    def mark_deleted(self, root_uuids: list[str], now: dt.datetime) -> None:
+        """Submissions deleted on the server: their groups are checked again, then the
+        warehouse marks them (the caller holds the transaction)."""
+        if root_uuids:
+            self.con.execute("CREATE OR REPLACE TEMP TABLE deleted_roots AS SELECT unnest(CAST(? AS VARCHAR[])) "
+                             "AS root_uuid", [root_uuids])
+            record_touched_groups(self.con, self.dictionary, self.asset_uid,
+                                  f"main.{quote(self.dictionary.main_table.name)}",
+                                  "t.root_uuid IN (SELECT root_uuid FROM deleted_roots)")
+        self.warehouse.mark_deleted(self.dictionary, self.asset_uid, root_uuids, now)
 
     def _known_tables(self) -> list[str]:
         names = {t for v in self._by_version.values() for t in v.dictionary.tables}

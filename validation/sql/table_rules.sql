@@ -1,8 +1,10 @@
 -- High-frequency checks over the whole warehouse, not one batch: recomputed once after
--- each sync, rebuild or corrections over every clean submission of the project, so the
--- result does not depend on the order or the batches submissions arrived in. {table} is
--- the form's main clean table (an identifier from the field dictionary, quoted).
--- Each rule fills rule_scope (the submissions it looks at) and rule_found (those it flags).
+-- each sync, rebuild or corrections over every clean submission of the groups that changed
+-- (quality.unchecked_groups; all of them after a rebuild), so the result does not depend
+-- on the order or the batches submissions arrived in. {table} is the form's main clean
+-- table (an identifier from the field dictionary, quoted); {restrict} keeps the rows of
+-- the groups to check (TRUE: all). Each rule fills rule_scope (the submissions of those
+-- groups) and rule_found (those it flags).
 
 -- name: macros
 -- Great-circle distance in km (haversine), for the checks on GPS points.
@@ -14,7 +16,7 @@ CREATE OR REPLACE TEMP MACRO km(lat1, lon1, lat2, lon2) AS
 CREATE OR REPLACE TEMP TABLE rule_scope AS
 SELECT t.root_uuid, t.submission_id, t.submitted_by, t.today
 FROM {table} AS t
-WHERE t.root_uuid IN (SELECT root_uuid FROM raw.submissions WHERE asset_uid = $asset_uid)
+WHERE t.root_uuid IN (SELECT root_uuid FROM raw.submissions WHERE asset_uid = $asset_uid) AND {restrict}
   AND t.submitted_by IS NOT NULL AND t.today IS NOT NULL;
 
 -- name: too_many_per_day/found
@@ -30,7 +32,7 @@ WHERE n > $limit;
 CREATE OR REPLACE TEMP TABLE rule_scope AS
 SELECT t.root_uuid, t.submission_id, t.village, t.location_latitude AS lat, t.location_longitude AS lon
 FROM {table} AS t
-WHERE t.root_uuid IN (SELECT root_uuid FROM raw.submissions WHERE asset_uid = $asset_uid)
+WHERE t.root_uuid IN (SELECT root_uuid FROM raw.submissions WHERE asset_uid = $asset_uid) AND {restrict}
   AND t.village IS NOT NULL AND t.location_latitude IS NOT NULL AND t.location_longitude IS NOT NULL;
 
 -- name: far_from_village/found
@@ -55,7 +57,7 @@ WHERE km > $limit;
 CREATE OR REPLACE TEMP TABLE rule_scope AS
 SELECT t.root_uuid, t.submission_id, t.household_id
 FROM {table} AS t
-WHERE t.root_uuid IN (SELECT root_uuid FROM raw.submissions WHERE asset_uid = $asset_uid)
+WHERE t.root_uuid IN (SELECT root_uuid FROM raw.submissions WHERE asset_uid = $asset_uid) AND {restrict}
   AND t.household_id IS NOT NULL;
 
 -- name: duplicate_household_id/found
@@ -72,7 +74,7 @@ CREATE OR REPLACE TEMP TABLE rule_scope AS
 SELECT t.root_uuid, t.submission_id, t.submitted_by, t.head_name, t.location_latitude AS lat,
        t.location_longitude AS lon
 FROM {table} AS t
-WHERE t.root_uuid IN (SELECT root_uuid FROM raw.submissions WHERE asset_uid = $asset_uid)
+WHERE t.root_uuid IN (SELECT root_uuid FROM raw.submissions WHERE asset_uid = $asset_uid) AND {restrict}
   AND t.submitted_by IS NOT NULL AND t.head_name IS NOT NULL
   AND t.location_latitude IS NOT NULL AND t.location_longitude IS NOT NULL;
 
@@ -94,11 +96,12 @@ WHERE metres <= $metres
 QUALIFY row_number() OVER (PARTITION BY root_uuid ORDER BY metres) = 1;
 
 -- name: resolve_gone
--- Open issues of this check that no longer hold (the count or the centre moved, the
--- submission was edited, quarantined or deleted).
+-- Open issues of this check, in the groups checked, that no longer hold (the count or the
+-- centre moved, the submission was edited, quarantined or deleted).
 UPDATE quality.issues AS i
 SET resolved_at = $now
 WHERE i.asset_uid = $asset_uid AND i.check_code = $code AND i.resolved_at IS NULL
+  AND ($everything OR i.root_uuid IN (SELECT root_uuid FROM rule_scope))
   AND NOT EXISTS (SELECT 1 FROM rule_found AS f WHERE f.root_uuid = i.root_uuid AND f.message = i.message);
 
 -- name: insert_found
@@ -110,3 +113,11 @@ FROM rule_found AS f
 WHERE NOT EXISTS (SELECT 1 FROM quality.issues AS i
                   WHERE i.asset_uid = $asset_uid AND i.check_code = $code AND i.resolved_at IS NULL
                     AND i.root_uuid = f.root_uuid AND i.message = f.message);
+
+-- name: touched_groups
+-- The groups of some submissions, to be checked again (rows of {relation}: the clean
+-- table before a change, or the batch's stage table after it).
+INSERT INTO quality.unchecked_groups
+SELECT DISTINCT $asset_uid, $code, {group_key}
+FROM {relation} AS t
+WHERE {chosen} AND {group_key} IS NOT NULL;

@@ -80,6 +80,23 @@ CREATE TABLE IF NOT EXISTS quality.issues (
     resolved_at   TIMESTAMPTZ
 );
 
+-- The groups (a household id, an enumerator's day, a village...) whose warehouse-wide
+-- checks must run again: written in the transaction that changes a clean row, cleared by
+-- the checks' own transaction, so a killed sync leaves them for the next one.
+CREATE TABLE IF NOT EXISTS quality.unchecked_groups (
+    asset_uid   VARCHAR NOT NULL,
+    check_code  VARCHAR NOT NULL,
+    group_key   VARCHAR NOT NULL
+);
+
+-- The thresholds the warehouse-wide checks last ran with, per project: other thresholds
+-- mean every group is checked again.
+CREATE TABLE IF NOT EXISTS quality.table_rule_runs (
+    asset_uid   VARCHAR PRIMARY KEY,
+    parameters  VARCHAR NOT NULL,
+    ran_at      TIMESTAMPTZ NOT NULL
+);
+
 -- The submissions kept out of the clean tables: those with an open error.
 CREATE OR REPLACE VIEW quality.quarantine AS
 SELECT asset_uid, form_id, root_uuid, any_value(submission_id) AS submission_id,
