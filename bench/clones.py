@@ -5,6 +5,7 @@ wanted (generating a million one by one would take longer than the benchmark its
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import sys
 import uuid
@@ -44,11 +45,26 @@ def cloned_server(size: int, seed: int = 2026, pool: int = POOL, uuid_offset: in
             lat, lon, *rest = doc["location"].split()
             shift = (i // len(templates)) * 0.0007
             doc["location"] = " ".join([f"{float(lat) + shift:.6f}", f"{float(lon) + shift:.6f}", *rest])
+        # Each round of clones was collected a week earlier: otherwise every enumerator would
+        # send 50 times a day's work on the same day (and too_many_per_day flag them all).
+        _shift_dates(doc, dt.timedelta(days=-7 * (i // len(templates))))
         clones.append(doc)
     asset.submissions = clones
     asset.__post_init__()
     seeded.server.add_asset(asset)  # the server's own id counter follows the clones
     return seeded
+
+
+def _shift_dates(doc: dict, by: dt.timedelta) -> None:
+    if not by:
+        return
+    for key in ("start", "end", "_submission_time"):
+        if isinstance(doc.get(key), str):
+            moved = dt.datetime.fromisoformat(doc[key]) + by
+            doc[key] = moved.isoformat(timespec="milliseconds") if key != "_submission_time" else \
+                moved.isoformat(timespec="seconds")
+    if isinstance(doc.get("today"), str):
+        doc["today"] = (dt.date.fromisoformat(doc["today"]) + by).isoformat()
 
 
 def serve_until_stdin_closes(seeded, **extra) -> None:
