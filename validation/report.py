@@ -27,6 +27,7 @@ import duckdb
 import xlsxwriter
 from xlsxwriter.utility import xl_range_abs, xl_rowcol_to_cell
 
+from warehouse.staging import json_path
 from warehouse.store import Warehouse, quote
 from warehouse.xpath_sql import sql_literal
 
@@ -172,11 +173,6 @@ class ReportData:
 CURRENT = "r.is_current AND r.deleted_at IS NULL"
 
 
-def _path(key: str) -> str:
-    """A JSON path for one payload key ("identification/commune" has a slash)."""
-    return '$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 @dataclass
 class _FormInfo:
     form_id: str
@@ -241,8 +237,8 @@ def _facts(con: duckdb.DuckDBPyConnection, info: _FormInfo) -> tuple[str, list[A
     commune, times and whether it is clean, quarantined or has a warning."""
     # The answers are read from the payload in one expression, before the joins: a join
     # would otherwise carry every payload along (out of memory on a large project).
-    paths = ["$._submitted_by", _path(info.username_key), _path(info.start_key), _path(info.end_key),
-             _path(info.today_key), *[_path(k) for k in info.commune_keys]]
+    paths = ["$._submitted_by", json_path(info.username_key), json_path(info.start_key), json_path(info.end_key),
+             json_path(info.today_key), *[json_path(k) for k in info.commune_keys]]
     answers = "json_extract_string(r.payload, [" + ", ".join(sql_literal(p) for p in paths) + "])"
     commune = ("coalesce(" + ", ".join(f"a[{6 + i}]" for i in range(len(info.commune_keys))) + ")"
                if info.commune_keys else "CAST(NULL AS VARCHAR)")
@@ -304,10 +300,10 @@ def _dont_know_counts(con: duckdb.DuckDBPyConnection, info: _FormInfo,
            f"FROM raw.submissions r WHERE r.form_id = ? AND {CURRENT} AND r.submission_id >= ? AND r.submission_id < ?")
     counts: dict[str, tuple[int, int]] = {}
     for low, high in _submission_chunks(con, info.form_id, DONT_KNOW_CHUNK):
-        for enumerator, payload in con.execute(sql, [_path(info.username_key), UNKNOWN_ENUMERATOR, info.form_id,
+        for enumerator, payload in con.execute(sql, [json_path(info.username_key), UNKNOWN_ENUMERATOR, info.form_id,
                                                      low, high]).fetchall():
             answers = dont_know = 0
-            for key, value in _answers(json.loads(payload), keys):
+            for value in _answers(json.loads(payload), keys):
                 answer = (value if isinstance(value, str) else json.dumps(value)).strip().lower()
                 if answer:
                     answers += 1
@@ -320,8 +316,8 @@ def _dont_know_counts(con: duckdb.DuckDBPyConnection, info: _FormInfo,
 _NOT_ANSWERS = {"start", "end", "today", "deviceid", "username"}
 
 
-def _answers(node: Any, keys: set[str] | None, key: str | None = None) -> Iterator[tuple[str | None, Any]]:
-    """(key, value) of every scalar answer in a submission, inside groups and repeats; with
+def _answers(node: Any, keys: set[str] | None, key: str | None = None) -> Iterator[Any]:
+    """Every scalar answer in a submission, inside groups and repeats; with
     ``keys`` (the form's answer keys) only those, else every key that looks like an answer."""
     if isinstance(node, dict):
         for k, v in node.items():
@@ -331,7 +327,7 @@ def _answers(node: Any, keys: set[str] | None, key: str | None = None) -> Iterat
             yield from _answers(item, keys, None)
     elif node is not None and key is not None:
         if (key in keys) if keys is not None else not (key.startswith(("_", "meta/", "formhub/")) or key in _NOT_ANSWERS):
-            yield key, node
+            yield node
 
 
 DONT_KNOW_CHUNK = 2000

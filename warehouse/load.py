@@ -255,11 +255,10 @@ class FormLoader:
         """Submissions deleted on the server: their groups are checked again, then the
         warehouse marks them (the caller holds the transaction)."""
         if root_uuids:
-            self.con.execute("CREATE OR REPLACE TEMP TABLE deleted_roots AS SELECT unnest(CAST(? AS VARCHAR[])) "
-                             "AS root_uuid", [root_uuids])
-            record_touched_groups(self.con, self.dictionary, self.asset_uid,
-                                  f"main.{quote(self.dictionary.main_table.name)}",
-                                  "t.root_uuid IN (SELECT root_uuid FROM deleted_roots)")
+            with self.warehouse.keys_relation("deleted_roots", root_uuids):
+                record_touched_groups(self.con, self.dictionary, self.asset_uid,
+                                      f"main.{quote(self.dictionary.main_table.name)}",
+                                      "t.root_uuid IN (SELECT root_uuid FROM deleted_roots)")
         self.warehouse.mark_deleted(self.dictionary, self.asset_uid, root_uuids, now)
 
     def _known_tables(self) -> list[str]:

@@ -134,7 +134,7 @@ class Warehouse:
                                  f"kept, the next sync starts again from it") from None
         except (duckdb.IOException, duckdb.TransactionException) as error:
             raise WarehouseError(f"could not write the warehouse {self.path} (disk full, or no space for it?): "
-                                 f"{str(error).splitlines()[0]}; nothing of this page was kept, the next sync "
+                                 f"{str(error).splitlines()[0]}; nothing of this batch was kept, the next sync "
                                  f"starts again from it") from None
 
     @contextmanager
@@ -260,7 +260,7 @@ class Warehouse:
 
     # -- clean tables and quarantine ------------------------------------------------------
     @contextmanager
-    def _keys(self, name: str, root_uuids: list[str]) -> Iterator[None]:
+    def keys_relation(self, name: str, root_uuids: list[str]) -> Iterator[None]:
         """A list of submission keys as a relation other statements can join."""
         self.con.register(name, pd.DataFrame({"root_uuid": pd.Series(root_uuids, dtype="string")}))
         try:
@@ -269,7 +269,7 @@ class Warehouse:
             self.con.unregister(name)
 
     def delete_clean(self, dictionary: FieldDictionary, root_uuids: list[str]) -> None:
-        with self._keys("touched_keys", root_uuids):
+        with self.keys_relation("touched_keys", root_uuids):
             for table in dictionary.tables.values():
                 self.con.execute(f"DELETE FROM {quote(table.name)} WHERE root_uuid IN (SELECT root_uuid FROM touched_keys)")
 
@@ -301,7 +301,7 @@ class Warehouse:
         """A deletion marks the raw history and removes clean rows; nothing leaves raw."""
         if not root_uuids:
             return
-        with self._keys("deleted_keys", root_uuids):
+        with self.keys_relation("deleted_keys", root_uuids):
             self.con.execute(named_queries("land_raw.sql")["mark_deleted"], {"asset_uid": asset_uid, "now": now})
         self.delete_clean(dictionary, root_uuids)
         self.record_issues(asset_uid, dictionary.form_id, root_uuids, [], now)
@@ -328,7 +328,7 @@ class Warehouse:
                       now: dt.datetime) -> None:
         """Resolves the open issues of re-checked submissions, then records what was found now."""
         if root_uuids:
-            with self._keys("checked_keys", root_uuids):
+            with self.keys_relation("checked_keys", root_uuids):
                 self.con.execute(
                     "UPDATE quality.issues SET resolved_at = ? WHERE asset_uid = ? AND resolved_at IS NULL "
                     "AND root_uuid IN (SELECT root_uuid FROM checked_keys)", [now, asset_uid])
