@@ -311,14 +311,19 @@ def matches(document: dict[str, Any], query: dict[str, Any]) -> bool:
     return True
 
 
-def _id_floor(query: dict[str, Any]) -> tuple[int, bool] | None:
-    """The fast path for keyset paging: a query that is only ``{"_id": {"$gt"|"$gte": n}}``."""
-    if set(query) != {"_id"} or not isinstance(query["_id"], dict) or len(query["_id"]) != 1:
+def _id_range(query: dict[str, Any]) -> tuple[tuple[int, bool] | None, tuple[int, bool] | None] | None:
+    """The fast path for keyset paging and ``_id`` ranges: a query that is only bounds on
+    ``_id`` ($gt or $gte, $lt or $lte, integers); (low, high), each (value, inclusive) or None."""
+    bounds = query.get("_id") if set(query) == {"_id"} else None
+    if not isinstance(bounds, dict) or not bounds or not set(bounds) <= {"$gt", "$gte", "$lt", "$lte"}:
         return None
-    op, value = next(iter(query["_id"].items()))
-    if op in ("$gt", "$gte") and isinstance(value, int) and not isinstance(value, bool):
-        return value, op == "$gt"
-    return None
+    if any(not isinstance(v, int) or isinstance(v, bool) for v in bounds.values()):
+        return None
+    if {"$gt", "$gte"} <= set(bounds) or {"$lt", "$lte"} <= set(bounds):
+        return None
+    low = next(((bounds[op], op == "$gte") for op in ("$gt", "$gte") if op in bounds), None)
+    high = next(((bounds[op], op == "$lte") for op in ("$lt", "$lte") if op in bounds), None)
+    return low, high
 
 
 # -- what the server derives from the form and the answers (kobo-api.md §4.2, §4.3) -------
@@ -737,11 +742,14 @@ class LocalKoboServer:
         fields = _json_param(params, "fields", None, list)
         with self.lock:
             documents = asset.submissions
-            floor = _id_floor(query) if sort in ({"_id": 1}, {}) else None
-            if floor is not None:
-                cut = (bisect.bisect_right if floor[1] else bisect.bisect_left)(asset._ids, floor[0])
-                total = len(documents) - cut
-                page = documents[cut + start: cut + start + limit]
+            bounds = _id_range(query) if sort in ({"_id": 1}, {}) else None
+            if bounds is not None:
+                low, high = bounds
+                first = 0 if low is None else (bisect.bisect_left if low[1] else bisect.bisect_right)(asset._ids, low[0])
+                end = (len(documents) if high is None
+                       else (bisect.bisect_right if high[1] else bisect.bisect_left)(asset._ids, high[0]))
+                total = max(0, end - first)
+                page = documents[first + start: max(first + start, min(first + start + limit, end))]
             else:
                 selected = [d for d in documents if matches(d, query)] if query else list(documents)
                 for key, direction in reversed(list(sort.items())):

@@ -3,10 +3,12 @@ and maps errors to messages a data manager can act on."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import requests
 
-from kobo.client import KoboClient
+from kobo.client import KoboClient, _facts_by_duckdb, _facts_by_python, _page, read_page
 from kobo.errors import ProjectNotFound, TokenRejected
 from kobo.seed import seeded_server
 
@@ -111,3 +113,20 @@ def test_base_url_with_a_path_prefix(household) -> None:
         assert server.url.endswith("/kobo")
         assert len(client.list_assets()) == 1
         assert sum(len(p.results) for p in client.iter_pages(seeded.assets["household_survey"].uid)) == 20
+
+
+def test_a_page_is_read_alike_by_duckdb_and_by_python_whatever_its_size() -> None:
+    results = [{"_id": i, "note": "x" * 4000} for i in range(1, 2001)]
+    odd = [{"_id": "12a"}, 7, {"_id": 10**20}, {"_id": "2500"}, {"no_id": 1}]
+    texts = [json.dumps({"count": 5000, "next": "http://k/?start=1", "previous": None, "results": results + odd}),
+             json.dumps({"count": 3, "next": None, "results": results[:3] + odd}),
+             json.dumps({"next": "", "results": []}), json.dumps({"results": "none"}), "[1, 2]"]
+    pages = [read_page(text) for text in texts]
+    assert [(p.size, p.remaining, p.last_id, p.more) for p in pages[:3]] == [
+        (2005, 5000, 2500, True), (8, 3, 2500, False), (0, 0, None, False)]
+    assert pages[3:] == [None, None]
+    assert _facts_by_duckdb(texts[0]) is None  # 8 MB: beyond the DuckDB reader's memory, so read by Python
+    for text in texts[1:]:
+        assert _page(text, _facts_by_duckdb(text)) == _page(text, _facts_by_python(text))
+    with pytest.raises(ValueError):
+        read_page(texts[1][:-10])

@@ -36,7 +36,9 @@ def test_hostile_submissions_are_quarantined_or_loaded_never_a_crash(household, 
                                "livelihood/income_other": "'); drop table households; --"})
     bad_gps = dict(good[2], location="north of the river")
     bad_meta = dict(good[3], _submission_time="yesterday", _validation_status="approved", __version__=["v1"])
-    for changed in (bambara, formula, bad_gps, bad_meta):
+    # A repeat that is not a list of entries, plain text or text that only looks like one.
+    not_a_list, half_a_list = dict(good[4], members="six personnes"), dict(good[5], members='[{"members/member_age"')
+    for changed in (bambara, formula, bad_gps, bad_meta, not_a_list, half_a_list):
         asset.replace(changed)
     # kpi would never serve a result that is not an object, but a proxy or a bug might.
     asset._encoded[asset.submissions[-1]["_id"]] = b'"not an object"'
@@ -51,6 +53,10 @@ def test_hostile_submissions_are_quarantined_or_loaded_never_a_crash(household, 
         assert con.execute("select count(*) from households").fetchone()[0] > 0  # the table survived the 'drop'
         reasons = dict(con.execute("select root_uuid, reasons from quality.quarantine").fetchall())
         assert "GPS" in reasons[bad_gps["meta/rootUuid"]]
+        for broken in (not_a_list, half_a_list):
+            assert "n'est pas une liste" in reasons[broken["meta/rootUuid"]]
+        assert con.execute("select count(*) from quality.issues where check_code = 'type.repeat' and value = ?",
+                           ["six personnes"]).fetchone()[0] == 1
         assert any(root.startswith("unidentified:") and "not a JSON object" in text for root, text in reasons.items())
         meta_row = con.execute("select submission_time, validation_status, form_version from households where root_uuid = ?",
                                [bad_meta["meta/rootUuid"]]).fetchone()

@@ -59,6 +59,14 @@ def test_query_on_id_and_submission_time_sort_and_fields(seeded: SeededServer) -
     assert set(projected[0]) == {"_id", "_uuid", "meta/rootUuid", "_validation_status"}
     unknown_operator = _get(seeded, _data(seeded), query=json.dumps({"_id": {"$eq": ids[0]}})).json()
     assert unknown_operator["count"] == 0  # kpi treats unknown operators as field names
+    # _id ranges (a fast path in the server) select what the same bounds select as any query.
+    for bounds in ({"$gt": ids[10], "$lte": ids[40]}, {"$gte": ids[10], "$lt": ids[40]}, {"$lt": ids[3]},
+                   {"$gt": ids[40], "$lt": ids[10]}, {"$gte": ids[-1] + 1}):
+        ranged = _get(seeded, _data(seeded), limit=7, start=2, query=json.dumps({"_id": bounds})).json()
+        general = _get(seeded, _data(seeded), limit=7, start=2,
+                       query=json.dumps({"$and": [{"_id": bounds}, {"_id": {"$exists": True}}]})).json()
+        assert ranged["count"] == general["count"] and ranged["results"] == general["results"]
+    assert _get(seeded, _data(seeded), query=json.dumps({"_id": {"$gt": ids[10], "$lte": ids[40]}})).json()["count"] == 30
 
 
 def test_documents_are_flat_strings_with_repeats_as_lists(seeded: SeededServer) -> None:

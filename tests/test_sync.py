@@ -5,8 +5,9 @@ from __future__ import annotations
 import duckdb
 
 from flows.pipeline import sync_flow
-from flows.sync import sync_asset
+from flows.sync import SyncSettings, sync_asset
 from kobo.client import KoboClient
+from kobo.seed import seeded_server
 from warehouse.store import Warehouse
 
 
@@ -115,3 +116,18 @@ def test_edited_submission_adds_a_raw_version_and_replaces_clean_rows(seeded, wa
         assert versions == (2, 1)
         assert warehouse.con.execute("select head_age, uuid from households where root_uuid = ?",
                                      [original["meta/rootUuid"]]).fetchone() == (61, edited["_uuid"])
+
+
+def test_large_submissions_sync_within_the_default_memory(household, tmp_path) -> None:
+    """Long answers (some 12 KB a submission, 12 MB a page of 1,000): pages and batches are
+    sized by their text, so DuckDB's parse of them fits the warehouse's memory."""
+    seeded = seeded_server([household], 1500, seed=73, mistake_rate=0.0)
+    asset = seeded.assets["household_survey"]
+    for submission in list(asset.submissions):
+        asset.replace(dict(submission, **{"livelihood/income_other": "Jardinage et petit commerce. " * 400}))
+    with seeded.server as server, KoboClient(server.url, seeded.token) as client, \
+            Warehouse(tmp_path / "w.duckdb") as warehouse:
+        summary = sync_asset(client, warehouse, asset.uid, settings=SyncSettings(download_attachments=False))
+        assert summary.pulled == 1500 and summary.pages > 2  # smaller pages than the 1,000 asked for
+        assert warehouse.con.execute("select count(*), count(DISTINCT root_uuid) from raw.submissions").fetchone() \
+            == (1500, 1500)

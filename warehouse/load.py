@@ -32,6 +32,9 @@ VersionLookup = Callable[[str], "FieldDictionary | None"]
 PageInput = Union[Page, list[Any]]
 PENDING = "pending_docs"  # the batch's new and edited submissions, as landed
 ERROR_ROOTS = "error_roots"
+# DuckDB parses a batch's documents a vector at a time, taking some 8 times their text
+# while it does: a batch of long submissions is committed before it holds 2,000 of them.
+BATCH_BYTES = 5 * 2**20
 
 
 @dataclass
@@ -135,18 +138,20 @@ class FormLoader:
                     last_id: int | None | Callable[[PageInput], int | None] = None
                     ) -> Iterator[tuple[PageInput, PageResult]]:
         """Loads pages as they come, landing, typing and committing them together every
-        ``batch_size`` submissions (None: all in one transaction); yields each page and its
-        result once its batch is committed, the quarantine count with the batch's last page.
+        ``batch_size`` submissions or BATCH_BYTES of text (None: all in one transaction);
+        yields each page and its result once its batch is committed, the quarantine count
+        with the batch's last page.
         The watermark moves with each commit to ``last_id`` (a number, or a function of the
         batch's last page)."""
         batch: list[PageInput] = []
-        gathered = 0
+        gathered = text = 0
         for page in pages:
             batch.append(page)
             gathered += _count(page)
-            if batch_size is not None and gathered >= batch_size:
+            text += len(page.text) if isinstance(page, Page) else 0
+            if batch_size is not None and (gathered >= batch_size or text >= BATCH_BYTES):
                 yield from self._load_batch(batch, last_id)
-                batch, gathered = [], 0
+                batch, gathered, text = [], 0, 0
         if batch:
             yield from self._load_batch(batch, last_id)
 

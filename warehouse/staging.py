@@ -32,6 +32,7 @@ from warehouse.xpath_sql import compile_condition, sql_literal
 log = logging.getLogger(__name__)
 RAW_PREFIX = "__raw__"
 GEO_PREFIX = "__geo__"
+REPEAT_PREFIX = "__repeat__"  # a repeat's entries as the JSON text of a list, in its parent's stage
 BATCH_DOCS = "batch_docs"
 PANDAS_DTYPES = {"BIGINT": "Int64", "DOUBLE": "Float64", "VARCHAR": "string", "BOOLEAN": "boolean"}
 MAIN_SYSTEM_KEYS = {  # column: JSON path of the submission's metadata
@@ -44,6 +45,11 @@ CASTABLE = {"integer", "decimal", "range", "date", "today", "dateTime", "start",
 def json_path(key: str) -> str:
     """A JSONPath to a top-level key (KoboToolbox keys hold slashes: 'group/question')."""
     return '$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _is_list(text: str) -> str:
+    """SQL: the text (of a repeat's entries) is a JSON list."""
+    return f"starts_with({text}, '[') AND json_valid({text})"
 
 
 def stage_name(table: str) -> str:
@@ -129,21 +135,22 @@ class StagingPlan:
         return chain
 
     def _items_sql(self, table: Table) -> str:
-        """The rows of a table before typing: the submission itself, or the items of a repeat."""
+        """The rows of a table before typing: the submission itself, or the entries of a
+        repeat, from the list its parent's stage kept as text (``__repeat__<table>``)."""
         if not table.is_repeat:
             return (f"CREATE OR REPLACE TEMP VIEW {quote(items_name(table.name))} AS SELECT root_uuid, submission_id, "
                     f"CAST(NULL AS VARCHAR) AS row_key, doc AS item FROM {BATCH_DOCS}")
-        parent = quote(items_name(table.parent))
-        path = sql_literal(json_path(table.repeat_key))
-        entries = sql_literal(json_path(table.repeat_key) + "[*]")
+        parent = self.dictionary.tables[table.parent]
+        parent_key = "row_key" if parent.is_repeat else "CAST(NULL AS VARCHAR)"
+        entries = quote(REPEAT_PREFIX + table.name)
         return (
             f"CREATE OR REPLACE TEMP TABLE {quote(items_name(table.name))} AS "
             f"SELECT root_uuid, submission_id, row_key AS parent_row_key, "
             f"coalesce(row_key || '.', '') || CAST(position AS VARCHAR) AS row_key, position, item FROM ("
             f"SELECT root_uuid, submission_id, row_key, unnest(entries) AS item, "
             f"CAST(generate_subscripts(entries, 1) AS BIGINT) AS position FROM ("
-            f"SELECT root_uuid, submission_id, row_key, json_extract(item, {entries}) AS entries "
-            f"FROM {parent} WHERE json_type(item, {path}) = 'ARRAY'))")
+            f"SELECT root_uuid, submission_id, {parent_key} AS row_key, TRY(json_extract({entries}, '$[*]')) AS entries "
+            f"FROM {quote(stage_name(parent.name))} WHERE {_is_list(entries)}))")
 
     def _resolver(self, table: Table):
         """${name} in an expression of ``table``: the raw text of that question in this row or
@@ -183,26 +190,35 @@ class StagingPlan:
 
     def _stage_sql(self, table: Table) -> str:
         items = quote(items_name(table.name))
-        system = (["root_uuid", "row_key", "parent_row_key", "position"] if table.is_repeat
+        system = (["root_uuid", "submission_id", "row_key", "parent_row_key", "position"] if table.is_repeat
                   else ["root_uuid", "submission_id"])
+        children = self.dictionary.children_of(table.name)
+        # One json_extract_string per document (see land_raw.sql on memory): the answers,
+        # the submission's metadata, and the text of each repeat's list of entries.
         paths = [json_path(f.kobo_key) for f in table.fields]
         if not table.is_repeat:
             paths += list(MAIN_SYSTEM_KEYS.values())
+        paths += [json_path(child.repeat_key) for child in children]
         texts = f"json_extract_string(item, [{', '.join(sql_literal(p) for p in paths)}])"
-        kinds = f"json_type(item, [{', '.join(sql_literal(p) for p in MAIN_SYSTEM_KEYS.values())}])"
         raw_columns = [f"nullif(t[{i}], '') AS {quote(RAW_PREFIX + f.column)}" for i, f in enumerate(table.fields, 1)]
         raw_columns += [f"CASE WHEN t[{i}] IS NULL THEN NULL ELSE list_transform(regexp_split_to_array(trim(t[{i}]), "
                         f"'\\s+'), v -> TRY_CAST(v AS DOUBLE)) END AS {quote(GEO_PREFIX + f.column)}"
                         for i, f in enumerate(table.fields, 1) if f.xlsform_type == "geopoint"]
+        position = len(table.fields)
         if not table.is_repeat:
-            base = len(table.fields)
-            for offset, column in enumerate(MAIN_SYSTEM_KEYS):
-                text = f"(CASE WHEN k[{offset + 1}] IN ('OBJECT', 'ARRAY') THEN NULL ELSE t[{base + offset + 1}] END)"
+            for column in MAIN_SYSTEM_KEYS:
+                position += 1
+                # Metadata that reads as a JSON object or list is unusable (no uuid, version,
+                # time or user name starts with '{' or '['; asking DuckDB for the type would
+                # parse the document again).
+                text = f"(CASE WHEN left(t[{position}], 1) IN ('{{', '[') THEN NULL ELSE t[{position}] END)"
                 if column == "submission_time":
                     text = f"TRY_CAST({text} AS TIMESTAMPTZ)"
                 raw_columns.append(f"{text} AS {quote(column)}")
-        extracted = (f"SELECT {', '.join(system)}, {', '.join(raw_columns)} FROM (SELECT *, {texts} AS t"
-                     f"{', ' + kinds + ' AS k' if not table.is_repeat else ''} FROM {items})")
+        for child in children:
+            position += 1
+            raw_columns.append(f"t[{position}] AS {quote(REPEAT_PREFIX + child.name)}")
+        extracted = f"SELECT {', '.join(system)}, {', '.join(raw_columns)} FROM (SELECT *, {texts} AS t FROM {items})"
         flags, used = self._relevance(table)
         joins = []
         previous = "r"
@@ -240,13 +256,14 @@ class StagingPlan:
                          f"FROM {quote(stage_name(table.name))} AS {stage} WHERE {_type_failed(f, stage)}")
         not_list = None
         if table.is_repeat:
-            path = sql_literal(json_path(table.repeat_key))
-            parent = quote(items_name(table.parent))
+            entries = quote(REPEAT_PREFIX + table.name)
+            parent = self.dictionary.tables[table.parent]
+            parent_key = "row_key" if parent.is_repeat else "CAST(NULL AS VARCHAR)"
             message = sql_literal(f"Le groupe répété « {table.repeat_key} » n'est pas une liste / "
                                   f"The repeat group '{table.repeat_key}' is not a list of entries")
-            not_list = (f"SELECT root_uuid, row_key, NULL AS column_name, left(CAST(json_extract(item, {path}) AS VARCHAR), "
-                        f"200) AS value, {message} AS message FROM {parent} WHERE json_type(item, {path}) NOT IN "
-                        f"('ARRAY', 'NULL') AND coalesce(json_extract_string(item, {path}), '') <> ''")
+            not_list = (f"SELECT root_uuid, {parent_key} AS row_key, NULL AS column_name, left({entries}, 200) AS value, "
+                        f"{message} AS message FROM {quote(stage_name(parent.name))} "
+                        f"WHERE {entries} <> '' AND NOT ({_is_list(entries)})")
         if not parts and not not_list:
             return None
         typed = " UNION ALL ".join(parts) if parts else None

@@ -5,6 +5,8 @@ change of connection, not of callers.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import datetime as dt
 import os
 import re
@@ -25,16 +27,20 @@ from warehouse.typing import Issue, root_uuid_of
 SQL_DIR = Path(__file__).resolve().parent / "sql"
 DEFAULT_PATH = Path("terrain.duckdb")
 # DuckDB's own cache otherwise grows with the warehouse; a sync should fit a small laptop
-# (issue 5: 400 MB in all). Larger work spills to disk.
-MEMORY_LIMIT_ENV, DEFAULT_MEMORY_LIMIT = "TERRAIN_DUCKDB_MEMORY", "128MB"
+# (issue 5: 400 MB in all; measured 370 MB at 100,000 households). Larger work spills to
+# disk. Below ~100 MB, the data of the last batches (kept in memory until a checkpoint)
+# and a batch's statements no longer fit together: a sync slows down as they spill.
+MEMORY_LIMIT_ENV, DEFAULT_MEMORY_LIMIT = "TERRAIN_DUCKDB_MEMORY", "104MB"
 CONNECTION_SETTINGS = [
     # The raw payloads are JSON of a few KB each. At a checkpoint DuckDB tries each string
     # compression on a whole row group of them, holding hundreds of MB outside its memory
     # limit; zstd is taken without that trial (and suits JSON). Other types keep theirs.
     "SET force_compression = 'zstd'",
-    # DuckDB's default (16 MB of write-ahead log) checkpoints every few batches; the log
-    # is checkpointed when the warehouse is closed (see close), or replayed after a crash.
-    "SET checkpoint_threshold = '128MB'",
+    # DuckDB's default (16 MB of write-ahead log) checkpoints every few batches, each
+    # rewriting the table's last row group; the log is checkpointed when the warehouse is
+    # closed (see close), or replayed after a crash. Until a checkpoint the new rows stay
+    # in memory too, within the limit above: hence below it.
+    "SET checkpoint_threshold = '96MB'",
 ]
 WRITER_SETTINGS = [
     # A sync is one writer fed by a thread fetching pages, on a 2-core machine: DuckDB's
@@ -42,6 +48,22 @@ WRITER_SETTINGS = [
     "SET threads = 1",
 ]
 CLOSE_CHECKPOINT_BYTES = 16 * 2**20
+# glibc serves a freed large block's size from its heap from then on (its mmap threshold
+# rises up to 32 MB), where DuckDB's 256 KB blocks and pandas' arrays then fragment it:
+# a sync's resident memory grew some 30 MB over its first batches. A fixed threshold
+# keeps large blocks in mappings of their own, returned when freed.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+MALLOC_THRESHOLDS = {M_MMAP_THRESHOLD: 256 * 2**10, M_TRIM_THRESHOLD: 2**20}
+
+
+@lru_cache(maxsize=None)
+def fix_malloc_thresholds() -> bool:
+    """Sets glibc's malloc thresholds for this process (once); False where there is no glibc."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return all(libc.mallopt(option, value) == 1 for option, value in MALLOC_THRESHOLDS.items())
+    except (OSError, AttributeError):
+        return False
 
 
 class WarehouseError(TerrainError):
@@ -79,6 +101,8 @@ class Warehouse:
         self.read_only = read_only
         if read_only and not self.path.exists():
             raise WarehouseError(f"no warehouse at {self.path}: run `terrain sync` (or `make demo`) first")
+        if not read_only:
+            fix_malloc_thresholds()
         try:
             config = {"memory_limit": os.environ.get(MEMORY_LIMIT_ENV, DEFAULT_MEMORY_LIMIT)}
             self.con = duckdb.connect(str(self.path), read_only=read_only, config=config)
@@ -131,7 +155,8 @@ class Warehouse:
             limit = os.environ.get(MEMORY_LIMIT_ENV, DEFAULT_MEMORY_LIMIT)
             raise WarehouseError(f"the warehouse {self.path} ran out of memory ({limit} allowed): set "
                                  f"{MEMORY_LIMIT_ENV}=256MB (or more) and run again; nothing of this batch was "
-                                 f"kept, the next sync starts again from it") from None
+                                 f"kept, the next sync starts again from it (DuckDB: "
+                                 f"{str(error).splitlines()[0]})") from None
         except (duckdb.IOException, duckdb.TransactionException) as error:
             raise WarehouseError(f"could not write the warehouse {self.path} (disk full, or no space for it?): "
                                  f"{str(error).splitlines()[0]}; nothing of this batch was kept, the next sync "
@@ -242,20 +267,25 @@ class Warehouse:
         """Lands the submissions of a batch of pages as received (JSON texts, each an object
         with a ``results`` list); DuckDB parses them, Python never walks them."""
         queries = named_queries("land_raw.sql")
-        self.con.execute(queries["page_documents"], {"bodies": bodies})
+        self.con.execute(queries["page_bodies"], {"bodies": bodies})
+        for step in ("page_results", "page_documents"):
+            self.con.execute(queries[step])
         self.con.execute(queries["landing"], {"asset_uid": asset_uid, "form_id": form_id})
         rejected = self.con.execute(queries["rejected"]).fetchall()
-        self.con.execute(queries["touch_seen"], {"now": now})
+        self.con.execute(queries["known_versions"], {"asset_uid": asset_uid})
         self.con.execute(queries["new_versions"])
         landed = {sequence: (changed - edited, edited, total - changed)
                   for sequence, total, changed, edited in self.con.execute(queries["landed_counts"]).fetchall()}
-        self.con.execute(queries["retire_old_versions"])
+        if any(unchanged for _, _, unchanged in landed.values()):
+            self.con.execute(queries["touch_seen"], {"now": now})
+        if any(edited for _, edited, _ in landed.values()):
+            self.con.execute(queries["retire_old_versions"])
         self.con.execute(queries["insert_new_versions"], {"now": now})
         return LandingResult(landed=landed, rejected=rejected)
 
     def drop_landing(self) -> None:
         """Drops land()'s temp tables once their batch is done with them."""
-        for name in ("page_documents", "landing", "landing_new"):
+        for name in ("page_bodies", "page_results", "page_documents", "landing", "known_versions", "landing_new"):
             self.con.execute(f"DROP TABLE IF EXISTS {name}")
 
     # -- clean tables and quarantine ------------------------------------------------------

@@ -1,21 +1,37 @@
+-- name: page_bodies
+-- The JSON texts of a batch of pages as received; sequence is the page's position in
+-- the batch.
+CREATE OR REPLACE TEMP TABLE page_bodies AS
+SELECT unnest(range(len($bodies))) AS sequence, unnest($bodies) AS body;
+
+-- name: page_results
+-- Their results, one row each.
+-- Memory: DuckDB's JSON functions hold the parse of a whole input vector (up to 2,048
+-- rows, some 8 times their text) until the next, one parse per function call, all
+-- alive together within a statement. So a statement parses each text once where it
+-- can, and the pages and their results are parsed in statements apart.
+CREATE OR REPLACE TEMP TABLE page_results AS
+SELECT sequence, unnest(json_extract(body, '$.results[*]')) AS doc FROM page_bodies;
+
 -- name: page_documents
--- The results of a batch of pages, parsed by DuckDB from the JSON texts as received;
--- sequence is the page's position in the batch.
+-- DuckDB writes the results out as compact JSON: an object starts with '{'.
 CREATE OR REPLACE TEMP TABLE page_documents AS
-SELECT sequence, doc, json_type(doc) AS kind,
+SELECT sequence, doc, starts_with(doc, '{') AS is_object,
        json_extract_string(doc, ['$._id', '$."meta/rootUuid"', '$._uuid', '$.__version__', '$._submission_time']) AS k
-FROM (SELECT sequence, unnest(json_extract(body, '$.results[*]')) AS doc
-      FROM (SELECT unnest(range(len($bodies))) AS sequence, unnest($bodies) AS body));
+FROM page_results;
 
 -- name: landing
 -- One row per usable submission of the batch (the last one if a root uuid comes twice:
 -- the batch is the unit, as a page was).
 -- The content hash tells an edit from the same submission seen again: it leaves out
 -- a status change, the old servers' _tags/_notes, and the host in attachment URLs.
+-- A __version__ that reads as a JSON object or list is not a version (no version
+-- string starts with '{' or '['; asking DuckDB for its type would parse the document
+-- once more).
 CREATE OR REPLACE TEMP TABLE landing AS
 SELECT sequence, $asset_uid AS asset_uid, $form_id AS form_id, CAST(trim(k[1]) AS BIGINT) AS submission_id,
        coalesce(nullif(k[2], ''), 'uuid:' || coalesce(k[3], 'None')) AS root_uuid, coalesce(k[3], '') AS uuid,
-       CASE WHEN json_type(doc, '$.__version__') IN ('OBJECT', 'ARRAY') THEN NULL ELSE k[4] END AS form_version,
+       CASE WHEN left(k[4], 1) IN ('{', '[') THEN NULL ELSE k[4] END AS form_version,
        TRY_CAST(k[5] AS TIMESTAMPTZ) AS submission_time,
        md5(CAST(json_merge_patch(doc, '{"_validation_status": null, "_tags": null, "_notes": null, "_attachments": null}')
                 AS VARCHAR)
@@ -25,20 +41,29 @@ SELECT sequence, $asset_uid AS asset_uid, $form_id AS form_id, CAST(trim(k[1]) A
            AS content_hash,
        doc AS payload
 FROM page_documents
-WHERE kind = 'OBJECT' AND regexp_full_match(coalesce(k[1], ''), '\s*-?\d{1,18}\s*')
+WHERE is_object AND regexp_full_match(coalesce(k[1], ''), '\s*-?\d{1,18}\s*')
   AND (nullif(k[2], '') IS NOT NULL OR nullif(k[3], '') IS NOT NULL)
 QUALIFY row_number() OVER (PARTITION BY root_uuid ORDER BY sequence DESC, submission_id DESC) = 1;
 
 -- name: rejected
 -- What the batch held that is not a usable submission, and why.
-SELECT sequence, CASE WHEN kind <> 'OBJECT' THEN 'a result that is not a JSON object (' || lower(kind) || ')'
+SELECT sequence, CASE WHEN NOT is_object THEN 'a result that is not a JSON object (' || lower(json_type(doc)) || ')'
             WHEN NOT regexp_full_match(coalesce(k[1], ''), '\s*-?\d{1,18}\s*')
                 THEN 'a submission without a valid _id (' || left(coalesce(k[1], 'None'), 40) || ')'
             ELSE 'a submission without meta/rootUuid or _uuid' END AS why,
        CAST(doc AS VARCHAR) AS what
 FROM page_documents
-WHERE kind <> 'OBJECT' OR NOT regexp_full_match(coalesce(k[1], ''), '\s*-?\d{1,18}\s*')
+WHERE NOT is_object OR NOT regexp_full_match(coalesce(k[1], ''), '\s*-?\d{1,18}\s*')
    OR (nullif(k[2], '') IS NULL AND nullif(k[3], '') IS NULL);
+
+-- name: known_versions
+-- The versions raw holds of the batch's submissions: raw is scanned once a batch, and
+-- the statements below that need not touch it are skipped (a full sync lands new
+-- submissions only).
+CREATE OR REPLACE TEMP TABLE known_versions AS
+SELECT r.root_uuid, r.content_hash
+FROM raw.submissions AS r
+WHERE r.asset_uid = $asset_uid AND r.root_uuid IN (SELECT root_uuid FROM landing);
 
 -- name: touch_seen
 -- Submissions seen again unchanged: only their last_seen moves.
@@ -50,15 +75,9 @@ WHERE r.asset_uid = l.asset_uid AND r.root_uuid = l.root_uuid AND r.content_hash
 -- name: new_versions
 -- Landing rows whose content is not yet in raw: new submissions and edits.
 CREATE OR REPLACE TEMP TABLE landing_new AS
-SELECT l.*, EXISTS (
-           SELECT 1 FROM raw.submissions AS o
-           WHERE o.asset_uid = l.asset_uid AND o.root_uuid = l.root_uuid
-       ) AS is_edit
+SELECT l.*, EXISTS (SELECT 1 FROM known_versions AS o WHERE o.root_uuid = l.root_uuid) AS is_edit
 FROM landing AS l
-WHERE NOT EXISTS (
-    SELECT 1 FROM raw.submissions AS r
-    WHERE r.asset_uid = l.asset_uid AND r.root_uuid = l.root_uuid AND r.content_hash = l.content_hash
-);
+WHERE NOT EXISTS (SELECT 1 FROM known_versions AS k WHERE k.root_uuid = l.root_uuid AND k.content_hash = l.content_hash);
 
 -- name: landed_counts
 -- Per page of the batch: submissions landed, new or edited, edited.
