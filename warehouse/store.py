@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import datetime as dt
+import hashlib
 import os
 import re
 from contextlib import contextmanager
@@ -123,7 +124,7 @@ class Warehouse:
         except duckdb.Error as error:
             raise WarehouseError(f"{self.path} is not a usable DuckDB warehouse: {error}") from None
         if not read_only:
-            self.con.execute((SQL_DIR / "schema.sql").read_text(encoding="utf-8"))
+            self._create_schema()
 
     def close(self) -> None:
         """Closes the warehouse; checkpoints only a large write-ahead log: a small incremental
@@ -141,6 +142,18 @@ class Warehouse:
 
     def __enter__(self) -> "Warehouse":
         return self
+
+    def _create_schema(self) -> None:
+        """Runs schema.sql unless this warehouse already ran this very text (its digest is
+        kept as the comment of raw.history): replacing its views took some 0.3 s each in
+        a warehouse of 100,000 submissions, at every sync."""
+        sql = (SQL_DIR / "schema.sql").read_text(encoding="utf-8")
+        digest = "schema.sql " + hashlib.sha256(sql.encode()).hexdigest()[:16]
+        done = self.con.execute("SELECT count(*) FROM duckdb_views() WHERE schema_name = 'raw' AND "
+                                "view_name = 'history' AND comment = ?", [digest]).fetchone()[0]
+        if not done:
+            self.con.execute(sql)
+            self.con.execute(f"COMMENT ON VIEW raw.history IS '{digest}'")
 
     def __exit__(self, *exc: object) -> None:
         self.close()
