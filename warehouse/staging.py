@@ -10,9 +10,9 @@ issue keeps it (contract 3). For required questions whose relevance depends on o
 answers, the form's ``relevant`` is compiled to SQL (warehouse/xpath_sql.py) and
 kept as a hidden ``__relevant__<column>`` flag that validation reads.
 
-Each table's stage is ``stage__<table>``; repeats are unnested from their parent's
-rows (``items__<table>``), keyed by root_uuid and a row_key of positions ("2",
-"2.1" for a nested repeat).
+Each table's stage is ``stage__<table>``; a repeat's entries are unnested
+(``items__<table>``) from the text of its list its parent's stage kept, keyed by
+root_uuid and a row_key of positions ("2", "2.1" for a nested repeat).
 """
 
 from __future__ import annotations
@@ -140,9 +140,7 @@ class StagingPlan:
         if not table.is_repeat:
             return (f"CREATE OR REPLACE TEMP VIEW {quote(items_name(table.name))} AS SELECT root_uuid, submission_id, "
                     f"CAST(NULL AS VARCHAR) AS row_key, doc AS item FROM {BATCH_DOCS}")
-        parent = self.dictionary.tables[table.parent]
-        parent_key = "row_key" if parent.is_repeat else "CAST(NULL AS VARCHAR)"
-        entries = quote(REPEAT_PREFIX + table.name)
+        parent, parent_key, entries = self._entries(table)
         return (
             f"CREATE OR REPLACE TEMP TABLE {quote(items_name(table.name))} AS "
             f"SELECT root_uuid, submission_id, row_key AS parent_row_key, "
@@ -151,6 +149,12 @@ class StagingPlan:
             f"CAST(generate_subscripts(entries, 1) AS BIGINT) AS position FROM ("
             f"SELECT root_uuid, submission_id, {parent_key} AS row_key, TRY(json_extract({entries}, '$[*]')) AS entries "
             f"FROM {quote(stage_name(parent.name))} WHERE {_is_list(entries)}))")
+
+    def _entries(self, table: Table) -> tuple[Table, str, str]:
+        """A repeat's parent, the parent rows' key (SQL) and the column of its stage that
+        holds the repeat's entries as text."""
+        parent = self.dictionary.tables[table.parent]
+        return parent, "row_key" if parent.is_repeat else "CAST(NULL AS VARCHAR)", quote(REPEAT_PREFIX + table.name)
 
     def _resolver(self, table: Table):
         """${name} in an expression of ``table``: the raw text of that question in this row or
@@ -256,9 +260,7 @@ class StagingPlan:
                          f"FROM {quote(stage_name(table.name))} AS {stage} WHERE {_type_failed(f, stage)}")
         not_list = None
         if table.is_repeat:
-            entries = quote(REPEAT_PREFIX + table.name)
-            parent = self.dictionary.tables[table.parent]
-            parent_key = "row_key" if parent.is_repeat else "CAST(NULL AS VARCHAR)"
+            parent, parent_key, entries = self._entries(table)
             message = sql_literal(f"Le groupe répété « {table.repeat_key} » n'est pas une liste / "
                                   f"The repeat group '{table.repeat_key}' is not a list of entries")
             not_list = (f"SELECT root_uuid, {parent_key} AS row_key, NULL AS column_name, left({entries}, 200) AS value, "
