@@ -39,9 +39,10 @@ CONNECTION_SETTINGS = [
     "SET force_compression = 'zstd'",
     # DuckDB's default (16 MB of write-ahead log) checkpoints every few batches, each
     # rewriting the table's last row group; the log is checkpointed when the warehouse is
-    # closed (see close), or replayed after a crash. Until a checkpoint the new rows stay
-    # in memory too, within the limit above: hence below it.
-    "SET checkpoint_threshold = '96MB'",
+    # closed (see close), or replayed and checkpointed when it is opened after a crash.
+    # Until a checkpoint the new rows stay in memory too, within the limit above: hence
+    # well below it, leaving a batch its room.
+    "SET checkpoint_threshold = '64MB'",
 ]
 WRITER_SETTINGS = [
     # A sync is one writer fed by a thread fetching pages, on a 2-core machine: DuckDB's
@@ -104,6 +105,7 @@ class Warehouse:
             raise WarehouseError(f"no warehouse at {self.path}: run `terrain sync` (or `make demo`) first")
         if not read_only:
             fix_malloc_thresholds()
+        replayed = not read_only and self._wal_bytes() > CLOSE_CHECKPOINT_BYTES
         try:
             config = {"memory_limit": os.environ.get(MEMORY_LIMIT_ENV, DEFAULT_MEMORY_LIMIT)}
             self.con = duckdb.connect(str(self.path), read_only=read_only, config=config)
@@ -123,6 +125,15 @@ class Warehouse:
             raise WarehouseError(f"cannot open the warehouse {self.path}: {error}") from None
         except duckdb.Error as error:
             raise WarehouseError(f"{self.path} is not a usable DuckDB warehouse: {error}") from None
+        if replayed:
+            # The log of a killed run is replayed into memory; written out at once, it does
+            # not fill the memory the first batch needs (DuckDB 1.5 then spilled to disk,
+            # and its temporary-file accounting could fail the commit).
+            try:
+                self.con.execute("CHECKPOINT")
+            except duckdb.Error as error:
+                raise WarehouseError(f"could not write out the log of an interrupted run to {self.path}: "
+                                     f"{str(error).splitlines()[0]}") from None
         if not read_only:
             self._create_schema()
 
