@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import math
 
 import pytest
 
@@ -287,3 +288,32 @@ def test_checks_of_the_changed_groups_only_equal_checks_of_everything(tmp_path) 
             loader.mark_deleted([first["meta/rootUuid"]], NOW)  # the original, deleted on the server
         loader.run_warehouse_checks()
         assert everything_agrees() == set()
+
+
+def test_near_duplicate_compares_points_across_latitude_bands(tmp_path) -> None:
+    """The near-duplicate check compares points within bands of latitude (not every pair of
+    an enumerator's households with one head's name): a pair 9.5 m apart across a band's
+    edge is still found, one 10.5 m apart is not, and east-west distances count."""
+    from warehouse.load import FormLoader
+
+    dictionary = project_forms()["household_survey"].dictionary
+    metres = QualitySettings().near_duplicate_metres
+    band = metres / 111000.0  # the band's height in degrees (table_rules.sql)
+    edge = (int(12.5 / band) + 1) * band - 1e-7  # just south of a band's northern edge
+    north, east = 1 / 111195.0, 1 / (111195.0 * math.cos(math.radians(edge)))
+    pairs = {"Fatoumata Coulibaly": (9.5 * north, 0.0), "Mariam Traoré": (10.5 * north, 0.0),
+             "Sekou Dembélé": (0.0, 9.5 * east)}
+    submissions, expected = [], set()
+    for number, (head, (d_lat, d_lon)) in enumerate(pairs.items()):
+        for moved in (False, True):
+            s = copy.deepcopy(household())
+            uid = f"{number:08d}-0000-4000-8000-{int(moved):012d}"
+            s.update({"_uuid": uid, "meta/rootUuid": f"uuid:{uid}", "_id": 1000 + 2 * number + moved,
+                      "identification/head_name": head, "identification/household_id": f"ZZZ-90{number}{int(moved)}"})
+            s["location"] = f"{edge + d_lat * moved:.9f} {-6.5 + d_lon * moved:.9f} 300 5"
+            submissions.append(s)
+            if moved and head != "Mariam Traoré":
+                expected.add(s["meta/rootUuid"])
+    with Warehouse(tmp_path / "w.duckdb") as warehouse:
+        FormLoader(warehouse, dictionary, DEPLOYMENT.asset_uid).load_page(submissions, None)
+        assert open_issues(warehouse, "near_duplicate") == expected

@@ -81,16 +81,27 @@ WHERE t.root_uuid IN (SELECT root_uuid FROM raw.submissions WHERE asset_uid = $a
 -- name: near_duplicate/found
 -- Same enumerator, same head of household, GPS points within $metres: the later _id is
 -- flagged, with the distance to the nearest earlier one.
+-- Pairs are only compared within a band of latitude: two points $metres apart are at most
+-- $metres / 111,195 m of latitude apart (a great circle is never shorter than its
+-- north-south part), so each point meets only the points of its own and the two
+-- neighbouring bands (111,000 m a degree: bands a little wider, never too narrow). Without
+-- the bands an enumerator who met a common name many times was compared pair by pair.
 CREATE OR REPLACE TEMP TABLE rule_found AS
+WITH banded AS (
+    SELECT *, CAST(floor(lat * 111000.0 / $metres) AS BIGINT) AS band FROM rule_scope
+), reaching AS (
+    SELECT *, unnest([band - 1, band, band + 1]) AS near_band FROM banded
+)
 SELECT root_uuid, submission_id, 'head_name' AS column_name, head_name AS value,
        printf('Doublon probable : même enquêteur, même chef de ménage, à %.0f m / '
               'Likely duplicate: same enumerator, same head, %.0f m apart', metres, metres) AS message
 FROM (
     SELECT b.root_uuid, b.submission_id, b.head_name,
            1000 * km(b.lat, b.lon, a.lat, a.lon) AS metres
-    FROM rule_scope AS b
-    JOIN rule_scope AS a
-      ON a.submitted_by = b.submitted_by AND a.head_name = b.head_name AND a.submission_id < b.submission_id
+    FROM reaching AS b
+    JOIN banded AS a
+      ON a.submitted_by = b.submitted_by AND a.head_name = b.head_name AND a.band = b.near_band
+     AND a.submission_id < b.submission_id
 )
 WHERE metres <= $metres
 QUALIFY row_number() OVER (PARTITION BY root_uuid ORDER BY metres) = 1;
