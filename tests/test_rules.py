@@ -317,3 +317,33 @@ def test_near_duplicate_compares_points_across_latitude_bands(tmp_path) -> None:
     with Warehouse(tmp_path / "w.duckdb") as warehouse:
         FormLoader(warehouse, dictionary, DEPLOYMENT.asset_uid).load_page(submissions, None)
         assert open_issues(warehouse, "near_duplicate") == expected
+
+
+def test_an_issue_that_still_holds_keeps_its_row_when_its_message_changes(tmp_path) -> None:
+    """too_many_per_day: when a fourth form of the day arrives, the first three keep their
+    issues (same row, same detection time) with the new count in the message; they are
+    not resolved and opened again."""
+    from warehouse.load import FormLoader
+
+    dictionary = project_forms()["household_survey"].dictionary
+    day = [copy.deepcopy(household()) for _ in range(4)]
+    for number, s in enumerate(day):
+        uid = f"44444444-0000-4000-8000-{number:012d}"
+        s.update({"_uuid": uid, "meta/rootUuid": f"uuid:{uid}", "_id": 2000 + number,
+                  "identification/head_name": f"Chef {number}", "identification/household_id": f"ZZZ-70{number:02d}"})
+        lat, lon, *rest = s["location"].split()
+        s["location"] = " ".join([f"{float(lat) + 0.001 * number:.6f}", lon, *rest])
+    with Warehouse(tmp_path / "w.duckdb") as warehouse:
+        loader = FormLoader(warehouse, dictionary, DEPLOYMENT.asset_uid,
+                            quality=QualitySettings(max_submissions_per_day=2))
+        loader.load_page(day[:3], None)
+        query = ("select root_uuid, issue_id, detected_at, message from quality.issues "
+                 "where check_code = 'too_many_per_day' and resolved_at is null order by root_uuid")
+        before = warehouse.con.execute(query).fetchall()
+        assert len(before) == 3 and all(" 3 " in message for *_, message in before)
+        loader.load_page(day[3:], None)
+        after = warehouse.con.execute(query).fetchall()
+        assert [row[:3] for row in after[:3]] == [row[:3] for row in before]
+        assert len(after) == 4 and all(" 4 " in message for *_, message in after)
+        assert warehouse.con.execute("select count(*) from quality.issues where check_code = 'too_many_per_day' "
+                                     "and resolved_at is not null").fetchone()[0] == 0

@@ -330,6 +330,7 @@ def run_table_rules(con: duckdb.DuckDBPyConnection, dictionary: FieldDictionary,
         con.execute(queries[f"{rule.code}/scope"].format(table=table, restrict=restrict), {"asset_uid": asset_uid})
         con.execute(queries[f"{rule.code}/found"], rule.parameters(settings))
         con.execute(queries["resolve_gone"], {**common, "everything": everything})
+        con.execute(queries["refresh_found"], {"asset_uid": asset_uid, "code": rule.code})
         con.execute(queries["insert_found"], {**common, "form_id": dictionary.form_id,
                                               "table_name": dictionary.main_table.name, "severity": rule.severity})
     con.execute("DELETE FROM quality.unchecked_groups WHERE asset_uid = ?", [asset_uid])

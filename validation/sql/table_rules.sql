@@ -108,12 +108,25 @@ QUALIFY row_number() OVER (PARTITION BY root_uuid ORDER BY metres) = 1;
 
 -- name: resolve_gone
 -- Open issues of this check, in the groups checked, that no longer hold (the count or the
--- centre moved, the submission was edited, quarantined or deleted).
+-- centre moved, the submission was edited, quarantined or deleted). A check finds at
+-- most one problem per submission: the issue is the submission's, whatever its message.
 UPDATE quality.issues AS i
 SET resolved_at = $now
 WHERE i.asset_uid = $asset_uid AND i.check_code = $code AND i.resolved_at IS NULL
   AND ($everything OR i.root_uuid IN (SELECT root_uuid FROM rule_scope))
-  AND NOT EXISTS (SELECT 1 FROM rule_found AS f WHERE f.root_uuid = i.root_uuid AND f.message = i.message);
+  AND i.root_uuid NOT IN (SELECT root_uuid FROM rule_found);
+
+-- name: refresh_found
+-- An issue that still holds keeps its row and when it was detected; its value and message
+-- follow what holds now (a village's centre moved a little, a day's count grew). Resolving
+-- it and opening it again would show a data manager an old problem as new, and rewrite
+-- every issue of a village each time one of its submissions arrives.
+UPDATE quality.issues AS i
+SET value = f.value, message = f.message, submission_id = f.submission_id
+FROM rule_found AS f
+WHERE i.asset_uid = $asset_uid AND i.check_code = $code AND i.resolved_at IS NULL AND i.root_uuid = f.root_uuid
+  AND (i.message IS DISTINCT FROM f.message OR i.value IS DISTINCT FROM f.value
+       OR i.submission_id IS DISTINCT FROM f.submission_id);
 
 -- name: insert_found
 INSERT INTO quality.issues (asset_uid, form_id, root_uuid, submission_id, table_name, column_name, row_key,
@@ -123,7 +136,7 @@ SELECT $asset_uid, $form_id, f.root_uuid, f.submission_id, $table_name, f.column
 FROM rule_found AS f
 WHERE NOT EXISTS (SELECT 1 FROM quality.issues AS i
                   WHERE i.asset_uid = $asset_uid AND i.check_code = $code AND i.resolved_at IS NULL
-                    AND i.root_uuid = f.root_uuid AND i.message = f.message);
+                    AND i.root_uuid = f.root_uuid);
 
 -- name: touched_groups
 -- The groups of some submissions, to be checked again (rows of {relation}: the clean
