@@ -347,3 +347,27 @@ def test_an_issue_that_still_holds_keeps_its_row_when_its_message_changes(tmp_pa
         assert len(after) == 4 and all(" 4 " in message for *_, message in after)
         assert warehouse.con.execute("select count(*) from quality.issues where check_code = 'too_many_per_day' "
                                      "and resolved_at is not null").fetchone()[0] == 0
+
+
+def test_warehouse_wide_checks_count_each_project_apart(tmp_path) -> None:
+    """Two projects loading one form share its tables: an enumerator's forms of a day are
+    counted per project (two each, under a limit of 2), not together (four)."""
+    from warehouse.load import FormLoader
+
+    dictionary = project_forms()["household_survey"].dictionary
+    day = [copy.deepcopy(household()) for _ in range(4)]
+    for number, s in enumerate(day):
+        uid = f"55555555-0000-4000-8000-{number:012d}"
+        s.update({"_uuid": uid, "meta/rootUuid": f"uuid:{uid}", "_id": 3000 + number,
+                  "identification/head_name": f"Chef {number}", "identification/household_id": f"ZZZ-60{number:02d}"})
+    settings = QualitySettings(max_submissions_per_day=2)
+    with Warehouse(tmp_path / "w.duckdb") as warehouse:
+        for asset_uid, pair in (("aProjectOne0000000000000", day[:2]), ("aProjectTwo0000000000000", day[2:])):
+            FormLoader(warehouse, dictionary, asset_uid, quality=settings).load_page(pair, None)
+        assert open_issues(warehouse, "too_many_per_day") == set()
+        third = copy.deepcopy(day[0])
+        uid = "55555555-0000-4000-8000-000000000099"
+        third.update({"_uuid": uid, "meta/rootUuid": f"uuid:{uid}", "_id": 3099,
+                      "identification/head_name": "Chef 99", "identification/household_id": "ZZZ-6099"})
+        FormLoader(warehouse, dictionary, "aProjectOne0000000000000", quality=settings).load_page([third], None)
+        assert open_issues(warehouse, "too_many_per_day") == {day[0]["meta/rootUuid"], day[1]["meta/rootUuid"], f"uuid:{uid}"}

@@ -322,12 +322,15 @@ def run_table_rules(con: duckdb.DuckDBPyConnection, dictionary: FieldDictionary,
     last = con.execute("SELECT parameters FROM quality.table_rule_runs WHERE asset_uid = ?", [asset_uid]).fetchone()
     everything = everything or last is None or last[0] != parameters
     table = f"main.{quote(dictionary.main_table.name)}"
+    shared = con.execute(queries["shared_form"], {"form_id": dictionary.form_id, "asset_uid": asset_uid}).fetchone()[0]
+    project = queries["project_rows"] if shared else "TRUE"
     for rule in rules:
         restrict = "TRUE" if everything else (
             f"({rule.group_key}) IN (SELECT group_key FROM quality.unchecked_groups "
             f"WHERE asset_uid = $asset_uid AND check_code = {sql_literal(rule.code)})")
         common = {"asset_uid": asset_uid, "code": rule.code, "now": now}
-        con.execute(queries[f"{rule.code}/scope"].format(table=table, restrict=restrict), {"asset_uid": asset_uid})
+        scope = queries[f"{rule.code}/scope"].format(table=table, project=project, restrict=restrict)
+        con.execute(scope, {"asset_uid": asset_uid} if "$asset_uid" in scope else {})
         con.execute(queries[f"{rule.code}/found"], rule.parameters(settings))
         con.execute(queries["resolve_gone"], {**common, "everything": everything})
         con.execute(queries["refresh_found"], {"asset_uid": asset_uid, "code": rule.code})

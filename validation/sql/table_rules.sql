@@ -2,8 +2,9 @@
 -- each sync, rebuild or corrections over every clean submission of the groups that changed
 -- (quality.unchecked_groups; all of them after a rebuild), so the result does not depend
 -- on the order or the batches submissions arrived in. {table} is the form's main clean
--- table (an identifier from the field dictionary, quoted); {restrict} keeps the rows of
--- the groups to check (TRUE: all). Each rule fills rule_scope (the submissions of those
+-- table (an identifier from the field dictionary, quoted); {project} keeps the project's
+-- rows (project_rows, or TRUE when no other project loads this form); {restrict} keeps
+-- the rows of the groups to check (TRUE: all). Each rule fills rule_scope (the submissions of those
 -- groups) and rule_found (those it flags).
 
 -- name: macros
@@ -12,11 +13,20 @@ CREATE OR REPLACE TEMP MACRO km(lat1, lon1, lat2, lon2) AS
     12742 * asin(sqrt(pow(sin(radians(lat2 - lat1) / 2), 2)
         + cos(radians(lat1)) * cos(radians(lat2)) * pow(sin(radians(lon2 - lon1) / 2), 2)));
 
+-- name: shared_form
+-- Whether another project loads this form into the same tables (rare: a copy of a project).
+SELECT EXISTS (SELECT 1 FROM raw.submissions WHERE form_id = $form_id AND asset_uid <> $asset_uid);
+
+-- name: project_rows
+-- The main table's rows of this project, when the table is shared (a semi-join on raw:
+-- about a second at 1,000,000 submissions, hence only then).
+t.root_uuid IN (SELECT root_uuid FROM raw.submissions WHERE asset_uid = $asset_uid)
+
 -- name: too_many_per_day/scope
 CREATE OR REPLACE TEMP TABLE rule_scope AS
 SELECT t.root_uuid, t.submission_id, t.submitted_by, t.today
 FROM {table} AS t
-WHERE t.root_uuid IN (SELECT root_uuid FROM raw.submissions WHERE asset_uid = $asset_uid) AND {restrict}
+WHERE {project} AND {restrict}
   AND t.submitted_by IS NOT NULL AND t.today IS NOT NULL;
 
 -- name: too_many_per_day/found
@@ -32,7 +42,7 @@ WHERE n > $limit;
 CREATE OR REPLACE TEMP TABLE rule_scope AS
 SELECT t.root_uuid, t.submission_id, t.village, t.location_latitude AS lat, t.location_longitude AS lon
 FROM {table} AS t
-WHERE t.root_uuid IN (SELECT root_uuid FROM raw.submissions WHERE asset_uid = $asset_uid) AND {restrict}
+WHERE {project} AND {restrict}
   AND t.village IS NOT NULL AND t.location_latitude IS NOT NULL AND t.location_longitude IS NOT NULL;
 
 -- name: far_from_village/found
@@ -57,7 +67,7 @@ WHERE km > $limit;
 CREATE OR REPLACE TEMP TABLE rule_scope AS
 SELECT t.root_uuid, t.submission_id, t.household_id
 FROM {table} AS t
-WHERE t.root_uuid IN (SELECT root_uuid FROM raw.submissions WHERE asset_uid = $asset_uid) AND {restrict}
+WHERE {project} AND {restrict}
   AND t.household_id IS NOT NULL;
 
 -- name: duplicate_household_id/found
@@ -74,7 +84,7 @@ CREATE OR REPLACE TEMP TABLE rule_scope AS
 SELECT t.root_uuid, t.submission_id, t.submitted_by, t.head_name, t.location_latitude AS lat,
        t.location_longitude AS lon
 FROM {table} AS t
-WHERE t.root_uuid IN (SELECT root_uuid FROM raw.submissions WHERE asset_uid = $asset_uid) AND {restrict}
+WHERE {project} AND {restrict}
   AND t.submitted_by IS NOT NULL AND t.head_name IS NOT NULL
   AND t.location_latitude IS NOT NULL AND t.location_longitude IS NOT NULL;
 
