@@ -23,7 +23,7 @@ def cloned_server(size: int, seed: int = 2026, pool: int = POOL, uuid_offset: in
     """A seeded server (not started) holding ``size`` household submissions: clones of
     ``pool`` generated ones (seeded with ``seed``), each with its own ``_id`` (from FIRST_ID,
     every ID_STEP), uuid (from ``uuid_offset``), household id, and beyond the first pool a
-    GPS point shifted by 0.0007° a round. Returns the kobo.seed.SeededServer."""
+    GPS point moved to its round's place on a grid around the template. Returns the kobo.seed.SeededServer."""
     from forms.build import project_form
     from kobo.seed import seeded_server
 
@@ -43,8 +43,8 @@ def cloned_server(size: int, seed: int = 2026, pool: int = POOL, uuid_offset: in
             doc["identification/household_id"] = f"{letters}-{i % 10000:04d}"
         if "location" in doc and i >= len(templates):
             lat, lon, *rest = doc["location"].split()
-            shift = (i // len(templates)) * 0.0007
-            doc["location"] = " ".join([f"{float(lat) + shift:.6f}", f"{float(lon) + shift:.6f}", *rest])
+            north, east = _grid_offset(i // len(templates))
+            doc["location"] = " ".join([f"{float(lat) + north:.6f}", f"{float(lon) + east:.6f}", *rest])
         # Each round of clones was collected a week earlier: otherwise every enumerator would
         # send 50 times a day's work on the same day (and too_many_per_day flag them all).
         _shift_dates(doc, dt.timedelta(days=-7 * (i // len(templates))))
@@ -53,6 +53,22 @@ def cloned_server(size: int, seed: int = 2026, pool: int = POOL, uuid_offset: in
     asset.__post_init__()
     seeded.server.add_asset(asset)  # the server's own id counter follows the clones
     return seeded
+
+
+# Each round of clones is placed on a grid around its template, GRID_STEP degrees (about
+# 22 m) apart: further apart than the near-duplicate check looks, and within about 300 m
+# of the template, as a village's households are. (A shift growing with the round spread
+# a village over 40 km at 1,000,000 submissions, and flagged most of them as far from
+# their village.) The grid has GRID x GRID places: rounds beyond it share places.
+GRID, GRID_STEP = 25, 0.0002
+
+
+def _grid_offset(round_number: int) -> tuple[float, float]:
+    """(north, east) in degrees of a round's place on the grid; round 0 is the template's own."""
+    def centred(place: int) -> float:
+        return ((place + GRID // 2) % GRID - GRID // 2) * GRID_STEP
+
+    return centred(round_number % GRID), centred(round_number // GRID % GRID)
 
 
 def _shift_dates(doc: dict, by: dt.timedelta) -> None:
