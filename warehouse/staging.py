@@ -76,11 +76,11 @@ def _typed(f: Field, raw: str) -> list[tuple[str, str]]:
         return [(f.column, f"TRY_CAST({raw} AS TIMETZ)")]
     if kind == "geopoint":
         parts = raw.replace(quote(RAW_PREFIX + f.column), quote(GEO_PREFIX + f.column))
-        valid = f"(len({parts}) BETWEEN 2 AND 4 AND len(list_filter({parts}, v -> v IS NULL)) = 0)"
+        valid = f"(len({parts}) BETWEEN 2 AND 4 AND len(list_filter({parts}, lambda v: v IS NULL)) = 0)"
         return [(column, f"CASE WHEN {valid} THEN {parts}[{i}] END")
                 for i, (column, _) in enumerate(f.columns(), start=1)]
     if kind == "select_multiple":
-        chosen = f"list_filter(regexp_split_to_array(trim({raw}), '\\s+'), w -> w <> '')"
+        chosen = f"list_filter(regexp_split_to_array(trim({raw}), '\\s+'), lambda w: w <> '')"
         columns = f.columns()
         out = [(columns[0][0], f"CASE WHEN {raw} IS NOT NULL THEN {chosen} END"), (columns[1][0], raw)]
         out += [(column, f"CASE WHEN {raw} IS NOT NULL THEN list_contains({chosen}, {sql_literal(name)}) END")
@@ -206,7 +206,7 @@ class StagingPlan:
         texts = f"json_extract_string(item, [{', '.join(sql_literal(p) for p in paths)}])"
         raw_columns = [f"nullif(t[{i}], '') AS {quote(RAW_PREFIX + f.column)}" for i, f in enumerate(table.fields, 1)]
         raw_columns += [f"CASE WHEN t[{i}] IS NULL THEN NULL ELSE list_transform(regexp_split_to_array(trim(t[{i}]), "
-                        f"'\\s+'), v -> TRY_CAST(v AS DOUBLE)) END AS {quote(GEO_PREFIX + f.column)}"
+                        f"'\\s+'), lambda v: TRY_CAST(v AS DOUBLE)) END AS {quote(GEO_PREFIX + f.column)}"
                         for i, f in enumerate(table.fields, 1) if f.xlsform_type == "geopoint"]
         position = len(table.fields)
         if not table.is_repeat:

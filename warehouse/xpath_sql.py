@@ -54,7 +54,7 @@ def _bool(sql: str, kind: str) -> str:
 
 def _words(sql: str, kind: str) -> str:
     """The space-separated items of a select_multiple answer."""
-    return f"list_filter(regexp_split_to_array(trim({_str(sql, kind)}), '\\s+'), w -> w <> '')"
+    return f"list_filter(regexp_split_to_array(trim({_str(sql, kind)}), '\\s+'), lambda w: w <> '')"
 
 
 class _Compiler:

@@ -36,7 +36,7 @@ SELECT sequence, $asset_uid AS asset_uid, $form_id AS form_id, CAST(trim(k[1]) A
        md5(CAST(json_merge_patch(doc, '{"_validation_status": null, "_tags": null, "_notes": null, "_attachments": null}')
                 AS VARCHAR)
            || coalesce(CAST(list_transform(json_extract(doc, '$._attachments[*]'),
-                a -> json_merge_patch(a, '{"download_url": null, "download_large_url": null, '
+                lambda a: json_merge_patch(a, '{"download_url": null, "download_large_url": null, '
                                          '"download_medium_url": null, "download_small_url": null}')) AS VARCHAR), ''))
            AS content_hash,
        doc AS payload
