@@ -3,13 +3,22 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# The tests (and the commands they start) keep their Prefect runs in a home of their own:
+# ~/.prefect/prefect.db may have been migrated by a newer Prefect elsewhere on the machine
+# (another checkout), which this one cannot start its server on; nor should tests add
+# runs to a data manager's history.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="terrain-tests-prefect-")
+atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], ignore_errors=True)
 
 from forms.build import BuiltForm, project_form  # noqa: E402
 from kobo.seed import SeededServer, seeded_server  # noqa: E402
