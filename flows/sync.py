@@ -43,6 +43,7 @@ class SyncSettings:
     batch_size: int = 2000  # submissions landed, typed, checked and committed together (a kill loses at
     #                         most these; a sync's memory grows with it)
     overlap: int = 100  # submissions re-read below the watermark, for late arrivals
+    reopen_every: int = 100_000  # submissions between two reopenings of the warehouse (memory; Warehouse.reopen)
     reconcile: str = "auto"  # "auto" | "always" | "never"
     reconcile_below: int = 50_000  # auto: every sync under this many submissions, else daily
     reconcile_every: dt.timedelta = dt.timedelta(days=1)
@@ -247,7 +248,8 @@ def sync_asset(client: KoboClient, warehouse: Warehouse, asset_uid: str, progres
         first = True
         highest: int | None = None
         for page, result in loader.load_stream(pages, settings.batch_size,
-                                               last_id=(lambda page: page.last_id) if in_order else None):
+                                               last_id=(lambda page: page.last_id) if in_order else None,
+                                               reopen_every=settings.reopen_every):
             if first and progress:
                 progress.start(summary, page.remaining)
             first = False
@@ -273,7 +275,11 @@ def sync_asset(client: KoboClient, warehouse: Warehouse, asset_uid: str, progres
     except BaseException as error:
         summary.status, summary.error = "failed", str(error)
         summary.seconds = round(time.monotonic() - started, 2)
-        warehouse.finish_run(run_id, "failed", summary.as_dict(), _now())
+        try:
+            warehouse.finish_run(run_id, "failed", summary.as_dict(), _now())
+        except Exception:  # noqa: BLE001 - the warehouse itself failed (e.g. it could not be reopened):
+            # the run stays 'running' (the next sync marks it interrupted); the error that matters is raised
+            log.warning("could not record the failed run in %s", warehouse.path)
         raise
     finally:
         if progress:

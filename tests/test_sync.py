@@ -131,3 +131,68 @@ def test_large_submissions_sync_within_the_default_memory(household, tmp_path) -
         assert summary.pulled == 1500 and summary.pages > 2  # smaller pages than the 1,000 asked for
         assert warehouse.con.execute("select count(*), count(DISTINCT root_uuid) from raw.submissions").fetchone() \
             == (1500, 1500)
+
+
+def _content(warehouse: Warehouse) -> tuple:
+    return tuple(warehouse.con.execute(query).fetchall() for query in (
+        "select * exclude (first_seen, last_seen) from raw.submissions order by all",
+        "select * from households order by root_uuid",
+        "select * from household_members order by root_uuid, row_key",
+        "select root_uuid, check_code, message from quality.issues where resolved_at is null order by all",
+        "select watermark from meta.sync_state"))
+
+
+def test_a_long_sync_reopens_its_warehouse_and_keeps_everything(seeded, tmp_path) -> None:
+    """Every `reopen_every` submissions the sync closes and reopens its warehouse between
+    two batches (DuckDB keeps memory for every block it made until then); the warehouse
+    ends the same as with no reopening."""
+    uid = seeded.assets["household_survey"].uid
+    results = []
+    for name, reopen_every in (("reopened", 60), ("once", 10**9)):
+        settings = SyncSettings(download_attachments=False, reconcile="never", batch_size=50, reopen_every=reopen_every)
+        with KoboClient(seeded.server.url, seeded.token, page_size=50) as client, \
+                Warehouse(tmp_path / f"{name}.duckdb") as warehouse:
+            first = warehouse.con
+            summary = sync_asset(client, warehouse, uid, settings=settings)
+            assert summary.pulled == 250
+            assert (warehouse.con is not first) == (name == "reopened")
+            results.append(_content(warehouse))
+    assert results[0] == results[1] and len(results[0][0]) == 250
+
+
+def test_reopening_waits_for_another_program_to_let_go(warehouse_path) -> None:
+    """If another program opens the warehouse while the sync reopens it, the sync waits for
+    it to close the file, and says so clearly if it never does."""
+    import subprocess
+    import sys
+
+    from warehouse.store import WarehouseInUse
+
+    with Warehouse(warehouse_path):
+        pass
+    reader = ("import duckdb, sys, time; con = duckdb.connect(sys.argv[1], read_only=True); "
+              "print('open', flush=True); time.sleep(float(sys.argv[2])); con.close()")
+    warehouse = Warehouse(warehouse_path)
+    try:
+        warehouse.con.close()  # as reopen does, so that the reader can open the file
+        for hold, wait, expected in ((1.5, 30.0, None), (30.0, 1.0, WarehouseInUse)):
+            process = subprocess.Popen([sys.executable, "-c", reader, str(warehouse_path), str(hold)],
+                                       stdout=subprocess.PIPE, text=True)
+            try:
+                assert process.stdout.readline().strip() == "open"
+                warehouse.con = duckdb.connect(":memory:")  # stands for the connection reopen closes
+                if expected is None:
+                    warehouse.reopen(wait_seconds=wait)
+                    assert warehouse.con.execute("select count(*) from meta.sync_runs").fetchone() == (0,)
+                    warehouse.con.close()
+                else:
+                    try:
+                        warehouse.reopen(wait_seconds=wait)
+                        raise AssertionError("reopen did not give up")
+                    except WarehouseInUse as error:
+                        assert "another program opened it" in str(error)
+            finally:
+                process.kill()
+                process.wait()
+    finally:
+        warehouse.con.close()

@@ -18,6 +18,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Union
 
+import duckdb
+
 from forms.dictionary import FieldDictionary
 from kobo.client import Page
 from validation.corrections import apply_corrections
@@ -93,13 +95,17 @@ class FormLoader:
                  version_lookup: VersionLookup | None = None, deployed_version: str | None = None,
                  quality: QualitySettings | None = None):
         self.warehouse = warehouse
-        self.con = warehouse.con
         self.quality = quality or QualitySettings()
         self.dictionary = dictionary
         self.asset_uid = asset_uid
         self.version_lookup = version_lookup
         self._by_version: dict[str | None, _Version] = {}
         self._register(deployed_version, dictionary)
+
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        """The warehouse's connection, asked for each time: a long sync reopens it (Warehouse.reopen)."""
+        return self.warehouse.con
 
     def _register(self, version_uid: str | None, dictionary: FieldDictionary) -> _Version:
         key = (dictionary.form_id, dictionary.version)
@@ -135,22 +141,27 @@ class FormLoader:
         return totals
 
     def load_stream(self, pages: Iterable[PageInput], batch_size: int | None,
-                    last_id: int | None | Callable[[PageInput], int | None] = None
-                    ) -> Iterator[tuple[PageInput, PageResult]]:
+                    last_id: int | None | Callable[[PageInput], int | None] = None,
+                    reopen_every: int | None = None) -> Iterator[tuple[PageInput, PageResult]]:
         """Loads pages as they come, landing, typing and committing them together every
         ``batch_size`` submissions or BATCH_BYTES of text (None: all in one transaction);
         yields each page and its result once its batch is committed, the quarantine count
         with the batch's last page.
         The watermark moves with each commit to ``last_id`` (a number, or a function of the
-        batch's last page)."""
+        batch's last page). ``reopen_every``: the warehouse is reopened between batches after
+        about that many submissions (see Warehouse.reopen), so memory does not grow with them."""
         batch: list[PageInput] = []
-        gathered = text = 0
+        gathered = text = since_reopen = 0
         for page in pages:
+            if not batch and reopen_every is not None and since_reopen >= reopen_every:
+                self.warehouse.reopen()  # before a batch, not after the last one
+                since_reopen = 0
             batch.append(page)
             gathered += _count(page)
             text += len(page.text) if isinstance(page, Page) else 0
             if batch_size is not None and (gathered >= batch_size or text >= BATCH_BYTES):
                 yield from self._load_batch(batch, last_id)
+                since_reopen += gathered
                 batch, gathered, text = [], 0, 0
         if batch:
             yield from self._load_batch(batch, last_id)

@@ -11,6 +11,7 @@ import datetime as dt
 import hashlib
 import os
 import re
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -50,6 +51,7 @@ WRITER_SETTINGS = [
     "SET threads = 1",
 ]
 CLOSE_CHECKPOINT_BYTES = 16 * 2**20
+REOPEN_WAIT_SECONDS, REOPEN_POLL_SECONDS = 600.0, 0.5
 # glibc serves a freed large block's size from its heap from then on (its mmap threshold
 # rises up to 32 MB), where DuckDB's 256 KB blocks and pandas' arrays then fragment it:
 # a sync's resident memory grew some 30 MB over its first batches. A fixed threshold
@@ -97,6 +99,10 @@ class LandingResult:
     # the new and edited submissions stay in the temp table landing_new for the caller
 
 
+class WarehouseInUse(WarehouseError):
+    """Another process has the warehouse file open (DuckDB lets one writer, or readers only)."""
+
+
 class Warehouse:
     def __init__(self, path: str | Path = DEFAULT_PATH, read_only: bool = False):
         self.path = Path(path)
@@ -105,22 +111,27 @@ class Warehouse:
             raise WarehouseError(f"no warehouse at {self.path}: run `terrain sync` (or `make demo`) first")
         if not read_only:
             fix_malloc_thresholds()
-        replayed = not read_only and self._wal_bytes() > CLOSE_CHECKPOINT_BYTES
+        self.con = self._connect()
+        if not read_only:
+            self._create_schema()
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        replayed = not self.read_only and self._wal_bytes() > CLOSE_CHECKPOINT_BYTES
         try:
             config = {"memory_limit": os.environ.get(MEMORY_LIMIT_ENV, DEFAULT_MEMORY_LIMIT)}
-            self.con = duckdb.connect(str(self.path), read_only=read_only, config=config)
-            self.con.execute("SET TimeZone = 'UTC'")  # KoboToolbox times are read and shown in UTC
-            for setting in CONNECTION_SETTINGS + ([] if read_only else WRITER_SETTINGS):
-                self.con.execute(setting)
-            if not read_only:  # close() decides (see there)
-                self.con.execute("PRAGMA disable_checkpoint_on_shutdown")
+            con = duckdb.connect(str(self.path), read_only=self.read_only, config=config)
+            con.execute("SET TimeZone = 'UTC'")  # KoboToolbox times are read and shown in UTC
+            for setting in CONNECTION_SETTINGS + ([] if self.read_only else WRITER_SETTINGS):
+                con.execute(setting)
+            if not self.read_only:  # close() decides (see there)
+                con.execute("PRAGMA disable_checkpoint_on_shutdown")
         except duckdb.IOException as error:
             if "not a valid DuckDB database" in str(error):
                 raise WarehouseError(f"{self.path} is not a usable DuckDB warehouse (a corrupted file, or another "
                                      f"kind of file): restore it from a backup, or move it away and run a full sync "
                                      f"again") from None
             if "lock" in str(error).lower():
-                raise WarehouseError(f"the warehouse {self.path} is in use by another run; try again when it "
+                raise WarehouseInUse(f"the warehouse {self.path} is in use by another run; try again when it "
                                      f"has finished") from None
             raise WarehouseError(f"cannot open the warehouse {self.path}: {error}") from None
         except duckdb.Error as error:
@@ -130,12 +141,33 @@ class Warehouse:
             # not fill the memory the first batch needs (DuckDB 1.5 then spilled to disk,
             # and its temporary-file accounting could fail the commit).
             try:
-                self.con.execute("CHECKPOINT")
+                con.execute("CHECKPOINT")
             except duckdb.Error as error:
+                con.close()
                 raise WarehouseError(f"could not write out the log of an interrupted run to {self.path}: "
                                      f"{str(error).splitlines()[0]}") from None
-        if not read_only:
-            self._create_schema()
+        return con
+
+    def reopen(self, wait_seconds: float = REOPEN_WAIT_SECONDS) -> None:
+        """Closes the connection and opens it again, between two transactions: DuckDB 1.5
+        keeps some 60 bytes of every in-memory block it ever made until the database is
+        closed (about 750 blocks per 1,000 submissions synced: 45 MB over 1,000,000), so a
+        long sync reopens its warehouse now and then (FormLoader.reopen_every).
+        Another program may open the file in the moment it is closed (an analyst's DuckDB
+        reading it): this waits up to ``wait_seconds`` for it to let go."""
+        self.close()
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            try:
+                self.con = self._connect()
+                return
+            except WarehouseInUse:
+                if time.monotonic() >= deadline:
+                    raise WarehouseInUse(
+                        f"the sync paused to reopen the warehouse {self.path}, and another program opened it "
+                        f"meanwhile (a DuckDB session reading it?) and kept it for {wait_seconds:.0f} s: close it "
+                        f"and sync again; everything synced so far is kept") from None
+                time.sleep(REOPEN_POLL_SECONDS)
 
     def close(self) -> None:
         """Closes the warehouse; checkpoints only a large write-ahead log: a small incremental
