@@ -9,6 +9,7 @@ import ctypes
 import ctypes.util
 import datetime as dt
 import hashlib
+import logging
 import os
 import re
 import time
@@ -26,6 +27,7 @@ from forms.errors import TerrainError
 from warehouse.labels import create_labelled_views, store_labels
 from warehouse.typing import Issue, root_uuid_of
 
+log = logging.getLogger(__name__)
 SQL_DIR = Path(__file__).resolve().parent / "sql"
 DEFAULT_PATH = Path("terrain.duckdb")
 # DuckDB's own cache otherwise grows with the warehouse; a sync should fit a small laptop
@@ -157,6 +159,7 @@ class Warehouse:
         reading it): this waits up to ``wait_seconds`` for it to let go."""
         self.close()
         deadline = time.monotonic() + wait_seconds
+        warned = False
         while True:
             try:
                 self.con = self._connect()
@@ -167,6 +170,10 @@ class Warehouse:
                         f"the sync paused to reopen the warehouse {self.path}, and another program opened it "
                         f"meanwhile (a DuckDB session reading it?) and kept it for {wait_seconds:.0f} s: close it "
                         f"and sync again; everything synced so far is kept") from None
+                if not warned:
+                    log.warning("the warehouse %s was opened by another program while the sync reopened it; "
+                                "waiting up to %.0f s for it to close", self.path, wait_seconds)
+                    warned = True
                 time.sleep(REOPEN_POLL_SECONDS)
 
     def close(self) -> None:
