@@ -349,12 +349,18 @@ def test_an_issue_that_still_holds_keeps_its_row_when_its_message_changes(tmp_pa
                                      "and resolved_at is not null").fetchone()[0] == 0
 
 
-def test_warehouse_wide_checks_count_each_project_apart(tmp_path) -> None:
-    """Two projects loading one form share its tables: an enumerator's forms of a day are
-    counted per project (two each, under a limit of 2), not together (four)."""
+@pytest.mark.parametrize("second_form_id", ["household_survey", "household_survey_copy"])
+def test_warehouse_wide_checks_count_each_project_apart(tmp_path, second_form_id) -> None:
+    """Two projects loading one form (or two forms with one main table) share its tables:
+    an enumerator's forms of a day are counted per project (two each, under a limit of 2),
+    not together (four)."""
+    import dataclasses
+
     from warehouse.load import FormLoader
 
     dictionary = project_forms()["household_survey"].dictionary
+    dictionaries = {"aProjectOne0000000000000": dictionary,
+                    "aProjectTwo0000000000000": dataclasses.replace(dictionary, form_id=second_form_id)}
     day = [copy.deepcopy(household()) for _ in range(4)]
     for number, s in enumerate(day):
         uid = f"55555555-0000-4000-8000-{number:012d}"
@@ -363,7 +369,7 @@ def test_warehouse_wide_checks_count_each_project_apart(tmp_path) -> None:
     settings = QualitySettings(max_submissions_per_day=2)
     with Warehouse(tmp_path / "w.duckdb") as warehouse:
         for asset_uid, pair in (("aProjectOne0000000000000", day[:2]), ("aProjectTwo0000000000000", day[2:])):
-            FormLoader(warehouse, dictionary, asset_uid, quality=settings).load_page(pair, None)
+            FormLoader(warehouse, dictionaries[asset_uid], asset_uid, quality=settings).load_page(pair, None)
         assert open_issues(warehouse, "too_many_per_day") == set()
         third = copy.deepcopy(day[0])
         uid = "55555555-0000-4000-8000-000000000099"

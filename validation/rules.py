@@ -308,6 +308,14 @@ def record_touched_groups(con: duckdb.DuckDBPyConnection, dictionary: FieldDicti
                     {"asset_uid": asset_uid, "code": rule.code})
 
 
+def _forms_sharing(con: duckdb.DuckDBPyConnection, dictionary: FieldDictionary) -> list[str]:
+    """The forms whose main clean table is this form's (usually only this form)."""
+    main = dictionary.main_table.name
+    rows = con.execute("SELECT form_id, any_value(dictionary::VARCHAR) FROM meta.form_versions GROUP BY form_id").fetchall()
+    return sorted({dictionary.form_id} | {form_id for form_id, text in rows
+                                          if FieldDictionary.from_json(text).main_table.name == main})
+
+
 def run_table_rules(con: duckdb.DuckDBPyConnection, dictionary: FieldDictionary, asset_uid: str,
                     settings: QualitySettings, now: dt.datetime, everything: bool = False) -> None:
     """Runs TABLE_RULES over the project's clean submissions in the groups noted by
@@ -322,7 +330,8 @@ def run_table_rules(con: duckdb.DuckDBPyConnection, dictionary: FieldDictionary,
     last = con.execute("SELECT parameters FROM quality.table_rule_runs WHERE asset_uid = ?", [asset_uid]).fetchone()
     everything = everything or last is None or last[0] != parameters
     table = f"main.{quote(dictionary.main_table.name)}"
-    shared = con.execute(queries["shared_form"], {"form_id": dictionary.form_id, "asset_uid": asset_uid}).fetchone()[0]
+    shared = con.execute(queries["shared_table"], {"form_ids": _forms_sharing(con, dictionary),
+                                                   "asset_uid": asset_uid}).fetchone()[0]
     project = queries["project_rows"] if shared else "TRUE"
     for rule in rules:
         restrict = "TRUE" if everything else (

@@ -3,7 +3,7 @@
 -- (quality.unchecked_groups; all of them after a rebuild), so the result does not depend
 -- on the order or the batches submissions arrived in. {table} is the form's main clean
 -- table (an identifier from the field dictionary, quoted); {project} keeps the project's
--- rows (project_rows, or TRUE when no other project loads this form); {restrict} keeps
+-- rows (project_rows, or TRUE when no other project writes this table); {restrict} keeps
 -- the rows of the groups to check (TRUE: all). Each rule fills rule_scope (the submissions of those
 -- groups) and rule_found (those it flags).
 
@@ -13,9 +13,11 @@ CREATE OR REPLACE TEMP MACRO km(lat1, lon1, lat2, lon2) AS
     12742 * asin(sqrt(pow(sin(radians(lat2 - lat1) / 2), 2)
         + cos(radians(lat1)) * cos(radians(lat2)) * pow(sin(radians(lon2 - lon1) / 2), 2)));
 
--- name: shared_form
--- Whether another project loads this form into the same tables (rare: a copy of a project).
-SELECT EXISTS (SELECT 1 FROM raw.submissions WHERE form_id = $form_id AND asset_uid <> $asset_uid);
+-- name: shared_table
+-- Whether another project loads a form ($form_ids: those with this main table) into the
+-- same tables (rare: a copy of a project).
+SELECT EXISTS (SELECT 1 FROM raw.submissions
+               WHERE list_contains(CAST($form_ids AS VARCHAR[]), form_id) AND asset_uid <> $asset_uid);
 
 -- name: project_rows
 -- The main table's rows of this project, when the table is shared (a semi-join on raw:
