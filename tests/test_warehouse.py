@@ -202,3 +202,22 @@ def test_exports_leave_out_personal_data_and_never_write_formulas(seeded, wareho
     cells = [c for row in sheet.iter_rows() for c in row]
     assert not any(c.data_type == "f" for c in cells)
     assert any(c.value == '=HYPERLINK("http://x")' for c in cells)
+
+
+def test_a_commit_short_of_memory_says_which_setting_to_raise(tmp_path) -> None:
+    """A batch of a very wide table (150 text columns) does not fit the default memory at
+    its commit: DuckDB calls it a failed commit; the data manager is told to raise
+    TERRAIN_DUCKDB_MEMORY, and nothing of the batch is kept."""
+    import pytest
+
+    from warehouse.store import MEMORY_LIMIT_ENV, WarehouseError
+
+    columns = ", ".join(f"repeat(CAST(range * {i} AS VARCHAR), 3) AS c{i}" for i in range(150))
+    with Warehouse(tmp_path / "wide.duckdb") as warehouse:
+        warehouse.con.execute(f"CREATE TABLE wide AS SELECT {columns} FROM range(0)")
+        with pytest.raises(WarehouseError, match=f"ran out of memory .*{MEMORY_LIMIT_ENV}=256MB"):
+            for _ in range(200):
+                with warehouse.writing(), warehouse.transaction():
+                    warehouse.con.execute(f"INSERT INTO wide SELECT {columns} FROM range(2000)")
+        kept = warehouse.con.execute("SELECT count(*) FROM wide").fetchone()[0]
+        assert kept % 2000 == 0

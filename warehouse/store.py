@@ -54,6 +54,7 @@ WRITER_SETTINGS = [
 ]
 CLOSE_CHECKPOINT_BYTES = 16 * 2**20
 REOPEN_WAIT_SECONDS, REOPEN_POLL_SECONDS = 600.0, 0.5
+COMMIT_OUT_OF_MEMORY = re.compile(r"(failed to pin|could not allocate) block")
 # glibc serves a freed large block's size from its heap from then on (its mmap threshold
 # rises up to 32 MB), where DuckDB's 256 KB blocks and pandas' arrays then fragment it:
 # a sync's resident memory grew some 30 MB over its first batches. A fixed threshold
@@ -214,16 +215,24 @@ class Warehouse:
         the transaction around it is rolled back, so the warehouse stays as it was."""
         try:
             yield
-        except duckdb.OutOfMemoryException as error:
+        except (duckdb.OutOfMemoryException, duckdb.TransactionException) as error:
+            # DuckDB reports memory it could not find at commit as a failed commit ("failed to
+            # pin block", "could not allocate block"): a form of 150 text questions needs more
+            # than the default limit.
+            if isinstance(error, duckdb.TransactionException) and not COMMIT_OUT_OF_MEMORY.search(str(error)):
+                raise self._write_error(error) from None
             limit = os.environ.get(MEMORY_LIMIT_ENV, DEFAULT_MEMORY_LIMIT)
             raise WarehouseError(f"the warehouse {self.path} ran out of memory ({limit} allowed): set "
                                  f"{MEMORY_LIMIT_ENV}=256MB (or more) and run again; nothing of this batch was "
                                  f"kept, the next sync starts again from it (DuckDB: "
                                  f"{str(error).splitlines()[0]})") from None
-        except (duckdb.IOException, duckdb.TransactionException) as error:
-            raise WarehouseError(f"could not write the warehouse {self.path} (disk full, or no space for it?): "
-                                 f"{str(error).splitlines()[0]}; nothing of this batch was kept, the next sync "
-                                 f"starts again from it") from None
+        except duckdb.IOException as error:
+            raise self._write_error(error) from None
+
+    def _write_error(self, error: duckdb.Error) -> WarehouseError:
+        return WarehouseError(f"could not write the warehouse {self.path} (disk full, or no space for it?): "
+                              f"{str(error).splitlines()[0]}; nothing of this batch was kept, the next sync "
+                              f"starts again from it")
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
