@@ -221,3 +221,35 @@ def test_a_commit_short_of_memory_says_which_setting_to_raise(tmp_path) -> None:
                     warehouse.con.execute(f"INSERT INTO wide SELECT {columns} FROM range(2000)")
         kept = warehouse.con.execute("SELECT count(*) FROM wide").fetchone()[0]
         assert kept % 2000 == 0
+
+
+def test_a_batch_with_edits_and_a_new_versions_first_submissions_commits(household, tmp_path: Path) -> None:
+    """One batch: an edit of a submission of the first version (its clean rows deleted and
+    inserted again) and the first submissions of a second version (its new column added).
+    DuckDB 1.5 cannot commit a transaction that alters a table after changing its rows:
+    every version's columns are added before any row changes. (Version uids sort the
+    first version first, the order in which the batch is typed.)"""
+    import copy
+
+    from kobo.generate import generate_submissions
+    from warehouse.load import FormLoader
+
+    v2 = reliability.second_version(tmp_path)
+    first = Deployment("aVersionsTest00000000000", "vAAAAAAAAAAAAAAAAAAAAAA", "0" * 32)
+    second = Deployment(first.asset_uid, "vZZZZZZZZZZZZZZZZZZZZZZ", "0" * 32)
+    old = generate_submissions(household.dictionary, first, 5, seed=44, mistake_rate=0.0)
+    new = generate_submissions(v2.dictionary, second, 5, seed=45, first_id=100, mistake_rate=0.0)
+    edited = copy.deepcopy(old[0])
+    edited["_uuid"] = "66666666-6666-4666-8666-666666666666"
+    edited["meta/instanceID"] = f"uuid:{edited['_uuid']}"
+    edited["identification/head_name"] = "Nouveau Nom"
+    lookup = {first.version_uid: household.dictionary, second.version_uid: v2.dictionary}
+    with Warehouse(tmp_path / "w.duckdb") as warehouse:
+        loader = FormLoader(warehouse, household.dictionary, first.asset_uid, version_lookup=lookup.get,
+                            deployed_version=first.version_uid)
+        loader.load_page(old, None)
+        loader.load_page([edited, *new], None)
+        rows = warehouse.con.execute("select form_version, count(*) from households group by 1 order by 1").fetchall()
+        assert rows == [(first.version_uid, 5), (second.version_uid, 5)]
+        assert warehouse.con.execute("select head_name from households where root_uuid = ?",
+                                     [old[0]["meta/rootUuid"]]).fetchone() == ("Nouveau Nom",)

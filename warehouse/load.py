@@ -223,9 +223,11 @@ class FormLoader:
         form version at a time; returns how many went to quarantine."""
         versions = [row[0] for row in self.con.execute(
             f"SELECT DISTINCT form_version FROM {PENDING} ORDER BY form_version NULLS FIRST").fetchall()]
+        # Every version's columns are added (ALTER TABLE) before any row of the batch changes:
+        # DuckDB 1.5 cannot commit a transaction that alters a table after changing its rows.
+        prepared = [(version_uid, self.for_version(version_uid)) for version_uid in versions]
         quarantined = 0
-        for version_uid in versions:
-            version = self.for_version(version_uid)
+        for version_uid, version in prepared:
             # A view (no copy of the documents); views take no parameters, hence the literal.
             version_sql = "IS NULL" if version_uid is None else f"= {sql_literal(version_uid)}"
             self.con.execute(

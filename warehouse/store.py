@@ -230,9 +230,9 @@ class Warehouse:
             raise self._write_error(error) from None
 
     def _write_error(self, error: duckdb.Error) -> WarehouseError:
-        return WarehouseError(f"could not write the warehouse {self.path} (disk full, or no space for it?): "
-                              f"{str(error).splitlines()[0]}; nothing of this batch was kept, the next sync "
-                              f"starts again from it")
+        why = "(disk full, or no space for it?)" if isinstance(error, duckdb.IOException) else "(DuckDB refused the commit)"
+        return WarehouseError(f"could not write the warehouse {self.path} {why}: {str(error).splitlines()[0]}; "
+                              f"nothing of this batch was kept, the next sync starts again from it")
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
