@@ -170,7 +170,8 @@ def sync_command(config: dict[str, Any]) -> int:
 
     settings = SyncSettings(page_size=config.get("page_size", 1000), reconcile=config.get("reconcile", "auto"),
                             download_attachments=False, prefetch=config.get("prefetch", True),
-                            batch_size=config.get("batch_size", SyncSettings.batch_size))
+                            batch_size=config.get("batch_size", SyncSettings.batch_size),
+                            reopen_every=config.get("reopen_every", SyncSettings.reopen_every))
     options = {"page_size": settings.page_size, "timeout": tuple(config.get("timeout", (10.0, 130.0))),
                "retries": config.get("retries", 5), "backoff": config.get("backoff", 0.5),
                "max_backoff": config.get("max_backoff", 30.0)}
@@ -520,7 +521,8 @@ def reached(run: SyncRun, committed: int, step: tuple[int, int, int]) -> bool:
 
 def killed_runs(size: int = KILLED_SIZE, trials: int = KILLED_TRIALS, seed: int = 8, page_size: int = 1000,
                 plans: list[list[Any]] | None = None, workers: int = 2, folder: Path | None = None,
-                report: Callable[[str], None] = print, batch_size: int | None = None) -> KilledRuns:
+                report: Callable[[str], None] = print, batch_size: int | None = None,
+                reopen_every: int | None = None) -> KilledRuns:
     """Kills syncs of ``size`` submissions and compares each trial's warehouse, after a last
     run that finishes, with a calm sync's.
 
@@ -533,10 +535,12 @@ def killed_runs(size: int = KILLED_SIZE, trials: int = KILLED_TRIALS, seed: int 
     ``("loaded", n)`` kills as soon as the run has committed n pages of new submissions,
     ``("index", n)`` once it has listed n pages of ids in the reconciliation, ``("opened", 1)``
     once the warehouse is open; a number kills after that many seconds. ``batch_size``: the
-    syncs' (default SyncSettings'), i.e. how many submissions each commit holds."""
+    syncs' (default SyncSettings'), i.e. how many submissions each commit holds;
+    ``reopen_every``: how often the syncs reopen their warehouse (default SyncSettings')."""
     from concurrent.futures import ThreadPoolExecutor
 
-    options: dict[str, Any] = {"page_size": page_size, **({"batch_size": batch_size} if batch_size else {})}
+    options: dict[str, Any] = {"page_size": page_size, **({"batch_size": batch_size} if batch_size else {}),
+                               **({"reopen_every": reopen_every} if reopen_every else {})}
 
     started = time.monotonic()
     result = KilledRuns(trials=len(plans) if plans is not None else trials, expected=size)
