@@ -215,24 +215,20 @@ class Warehouse:
         the transaction around it is rolled back, so the warehouse stays as it was."""
         try:
             yield
-        except (duckdb.OutOfMemoryException, duckdb.TransactionException) as error:
+        except (duckdb.OutOfMemoryException, duckdb.TransactionException, duckdb.IOException) as error:
+            first_line = str(error).splitlines()[0]
             # DuckDB reports memory it could not find at commit as a failed commit ("failed to
             # pin block", "could not allocate block"): a form of 150 text questions needs more
             # than the default limit.
-            if isinstance(error, duckdb.TransactionException) and not COMMIT_OUT_OF_MEMORY.search(str(error)):
-                raise self._write_error(error) from None
-            limit = os.environ.get(MEMORY_LIMIT_ENV, DEFAULT_MEMORY_LIMIT)
-            raise WarehouseError(f"the warehouse {self.path} ran out of memory ({limit} allowed): set "
-                                 f"{MEMORY_LIMIT_ENV}=256MB (or more) and run again; nothing of this batch was "
-                                 f"kept, the next sync starts again from it (DuckDB: "
-                                 f"{str(error).splitlines()[0]})") from None
-        except duckdb.IOException as error:
-            raise self._write_error(error) from None
-
-    def _write_error(self, error: duckdb.Error) -> WarehouseError:
-        why = "(disk full, or no space for it?)" if isinstance(error, duckdb.IOException) else "(DuckDB refused the commit)"
-        return WarehouseError(f"could not write the warehouse {self.path} {why}: {str(error).splitlines()[0]}; "
-                              f"nothing of this batch was kept, the next sync starts again from it")
+            if isinstance(error, duckdb.OutOfMemoryException) or (
+                    isinstance(error, duckdb.TransactionException) and COMMIT_OUT_OF_MEMORY.search(str(error))):
+                limit = os.environ.get(MEMORY_LIMIT_ENV, DEFAULT_MEMORY_LIMIT)
+                raise WarehouseError(f"the warehouse {self.path} ran out of memory ({limit} allowed): set "
+                                     f"{MEMORY_LIMIT_ENV}=256MB (or more) and run again; nothing of this batch was "
+                                     f"kept, the next sync starts again from it (DuckDB: {first_line})") from None
+            why = "disk full, or no space for it?" if isinstance(error, duckdb.IOException) else "DuckDB refused the commit"
+            raise WarehouseError(f"could not write the warehouse {self.path} ({why}): {first_line}; nothing of this "
+                                 f"batch was kept, the next sync starts again from it") from None
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
