@@ -37,6 +37,12 @@ def household() -> dict:
     return clean_one("household_survey", consent="yes")
 
 
+def another_household(uid: str, submission_id: int, head: str, household_id: str) -> dict:
+    """A copy of household() as another submission: its own uuid, _id, head and household id."""
+    return _with(household(), _uuid=uid, meta__rootUuid=f"uuid:{uid}", _id=submission_id,
+                 identification__head_name=head, identification__household_id=household_id)
+
+
 def test_clean_submissions_raise_nothing() -> None:
     assert codes("household_survey", [household()]) == []
     assert codes("training_attendance", [clean_one("training_attendance")]) == []
@@ -306,10 +312,8 @@ def test_near_duplicate_compares_points_across_latitude_bands(tmp_path) -> None:
     submissions, expected = [], set()
     for number, (head, (d_lat, d_lon)) in enumerate(pairs.items()):
         for moved in (False, True):
-            s = copy.deepcopy(household())
-            uid = f"{number:08d}-0000-4000-8000-{int(moved):012d}"
-            s.update({"_uuid": uid, "meta/rootUuid": f"uuid:{uid}", "_id": 1000 + 2 * number + moved,
-                      "identification/head_name": head, "identification/household_id": f"ZZZ-90{number}{int(moved)}"})
+            s = another_household(f"{number:08d}-0000-4000-8000-{int(moved):012d}", 1000 + 2 * number + moved,
+                                  head, f"ZZZ-90{number}{int(moved)}")
             s["location"] = f"{edge + d_lat * moved:.9f} {-6.5 + d_lon * moved:.9f} 300 5"
             submissions.append(s)
             if moved and head != "Mariam Traoré":
@@ -326,11 +330,9 @@ def test_an_issue_that_still_holds_keeps_its_row_when_its_message_changes(tmp_pa
     from warehouse.load import FormLoader
 
     dictionary = project_forms()["household_survey"].dictionary
-    day = [copy.deepcopy(household()) for _ in range(4)]
+    day = [another_household(f"44444444-0000-4000-8000-{number:012d}", 2000 + number, f"Chef {number}",
+                             f"ZZZ-70{number:02d}") for number in range(4)]
     for number, s in enumerate(day):
-        uid = f"44444444-0000-4000-8000-{number:012d}"
-        s.update({"_uuid": uid, "meta/rootUuid": f"uuid:{uid}", "_id": 2000 + number,
-                  "identification/head_name": f"Chef {number}", "identification/household_id": f"ZZZ-70{number:02d}"})
         lat, lon, *rest = s["location"].split()
         s["location"] = " ".join([f"{float(lat) + 0.001 * number:.6f}", lon, *rest])
     with Warehouse(tmp_path / "w.duckdb") as warehouse:
@@ -361,19 +363,14 @@ def test_warehouse_wide_checks_count_each_project_apart(tmp_path, second_form_id
     dictionary = project_forms()["household_survey"].dictionary
     dictionaries = {"aProjectOne0000000000000": dictionary,
                     "aProjectTwo0000000000000": dataclasses.replace(dictionary, form_id=second_form_id)}
-    day = [copy.deepcopy(household()) for _ in range(4)]
-    for number, s in enumerate(day):
-        uid = f"55555555-0000-4000-8000-{number:012d}"
-        s.update({"_uuid": uid, "meta/rootUuid": f"uuid:{uid}", "_id": 3000 + number,
-                  "identification/head_name": f"Chef {number}", "identification/household_id": f"ZZZ-60{number:02d}"})
+    day = [another_household(f"55555555-0000-4000-8000-{number:012d}", 3000 + number, f"Chef {number}",
+                             f"ZZZ-60{number:02d}") for number in range(4)]
     settings = QualitySettings(max_submissions_per_day=2)
     with Warehouse(tmp_path / "w.duckdb") as warehouse:
         for asset_uid, pair in (("aProjectOne0000000000000", day[:2]), ("aProjectTwo0000000000000", day[2:])):
             FormLoader(warehouse, dictionaries[asset_uid], asset_uid, quality=settings).load_page(pair, None)
         assert open_issues(warehouse, "too_many_per_day") == set()
-        third = copy.deepcopy(day[0])
-        uid = "55555555-0000-4000-8000-000000000099"
-        third.update({"_uuid": uid, "meta/rootUuid": f"uuid:{uid}", "_id": 3099,
-                      "identification/head_name": "Chef 99", "identification/household_id": "ZZZ-6099"})
+        third = another_household("55555555-0000-4000-8000-000000000099", 3099, "Chef 99", "ZZZ-6099")
         FormLoader(warehouse, dictionary, "aProjectOne0000000000000", quality=settings).load_page([third], None)
-        assert open_issues(warehouse, "too_many_per_day") == {day[0]["meta/rootUuid"], day[1]["meta/rootUuid"], f"uuid:{uid}"}
+        assert open_issues(warehouse, "too_many_per_day") == {day[0]["meta/rootUuid"], day[1]["meta/rootUuid"],
+                                                              third["meta/rootUuid"]}

@@ -208,8 +208,6 @@ def test_a_commit_short_of_memory_says_which_setting_to_raise(tmp_path) -> None:
     """A batch of a very wide table (150 text columns) does not fit the default memory at
     its commit: DuckDB calls it a failed commit; the data manager is told to raise
     TERRAIN_DUCKDB_MEMORY, and nothing of the batch is kept."""
-    import pytest
-
     from warehouse.store import MEMORY_LIMIT_ENV, WarehouseError
 
     columns = ", ".join(f"repeat(CAST(range * {i} AS VARCHAR), 3) AS c{i}" for i in range(150))
