@@ -213,12 +213,106 @@ def test_a_commit_short_of_memory_says_which_setting_to_raise(tmp_path) -> None:
     columns = ", ".join(f"repeat(CAST(range * {i} AS VARCHAR), 3) AS c{i}" for i in range(150))
     with Warehouse(tmp_path / "wide.duckdb") as warehouse:
         warehouse.con.execute(f"CREATE TABLE wide AS SELECT {columns} FROM range(0)")
-        with pytest.raises(WarehouseError, match=f"ran out of memory .*{MEMORY_LIMIT_ENV}=256MB"):
+        with pytest.raises(WarehouseError, match=f"ran out of memory.*{MEMORY_LIMIT_ENV}=256MB"):
             for _ in range(200):
                 with warehouse.writing(), warehouse.transaction():
                     warehouse.con.execute(f"INSERT INTO wide SELECT {columns} FROM range(2000)")
         kept = warehouse.con.execute("SELECT count(*) FROM wide").fetchone()[0]
         assert kept % 2000 == 0
+
+
+def wide_form_server(questions: int, count: int, tmp_path: Path):
+    """A project of ``questions`` questions (text, integer, select_one) and a repeat, as
+    KoboToolbox projects of 150-400 questions are; ``count`` generated submissions."""
+    from forms.build import dictionary_from_sheets
+    from forms.source import FormSource, read_markdown_sheets
+    from kobo.content import xlsform_from_content
+    from kobo.server import LocalKoboServer, ServedAsset
+
+    kinds = ["text", "integer", "select_one yn"]
+    rows = ["| survey |", "| | type | name | label::Français (fr) | label::English (en) |"]
+    rows += [f"| | {kinds[i % 3]} | q{i} | Question {i} | Question {i} |" for i in range(questions)]
+    rows += ["| | begin_repeat | members | Membres | Members |", "| | text | member_name | Nom | Name |",
+             "| | end_repeat | | | |", "| choices |", "| | list_name | name | label::Français (fr) | label::English (en) |",
+             "| | yn | yes | Oui | Yes |", "| | yn | no | Non | No |",
+             "| settings |", "| | form_id | version | default_language |", "| | wide_form | 1 | Français (fr) |"]
+    content = content_from_source(FormSource(path=tmp_path / "wide_form.md", sheets=read_markdown_sheets("\n".join(rows))))
+    dictionary = dictionary_from_sheets(xlsform_from_content(content), "test", form_name="wide_form")
+    deployment = Deployment("aWideForm0000000000000", "vWide00000000000000000", "2" * 32)
+    generator = SubmissionGenerator(dictionary, deployment, seed=4, mistake_rate=0.0)
+    asset = ServedAsset(uid=deployment.asset_uid, name="Wide", content=content, version_uid=deployment.version_uid,
+                        formhub_uuid=deployment.formhub_uuid,
+                        submissions=[generator.submission(i, 500 + i) for i in range(count)])
+    token = "6" * 40
+    return LocalKoboServer({token: "someone"}, [asset]), token, asset.uid
+
+
+def test_a_form_of_200_questions_syncs_with_the_memory_its_width_needs(tmp_path, monkeypatch) -> None:
+    """Each column holds DuckDB blocks of its own until a checkpoint: at the default limit a
+    form of 200 questions runs out of memory (the data manager is told which setting to
+    raise); unless that setting is given, the warehouse sizes its limit from the form."""
+    from warehouse.store import DEFAULT_MEMORY_LIMIT_MB, MEMORY_LIMIT_ENV, WarehouseError
+
+    server, token, uid = wide_form_server(200, 3000, tmp_path)
+    with server:
+        monkeypatch.setenv(MEMORY_LIMIT_ENV, f"{DEFAULT_MEMORY_LIMIT_MB}MB")
+        with KoboClient(server.url, token) as client, Warehouse(tmp_path / "set.duckdb") as warehouse:
+            with pytest.raises(WarehouseError, match=f"ran out of memory.*{MEMORY_LIMIT_ENV}=256MB"):
+                sync_asset(client, warehouse, uid, settings=NO_FILES)
+        monkeypatch.delenv(MEMORY_LIMIT_ENV)
+        with KoboClient(server.url, token) as client, Warehouse(tmp_path / "fitted.duckdb") as warehouse:
+            summary = sync_asset(client, warehouse, uid, settings=NO_FILES)
+            assert summary.pulled == summary.new == 3000 and summary.quarantined == 0
+            assert warehouse.memory_limit not in (f"{DEFAULT_MEMORY_LIMIT_MB}MB", "")
+            assert warehouse.con.execute("SELECT count(*), count(q199) > 2000 FROM wide_form").fetchone() == (3000, True)
+
+
+def test_the_log_of_an_interrupted_wide_sync_is_replayed_with_the_memory_it_needs(tmp_path, monkeypatch) -> None:
+    """After a crash, opening the warehouse replays its log into memory: a wide table's log
+    does not fit the default limit. The replay is tried again with more; with the limit set
+    by the data manager, the error says what to raise and the log is kept as it is."""
+    from warehouse.store import DEFAULT_MEMORY_LIMIT_MB, MEMORY_LIMIT_ENV, WarehouseError
+
+    path = tmp_path / "crashed.duckdb"
+    columns = ", ".join(f"repeat(CAST(range * {i} AS VARCHAR), 2) AS c{i}" for i in range(300))
+    con = duckdb.connect(str(path), config={"memory_limit": "2GB", "threads": 1})
+    con.execute("SET checkpoint_threshold = '10GB'")
+    con.execute("PRAGMA disable_checkpoint_on_shutdown")  # as a killed process leaves it
+    con.execute(f"CREATE TABLE wide AS SELECT {columns} FROM range(0)")
+    for _ in range(10):
+        con.execute(f"INSERT INTO wide SELECT {columns} FROM range(2000)")
+    con.close()
+    log = Path(f"{path}.wal")
+    logged = log.stat().st_size
+    monkeypatch.setenv(MEMORY_LIMIT_ENV, f"{DEFAULT_MEMORY_LIMIT_MB}MB")
+    with pytest.raises(WarehouseError, match=f"could not be replayed.*{MEMORY_LIMIT_ENV}=256MB"):
+        Warehouse(path)
+    assert log.stat().st_size == logged
+    monkeypatch.delenv(MEMORY_LIMIT_ENV)
+    with Warehouse(path) as warehouse:
+        assert warehouse.con.execute("SELECT count(*) FROM wide").fetchone()[0] == 20000
+        assert warehouse.con.execute("SELECT current_setting('memory_limit')").fetchone()[0] == "99.1 MiB"
+    assert not log.exists() or log.stat().st_size < logged / 100  # written out; what is left is the schema's
+
+
+def test_a_checkpoint_short_of_memory_keeps_the_committed_batches_in_the_log(tmp_path, monkeypatch) -> None:
+    """DuckDB writes its log out (a checkpoint) inside a commit; when that runs out of memory
+    it stops the database. The data manager is told so; the batches committed before are in
+    the log (the next open replays them), the failed one is not."""
+    from warehouse.store import DEFAULT_MEMORY_LIMIT_MB, MEMORY_LIMIT_ENV, WarehouseError
+
+    monkeypatch.setenv(MEMORY_LIMIT_ENV, f"{DEFAULT_MEMORY_LIMIT_MB}MB")
+    columns = ", ".join(f"repeat(CAST(range * {i} AS VARCHAR), 3) AS c{i}" for i in range(100))
+    committed = 0
+    with pytest.raises(WarehouseError, match=f"DuckDB stopped while writing out.*kept in its log.*{MEMORY_LIMIT_ENV}="):
+        with Warehouse(tmp_path / "w.duckdb") as warehouse:
+            warehouse.con.execute(f"CREATE TABLE wide AS SELECT {columns} FROM range(0)")
+            for committed in range(1, 200):
+                with warehouse.writing(), warehouse.transaction():
+                    warehouse.con.execute(f"INSERT INTO wide SELECT {columns} FROM range(2000)")
+    monkeypatch.delenv(MEMORY_LIMIT_ENV)
+    with Warehouse(tmp_path / "w.duckdb") as warehouse:
+        assert warehouse.con.execute("SELECT count(*) FROM wide").fetchone()[0] == 2000 * (committed - 1)
 
 
 def test_a_batch_with_edits_and_a_new_versions_first_submissions_commits(household, tmp_path: Path) -> None:

@@ -117,6 +117,9 @@ class FormLoader:
         if version_uid:
             self.warehouse.register_asset_version(self.asset_uid, version_uid, dictionary)
         self._by_version[version_uid] = known
+        self.warehouse.fit_memory_to(len({(name, column) for v in self._by_version.values()
+                                          for name, table in v.dictionary.tables.items()
+                                          for column, _ in table.column_types()}))
         return known
 
     def for_version(self, version_uid: str | None) -> _Version:

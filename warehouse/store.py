@@ -10,6 +10,7 @@ import ctypes.util
 import datetime as dt
 import hashlib
 import logging
+import math
 import os
 import re
 import time
@@ -34,7 +35,13 @@ DEFAULT_PATH = Path("terrain.duckdb")
 # (issue 5: 400 MB in all; measured 370 MB at 100,000 households). Larger work spills to
 # disk. Below ~100 MB, the data of the last batches (kept in memory until a checkpoint)
 # and a batch's statements no longer fit together: a sync slows down as they spill.
-MEMORY_LIMIT_ENV, DEFAULT_MEMORY_LIMIT = "TERRAIN_DUCKDB_MEMORY", "104MB"
+MEMORY_LIMIT_ENV, DEFAULT_MEMORY_LIMIT_MB = "TERRAIN_DUCKDB_MEMORY", 104
+# Each column of a clean table holds blocks of its own until a checkpoint writes them out,
+# and the checkpoint more while it does: a sync of a form of 150 questions did not fit
+# 104 MB, one of 300 questions (320 columns) not 288 MB. Unless TERRAIN_DUCKDB_MEMORY is
+# set, the limit grows with the form's width (Warehouse.fit_memory_to).
+MEMORY_BASE_MB, MEMORY_PER_COLUMN_MB = 48, 1.0
+REPLAY_MEMORY_MAX_MB = 4096
 CONNECTION_SETTINGS = [
     # The raw payloads are JSON of a few KB each. At a checkpoint DuckDB tries each string
     # compression on a whole row group of them, holding hundreds of MB outside its memory
@@ -53,6 +60,8 @@ WRITER_SETTINGS = [
     "SET threads = 1",
 ]
 CLOSE_CHECKPOINT_BYTES = 16 * 2**20
+STORED_COLUMNS = ("SELECT sum(column_count) FROM duckdb_tables() WHERE database_name = current_database() "
+                  "AND schema_name = 'main'")
 REOPEN_WAIT_SECONDS, REOPEN_POLL_SECONDS = 600.0, 0.5
 COMMIT_OUT_OF_MEMORY = re.compile(r"(failed to pin|could not allocate) block")
 # glibc serves a freed large block's size from its heap from then on (its mmap threshold
@@ -71,6 +80,19 @@ def fix_malloc_thresholds() -> bool:
         return all(libc.mallopt(option, value) == 1 for option, value in MALLOC_THRESHOLDS.items())
     except (OSError, AttributeError):
         return False
+
+
+def megabytes(limit: str) -> float:
+    """'104MB', '1GB', '512 MiB' (DuckDB's memory limits) in MB; 0 when unreadable."""
+    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT])(I?)B\s*", limit.upper())
+    if not found:
+        return 0.0
+    number, unit, binary = found.groups()
+    return float(number) * (1024 if binary else 1000) ** ("KMGT".index(unit) - 1)
+
+
+def _memory_set_by_user() -> str:
+    return os.environ.get(MEMORY_LIMIT_ENV, "").strip()
 
 
 class WarehouseError(TerrainError):
@@ -114,42 +136,87 @@ class Warehouse:
             raise WarehouseError(f"no warehouse at {self.path}: run `terrain sync` (or `make demo`) first")
         if not read_only:
             fix_malloc_thresholds()
+        self.memory_limit = _memory_set_by_user() or f"{DEFAULT_MEMORY_LIMIT_MB}MB"
         self.con = self._connect()
         if not read_only:
             self._create_schema()
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
-        replayed = not self.read_only and self._wal_bytes() > CLOSE_CHECKPOINT_BYTES
-        try:
-            config = {"memory_limit": os.environ.get(MEMORY_LIMIT_ENV, DEFAULT_MEMORY_LIMIT)}
-            con = duckdb.connect(str(self.path), read_only=self.read_only, config=config)
-            con.execute("SET TimeZone = 'UTC'")  # KoboToolbox times are read and shown in UTC
-            for setting in CONNECTION_SETTINGS + ([] if self.read_only else WRITER_SETTINGS):
-                con.execute(setting)
-            if not self.read_only:  # close() decides (see there)
-                con.execute("PRAGMA disable_checkpoint_on_shutdown")
-        except duckdb.IOException as error:
-            if "not a valid DuckDB database" in str(error):
-                raise WarehouseError(f"{self.path} is not a usable DuckDB warehouse (a corrupted file, or another "
-                                     f"kind of file): restore it from a backup, or move it away and run a full sync "
-                                     f"again") from None
-            if "lock" in str(error).lower():
-                raise WarehouseInUse(f"the warehouse {self.path} is in use by another run; try again when it "
-                                     f"has finished") from None
-            raise WarehouseError(f"cannot open the warehouse {self.path}: {error}") from None
-        except duckdb.Error as error:
-            raise WarehouseError(f"{self.path} is not a usable DuckDB warehouse: {error}") from None
-        if replayed:
+        replaying = not self.read_only and self._wal_bytes() > CLOSE_CHECKPOINT_BYTES
+        limit = self.memory_limit
+        while True:
+            try:
+                con = self._open(limit)
+                break
+            except duckdb.Error as error:
+                # Opening replays the log of an interrupted run into memory: a wide form's log may
+                # need more than a sync's limit (and the checkpoint below more still).
+                if replaying and COMMIT_OUT_OF_MEMORY.search(str(error)) and not _memory_set_by_user() \
+                        and megabytes(limit) < REPLAY_MEMORY_MAX_MB:
+                    limit = f"{2 * megabytes(limit):.0f}MB"
+                    log.warning("replaying the log of an interrupted run of %s with %s of memory", self.path, limit)
+                    continue
+                raise self._open_error(error, replaying) from None
+        if replaying:
             # The log of a killed run is replayed into memory; written out at once, it does
             # not fill the memory the first batch needs (DuckDB 1.5 then spilled to disk,
             # and its temporary-file accounting could fail the commit).
             try:
+                # Written out with the memory the warehouse's tables need (all of them: the
+                # forms of the log are not known here), then back to the sync's own limit.
+                fitted = self._memory_for(con.execute(STORED_COLUMNS).fetchone()[0] or 0)
+                if fitted and megabytes(fitted) > megabytes(limit):
+                    con.execute(f"SET memory_limit = '{fitted}'")
                 con.execute("CHECKPOINT")
+                con.execute(f"SET memory_limit = '{self.memory_limit}'")
             except duckdb.Error as error:
                 con.close()
                 raise WarehouseError(f"could not write out the log of an interrupted run to {self.path}: "
                                      f"{str(error).splitlines()[0]}") from None
         return con
+
+    def _open(self, memory_limit: str) -> duckdb.DuckDBPyConnection:
+        con = duckdb.connect(str(self.path), read_only=self.read_only, config={"memory_limit": memory_limit})
+        con.execute("SET TimeZone = 'UTC'")  # KoboToolbox times are read and shown in UTC
+        for setting in CONNECTION_SETTINGS + ([] if self.read_only else WRITER_SETTINGS):
+            con.execute(setting)
+        if not self.read_only:  # close() decides (see there)
+            con.execute("PRAGMA disable_checkpoint_on_shutdown")
+        return con
+
+    def _open_error(self, error: duckdb.Error, replaying: bool) -> WarehouseError:
+        text = str(error)
+        if isinstance(error, duckdb.IOException) and "not a valid DuckDB database" in text:
+            return WarehouseError(f"{self.path} is not a usable DuckDB warehouse (a corrupted file, or another kind "
+                                  f"of file): restore it from a backup, or move it away and run a full sync again")
+        if isinstance(error, duckdb.IOException) and "lock" in text.lower():
+            return WarehouseInUse(f"the warehouse {self.path} is in use by another run; try again when it has "
+                                  f"finished")
+        if replaying and COMMIT_OUT_OF_MEMORY.search(text):
+            return WarehouseError(f"the log of an interrupted run of {self.path} ({self.path}.wal, kept as it is) "
+                                  f"could not be replayed in memory. {self._more_memory_advice()} "
+                                  f"(DuckDB: {text.splitlines()[0]})")
+        if isinstance(error, duckdb.IOException):
+            return WarehouseError(f"cannot open the warehouse {self.path}: {error}")
+        return WarehouseError(f"{self.path} is not a usable DuckDB warehouse: {error}")
+
+    def fit_memory_to(self, columns: int) -> None:
+        """Raises DuckDB's memory limit for tables of ``columns`` columns in all (see
+        MEMORY_PER_COLUMN_MB), unless the data manager set TERRAIN_DUCKDB_MEMORY; kept on reopen."""
+        fitted = self._memory_for(columns)
+        if fitted:
+            log.info("the warehouse may use %s of memory (not %s) for forms of %d columns", fitted,
+                     self.memory_limit, columns)
+            self.memory_limit = fitted
+            self.con.execute(f"SET memory_limit = '{fitted}'")
+
+    def _memory_for(self, columns: int) -> str | None:
+        """The memory limit tables of ``columns`` columns need, when above the present one and
+        TERRAIN_DUCKDB_MEMORY is not set."""
+        needed = math.ceil(MEMORY_BASE_MB + MEMORY_PER_COLUMN_MB * columns)
+        if _memory_set_by_user() or needed <= megabytes(self.memory_limit):
+            return None
+        return f"{needed}MB"
 
     def reopen(self, wait_seconds: float = REOPEN_WAIT_SECONDS) -> None:
         """Closes the connection and opens it again, between two transactions: DuckDB 1.5
@@ -215,6 +282,13 @@ class Warehouse:
         the transaction around it is rolled back, so the warehouse stays as it was."""
         try:
             yield
+        except duckdb.FatalException as error:
+            # Writing the log out (a checkpoint, within a commit) failed, and DuckDB stopped
+            # the database: the batches committed before are in the log, this one is not.
+            raise WarehouseError(f"DuckDB stopped while writing out the warehouse {self.path}: "
+                                 f"{str(error).splitlines()[0]}; the batches synced before this one are kept in its "
+                                 f"log and written out when it is next opened, the next sync starts again from this "
+                                 f"one. {self._more_memory_advice()}") from None
         except (duckdb.OutOfMemoryException, duckdb.TransactionException, duckdb.IOException) as error:
             first_line = str(error).splitlines()[0]
             # DuckDB reports memory it could not find at commit as a failed commit ("failed to
@@ -222,13 +296,16 @@ class Warehouse:
             # than the default limit.
             if isinstance(error, duckdb.OutOfMemoryException) or (
                     isinstance(error, duckdb.TransactionException) and COMMIT_OUT_OF_MEMORY.search(str(error))):
-                limit = os.environ.get(MEMORY_LIMIT_ENV, DEFAULT_MEMORY_LIMIT)
-                raise WarehouseError(f"the warehouse {self.path} ran out of memory ({limit} allowed): set "
-                                     f"{MEMORY_LIMIT_ENV}=256MB (or more) and run again; nothing of this batch was "
-                                     f"kept, the next sync starts again from it (DuckDB: {first_line})") from None
+                raise WarehouseError(f"the warehouse {self.path} ran out of memory: nothing of this batch was kept, "
+                                     f"the next sync starts again from it. {self._more_memory_advice()} "
+                                     f"(DuckDB: {first_line})") from None
             why = "disk full, or no space for it?" if isinstance(error, duckdb.IOException) else "DuckDB refused the commit"
             raise WarehouseError(f"could not write the warehouse {self.path} ({why}): {first_line}; nothing of this "
                                  f"batch was kept, the next sync starts again from it") from None
+
+    def _more_memory_advice(self) -> str:
+        more = max(256, math.ceil(2 * megabytes(self.memory_limit)))
+        return f"It was allowed {self.memory_limit} of memory: set {MEMORY_LIMIT_ENV}={more}MB (or more) and run again."
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
