@@ -77,15 +77,17 @@ def _issues(rule: Rule, ctx: RuleContext, problems) -> list[Issue]:
             for root, table, column, row_key, value, message in problems]
 
 
-def _rows(frame: pd.DataFrame, mask: pd.Series) -> pd.DataFrame:
-    return frame[mask.fillna(False).astype(bool)]
+def _rows(frame: pd.DataFrame, mask: pd.Series, *columns: str) -> pd.DataFrame:
+    """The rows ``mask`` selects, with root_uuid and ``columns`` only: itertuples() takes each
+    column of a wide frame apart, some 40 ms a batch over the rules."""
+    return frame.loc[mask.fillna(False).astype(bool), ["root_uuid", *columns]]
 
 
 # -- rules on one submission ----------------------------------------------------------------
 def end_before_start(ctx: RuleContext):
     if not {"start", "end"} <= set(ctx.main.columns):
         return []
-    bad = _rows(ctx.main, ctx.main["end"] < ctx.main["start"])
+    bad = _rows(ctx.main, ctx.main["end"] < ctx.main["start"], "start", "end")
     return [(r.root_uuid, ctx.main_name(), "end", None, f"{r.start} → {r.end}",
              "La fin de l'entretien est avant son début (horloge du téléphone ?) / "
              "The interview ends before it starts (phone clock?)") for r in bad.itertuples()]
@@ -96,7 +98,7 @@ def short_interview(ctx: RuleContext):
         return []
     minutes = (ctx.main["end"] - ctx.main["start"]).dt.total_seconds() / 60
     limit = ctx.settings.min_interview_minutes
-    bad = _rows(ctx.main.assign(minutes=minutes), (minutes >= 0) & (minutes < limit))
+    bad = _rows(ctx.main.assign(minutes=minutes), (minutes >= 0) & (minutes < limit), "minutes")
     return [(r.root_uuid, ctx.main_name(), "end", None, f"{r.minutes:.1f} min",
              f"Entretien très court : {r.minutes:.1f} min (moins de {limit:g}) / "
              f"Very short interview: {r.minutes:.1f} min (under {limit:g})") for r in bad.itertuples()]
@@ -108,7 +110,7 @@ def in_the_future(ctx: RuleContext):
     problems = []
     for column in ("start", "end", "submission_time"):
         if column in main.columns:
-            for r in _rows(main, main[column] > horizon).itertuples():
+            for r in _rows(main, main[column] > horizon, column).itertuples():
                 problems.append((r.root_uuid, ctx.main_name(), column, None, str(getattr(r, column)),
                                  f"Date dans le futur ({column}) : horloge du téléphone à vérifier / "
                                  f"Date in the future ({column}): check the phone's clock"))
@@ -122,7 +124,8 @@ def household_size_vs_members(ctx: RuleContext):
         return []
     counts = members[1].groupby("root_uuid").size()
     main = found[1].assign(listed=found[1]["root_uuid"].map(counts).fillna(0).astype(int))
-    bad = _rows(main, main["household_size"].notna() & (main["household_size"] != main["listed"]))
+    bad = _rows(main, main["household_size"].notna() & (main["household_size"] != main["listed"]),
+                "household_size", "listed")
     return [(r.root_uuid, found[0], "household_size", None, f"{r.household_size} / {r.listed}",
              f"Taille du ménage {r.household_size} mais {r.listed} membres listés / "
              f"Household size {r.household_size} but {r.listed} members listed") for r in bad.itertuples()]
@@ -145,7 +148,7 @@ def ages_against_relation(ctx: RuleContext):
     ]
     problems = []
     for mask, message in rules:
-        for r in _rows(frame, mask).itertuples():
+        for r in _rows(frame, mask, "row_key", "member_age").itertuples():
             problems.append((r.root_uuid, name, "member_age", r.row_key, str(r.member_age), message))
     return problems
 
@@ -167,7 +170,7 @@ def implausible_fee(ctx: RuleContext):
         return []
     name, frame = found
     low, high = ctx.settings.plausible_fee_fcfa
-    bad = _rows(frame, (frame["fee_fcfa_per_month"] < low) | (frame["fee_fcfa_per_month"] > high))
+    bad = _rows(frame, (frame["fee_fcfa_per_month"] < low) | (frame["fee_fcfa_per_month"] > high), "fee_fcfa_per_month")
     return [(r.root_uuid, name, "fee_fcfa_per_month", None, str(r.fee_fcfa_per_month),
              f"Cotisation peu plausible : {r.fee_fcfa_per_month} FCFA/mois (attendu {low}–{high}) / "
              f"Implausible fee: {r.fee_fcfa_per_month} FCFA a month (expected {low}–{high})") for r in bad.itertuples()]
@@ -179,7 +182,7 @@ def young_participant(ctx: RuleContext):
         return []
     name, frame = found
     limit = ctx.settings.min_participant_age
-    bad = _rows(frame, frame["participant_age"] < limit)
+    bad = _rows(frame, frame["participant_age"] < limit, "row_key", "participant_age")
     return [(r.root_uuid, name, "participant_age", r.row_key, str(r.participant_age),
              f"Participant de moins de {limit} ans / Participant under {limit}") for r in bad.itertuples()]
 
@@ -192,7 +195,8 @@ def score_out_of_range(ctx: RuleContext):
         if not found:
             continue
         name, frame = found
-        for r in _rows(frame, (frame[column] < low) | (frame[column] > high)).itertuples():
+        for r in _rows(frame, (frame[column] < low) | (frame[column] > high),
+                           *(["row_key"] if "row_key" in frame.columns else []), column).itertuples():
             score = getattr(r, column)
             problems.append((r.root_uuid, name, column, getattr(r, "row_key", None), str(score),
                              f"Note de test hors de l'échelle : {score} (attendu {low}–{high}) / "

@@ -109,16 +109,17 @@ class TableSchema:
             index = case.index
             if info is None or index is None or pd.isna(index):
                 raise RuntimeError(f"unexpected validation failure in {self.table.name}: {case}")
-            row = frame.loc[index]
+            cell = lambda name: frame.at[index, name]  # noqa: E731 - not frame.loc[index]: a whole row is slow to build
             column = info.column
-            value = row[column] if column in frame.columns else None
+            value = cell(column) if column in frame.columns else None
             if info.code == "gps_in_mali":
-                value = f"{row[f'{column}_latitude']} {row[f'{column}_longitude']}"
+                value = f"{cell(f'{column}_latitude')} {cell(f'{column}_longitude')}"
             value_text = None if value is None or (not isinstance(value, list) and pd.isna(value)) else str(value)
+            root_uuid = cell("root_uuid")
             issues.append(Issue(
-                root_uuid=row["root_uuid"], submission_id=submission_ids.get(row["root_uuid"]),
+                root_uuid=root_uuid, submission_id=submission_ids.get(root_uuid),
                 table_name=self.table.name, column_name=column,
-                row_key=row["row_key"] if self.table.is_repeat else None,
+                row_key=cell("row_key") if self.table.is_repeat else None,
                 check_code=info.code, value=value_text, severity="error", message=info.message(value_text),
             ))
         return issues
