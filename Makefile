@@ -7,8 +7,10 @@ ENGINE := forms/engine
 
 .PHONY: demo test install java node-engine clean
 
+# The demo keeps Prefect's run history in ./.prefect (unless PREFECT_HOME is set): a newer
+# Prefect elsewhere on the machine may have migrated ~/.prefect's database past ours.
 demo: $(STAMP)
-	$(BIN)/terrain demo
+	PREFECT_HOME="$${PREFECT_HOME:-$(CURDIR)/.prefect}" $(BIN)/terrain demo
 
 test: $(STAMP) java node-engine
 	$(BIN)/python -m pytest

@@ -315,6 +315,28 @@ def test_a_checkpoint_short_of_memory_keeps_the_committed_batches_in_the_log(tmp
         assert warehouse.con.execute("SELECT count(*) FROM wide").fetchone()[0] == 2000 * (committed - 1)
 
 
+def test_a_warehouse_made_by_an_older_terrain_gets_the_new_columns(seeded, tmp_path) -> None:
+    """schema.sql creates its tables only if they do not exist: a warehouse made before
+    meta.sync_runs had 'deleted' and 'reconciled' failed every sync ('Referenced update
+    column deleted not found'). Opened now, it gets them, and opens again cleanly."""
+    path = tmp_path / "old.duckdb"
+    with duckdb.connect(str(path)) as con:
+        con.execute("CREATE SCHEMA meta")
+        con.execute("CREATE SEQUENCE meta.sync_run_ids")
+        con.execute("CREATE TABLE meta.sync_runs (run_id BIGINT PRIMARY KEY DEFAULT nextval('meta.sync_run_ids'), "
+                    "asset_uid VARCHAR NOT NULL, form_id VARCHAR NOT NULL, started_at TIMESTAMPTZ NOT NULL, "
+                    "finished_at TIMESTAMPTZ, pulled BIGINT, new BIGINT, edited BIGINT, unchanged BIGINT, "
+                    "quarantined BIGINT, status VARCHAR NOT NULL)")
+        con.execute("INSERT INTO meta.sync_runs (asset_uid, form_id, started_at, status) "
+                    "VALUES ('aOld', 'household_survey', now(), 'ok')")
+    sync(seeded.server, seeded.token, path)
+    with Warehouse(path) as warehouse:  # (opened again: the log replays)
+        runs = warehouse.con.execute("SELECT asset_uid, pulled, deleted, reconciled FROM meta.sync_runs "
+                                     "ORDER BY run_id").fetchall()
+    assert runs[0] == ("aOld", None, None, None)
+    assert runs[1][1] == 250 and runs[1][2] == 0 and runs[1][3] is True
+
+
 def test_a_batch_with_edits_and_a_new_versions_first_submissions_commits(household, tmp_path: Path) -> None:
     """One batch: an edit of a submission of the first version (its clean rows deleted and
     inserted again) and the first submissions of a second version (its new column added).

@@ -60,6 +60,9 @@ WRITER_SETTINGS = [
     "SET threads = 1",
 ]
 CLOSE_CHECKPOINT_BYTES = 16 * 2**20
+TABLE_COLUMNS = ("SELECT c.schema_name, c.table_name, c.column_name, c.data_type FROM duckdb_columns() AS c "
+                 "JOIN duckdb_tables() AS t USING (database_name, schema_name, table_name) "
+                 "WHERE c.database_name = current_database() AND NOT t.temporary")
 STORED_COLUMNS = ("SELECT sum(column_count) FROM duckdb_tables() WHERE database_name = current_database() "
                   "AND schema_name = 'main'")
 REOPEN_WAIT_SECONDS, REOPEN_POLL_SECONDS = 600.0, 0.5
@@ -266,12 +269,37 @@ class Warehouse:
         kept as the comment of raw.history): replacing its views took some 0.3 s each in
         a warehouse of 100,000 submissions, at every sync."""
         sql = (SQL_DIR / "schema.sql").read_text(encoding="utf-8")
-        digest = "schema.sql " + hashlib.sha256(sql.encode()).hexdigest()[:16]
+        # ("with columns": warehouses stamped before _add_new_columns existed are checked once)
+        digest = "schema.sql with columns " + hashlib.sha256(sql.encode()).hexdigest()[:16]
         done = self.con.execute("SELECT count(*) FROM duckdb_views() WHERE schema_name = 'raw' AND "
                                 "view_name = 'history' AND comment = ?", [digest]).fetchone()[0]
         if not done:
+            self._add_new_columns(sql)
             self.con.execute(sql)
             self.con.execute(f"COMMENT ON VIEW raw.history IS '{digest}'")
+
+    def _add_new_columns(self, sql: str) -> None:
+        """A warehouse made by an older Terrain gets the columns schema.sql has gained since
+        (empty for the rows it holds): CREATE TABLE IF NOT EXISTS leaves a table as it was,
+        and a sync would then fail on the missing column."""
+        scratch = duckdb.connect()
+        try:
+            scratch.execute(sql)
+            wanted = scratch.execute(TABLE_COLUMNS).fetchall()
+        finally:
+            scratch.close()
+        present = self.con.execute(TABLE_COLUMNS).fetchall()
+        tables = {(schema, table) for schema, table, _, _ in present}
+        columns = {(schema, table, column) for schema, table, column, _ in present}
+        missing = [(schema, table, column, duck_type) for schema, table, column, duck_type in wanted
+                   if (schema, table) in tables and (schema, table, column) not in columns]
+        for schema, table, column, duck_type in missing:
+            log.info("adding the column %s to %s.%s of %s (made by an older Terrain)", column, schema, table, self.path)
+            self.con.execute(f"ALTER TABLE {quote(schema)}.{quote(table)} ADD COLUMN {quote(column)} {duck_type}")
+        if missing:
+            # Written out at once: DuckDB 1.5 failed to replay such an ALTER from its log
+            # ("GetDefaultDatabase with no default database set").
+            self.con.execute("CHECKPOINT")
 
     def __exit__(self, *exc: object) -> None:
         self.close()
