@@ -302,23 +302,34 @@ def _new_pages(client: KoboClient, asset_uid: str, after: int | None,
     low = after if after is not None else 0
     step = max(1, -(-(last - low) // settings.parallel))
     ranges = [(start, min(start + step, last)) for start in range(low, last, step)]
-    return merged_pages(client, asset_uid, ranges, depth=2 * settings.parallel), False
+    return merged_pages(client, asset_uid, ranges, depth=3), False
 
 
 def merged_pages(client: KoboClient, asset_uid: str, ranges: list[tuple[int, int]], depth: int) -> Iterator[Page]:
     """Fetches several ``_id`` ranges at once, each with its own session, and yields their
-    pages as they come; loading stays on the caller's thread (one warehouse writer)."""
+    pages as they come; loading stays on the caller's thread (one warehouse writer).
+    At most ``depth`` pages are being fetched or wait to be handed over, and ``depth`` more
+    wait in the queue, whatever the number of ranges: the writer takes some 0.4 s a page,
+    and 8 ranges each holding pages ahead of it took 80 MB (470 MB at 100,000)."""
     buffer: queue.Queue = queue.Queue(maxsize=depth)
+    ahead = threading.BoundedSemaphore(depth)
     done = object()
     stop = threading.Event()
 
     def fetch(low: int, high: int) -> None:
         worker_client = client.copy()
         try:
-            for page in worker_client.iter_pages(asset_uid, after_id=low, until_id=high):
-                if stop.is_set():
-                    return
-                buffer.put((page, None))
+            pages = worker_client.iter_pages(asset_uid, after_id=low, until_id=high)
+            while True:
+                with ahead:
+                    if stop.is_set():
+                        return
+                    page = next(pages, None)
+                    if page is None:
+                        break
+                    if stop.is_set():
+                        return
+                    buffer.put((page, None))
             buffer.put((done, None))
         except BaseException as error:  # noqa: BLE001 - handed to the consumer
             buffer.put((done, error))

@@ -65,6 +65,27 @@ def test_parallel_ranges_give_the_same_warehouse(household, tmp_path: Path) -> N
             s["_id"] for s in seeded.assets["household_survey"].submissions)
 
 
+def test_parallel_ranges_fetch_only_a_few_pages_ahead_of_the_writer(household) -> None:
+    """Eight ranges, a writer that takes its time: pages fetched ahead are bounded by the
+    depth, not by the number of ranges (each page held is some MB of memory)."""
+    import time
+
+    from flows.sync import merged_pages
+
+    seeded = seeded_server([household], 800, seed=11)
+    uid = seeded.assets["household_survey"].uid
+    with seeded.server as server, KoboClient(server.url, seeded.token, page_size=20) as client:
+        before = server.requests_served
+        ranges = [(999 + 100 * k, 999 + 100 * (k + 1)) for k in range(8)]  # the _ids are 1000 to 1799
+        pages = merged_pages(client, uid, ranges, depth=3)
+        first = next(pages)
+        time.sleep(1.5)  # the writer is busy: the fetchers wait
+        fetched = server.requests_served - before
+        rest = sum(page.size for page in pages)
+    assert first.size == 20 and first.size + rest == 800
+    assert fetched <= 1 + 3 + 3  # the one handed over, 3 in the queue, 3 fetched and waiting
+
+
 FOREIGN_FORM = """
 | survey |
 | | type | name | label::Français (fr) | label::English (en) | required | constraint |
