@@ -224,27 +224,19 @@ def test_a_commit_short_of_memory_says_which_setting_to_raise(tmp_path) -> None:
 def wide_form_server(questions: int, count: int, tmp_path: Path):
     """A project of ``questions`` questions (text, integer, select_one) and a repeat, as
     KoboToolbox projects of 150-400 questions are; ``count`` generated submissions."""
-    from forms.build import dictionary_from_sheets
-    from forms.source import FormSource, read_markdown_sheets
-    from kobo.content import xlsform_from_content
-    from kobo.server import LocalKoboServer, ServedAsset
+    from forms.build import build_form
 
     kinds = ["text", "integer", "select_one yn"]
     rows = ["| survey |", "| | type | name | label::Français (fr) | label::English (en) |"]
     rows += [f"| | {kinds[i % 3]} | q{i} | Question {i} | Question {i} |" for i in range(questions)]
     rows += ["| | begin_repeat | members | Membres | Members |", "| | text | member_name | Nom | Name |",
-             "| | end_repeat | | | |", "| choices |", "| | list_name | name | label::Français (fr) | label::English (en) |",
-             "| | yn | yes | Oui | Yes |", "| | yn | no | Non | No |",
+             "| | end_repeat | | | |", "", "| choices |", "| | list_name | name | label::Français (fr) | label::English (en) |",
+             "| | yn | yes | Oui | Yes |", "| | yn | no | Non | No |", "",
              "| settings |", "| | form_id | version | default_language |", "| | wide_form | 1 | Français (fr) |"]
-    content = content_from_source(FormSource(path=tmp_path / "wide_form.md", sheets=read_markdown_sheets("\n".join(rows))))
-    dictionary = dictionary_from_sheets(xlsform_from_content(content), "test", form_name="wide_form")
-    deployment = Deployment("aWideForm0000000000000", "vWide00000000000000000", "2" * 32)
-    generator = SubmissionGenerator(dictionary, deployment, seed=4, mistake_rate=0.0)
-    asset = ServedAsset(uid=deployment.asset_uid, name="Wide", content=content, version_uid=deployment.version_uid,
-                        formhub_uuid=deployment.formhub_uuid,
-                        submissions=[generator.submission(i, 500 + i) for i in range(count)])
-    token = "6" * 40
-    return LocalKoboServer({token: "someone"}, [asset]), token, asset.uid
+    path = tmp_path / "wide_form.md"
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    seeded = seeded_server([build_form(path)], count, seed=4, mistake_rate=0.0)
+    return seeded.server, seeded.token, seeded.assets["wide_form"].uid
 
 
 def test_a_form_of_200_questions_syncs_with_the_memory_its_width_needs(tmp_path, monkeypatch) -> None:
