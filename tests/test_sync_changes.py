@@ -74,6 +74,42 @@ def test_edits_deletes_and_new_submissions_leave_the_server_state_plus_history(h
         assert runs[-1] == (26, 1, 1, True)
 
 
+def _keys_reversed(value):
+    if isinstance(value, dict):
+        return {key: _keys_reversed(item) for key, item in reversed(list(value.items()))}
+    if isinstance(value, list):
+        return [_keys_reversed(item) for item in value]
+    return value
+
+
+def test_the_same_submissions_with_their_keys_in_another_order_are_not_edits(household, tmp_path: Path) -> None:
+    """kobo-api.md §4: key order is not guaranteed. Every sync re-reads an overlap below its
+    watermark; sent in another order, those submissions are seen again, not edited (no new
+    raw version, now or at the next sync), while a real change under the same _uuid is kept."""
+    seeded = seeded_server([household], 150, seed=34)
+    asset = seeded.assets["household_survey"]
+    path = tmp_path / "w.duckdb"
+    with seeded.server as server:
+        sync(server, seeded.token, path)
+        with_files = [s for s in asset.submissions[-100:] if s.get("_attachments")][-1]
+        for submission in list(asset.submissions):
+            reordered = _keys_reversed(submission)
+            if submission is with_files:  # a file deleted on the server: its _uuid stays
+                reordered["_attachments"][0]["is_deleted"] = True
+            asset.replace(reordered)
+        second = sync(server, seeded.token, path)[0]
+        third = sync(server, seeded.token, path)[0]
+    assert list(asset.submissions[0]) != list(reversed(asset.submissions[0]))  # really reordered
+    assert (second.new, second.edited, second.pulled) == (0, 1, 100)
+    assert (third.new, third.edited, third.pulled) == (0, 0, 100)
+    with duckdb.connect(str(path), read_only=True) as con:
+        assert con.execute("select count(*), count(*) filter (where is_current) from raw.submissions").fetchone() == (151, 150)
+        versions = con.execute("select count(*) from raw.submissions where root_uuid = ?",
+                               [with_files["meta/rootUuid"]]).fetchone()[0]
+        assert versions == 2
+        assert con.execute("select count(*) from raw.history where change = 'edited'").fetchone()[0] == 1
+
+
 def test_twenty_percent_faults_give_the_same_warehouse_as_a_calm_sync(household, tmp_path: Path) -> None:
     calm = seeded_server([household], 400, seed=32)
     stormy = seeded_server([household], 400, seed=32,

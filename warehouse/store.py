@@ -185,6 +185,8 @@ class Warehouse:
             con.execute(setting)
         if not self.read_only:  # close() decides (see there)
             con.execute("PRAGMA disable_checkpoint_on_shutdown")
+            for macro in named_queries("macros.sql").values():
+                con.execute(macro)
         return con
 
     def _open_error(self, error: duckdb.Error, replaying: bool) -> WarehouseError:
@@ -446,6 +448,9 @@ class Warehouse:
         self.con.execute(queries["landing"], {"asset_uid": asset_uid, "form_id": form_id})
         rejected = self.con.execute(queries["rejected"]).fetchall()
         self.con.execute(queries["known_versions"], {"asset_uid": asset_uid})
+        if self.con.execute(queries["hash_differs_same_uuid"]).fetchone()[0]:
+            self.con.execute(queries["rehash_same_content"], {"asset_uid": asset_uid})
+            self.con.execute(queries["known_versions"], {"asset_uid": asset_uid})
         self.con.execute(queries["new_versions"])
         landed = {sequence: (changed - edited, edited, total - changed)
                   for sequence, total, changed, edited in self.con.execute(queries["landed_counts"]).fetchall()}
@@ -518,12 +523,13 @@ class Warehouse:
 
     def overlap_start(self, asset_uid: str, overlap: int) -> int | None:
         """Where an incremental pull starts: ``overlap`` submissions before the watermark, so
-        a slow upload that became visible after a higher ``_id`` is not missed (kobo-api.md §3.4)."""
+        a slow upload that became visible after a higher ``_id`` is not missed (kobo-api.md §3.4).
+        Submissions, not raw versions: an edited one counts once."""
         watermark = self.watermark(asset_uid)
         if watermark is None or overlap <= 0:
             return watermark
         row = self.con.execute(
-            "SELECT min(submission_id) FROM (SELECT submission_id FROM raw.submissions WHERE asset_uid = ? "
+            "SELECT min(submission_id) FROM (SELECT DISTINCT submission_id FROM raw.submissions WHERE asset_uid = ? "
             "AND submission_id <= ? ORDER BY submission_id DESC LIMIT ?)", [asset_uid, watermark, overlap]).fetchone()
         return (row[0] - 1) if row and row[0] is not None else watermark
 

@@ -23,8 +23,7 @@ FROM page_results;
 -- name: landing
 -- One row per usable submission of the batch (the last one if a root uuid comes twice:
 -- the batch is the unit, as a page was).
--- The content hash tells an edit from the same submission seen again: it leaves out
--- a status change, the old servers' _tags/_notes, and the host in attachment URLs.
+-- The content hash tells an edit from the same submission seen again (macros.sql).
 -- A __version__ that reads as a JSON object or list is not a version (no version
 -- string starts with '{' or '['; asking DuckDB for its type would parse the document
 -- once more).
@@ -33,12 +32,7 @@ SELECT sequence, $asset_uid AS asset_uid, $form_id AS form_id, CAST(trim(k[1]) A
        coalesce(nullif(k[2], ''), 'uuid:' || coalesce(k[3], 'None')) AS root_uuid, coalesce(k[3], '') AS uuid,
        CASE WHEN left(k[4], 1) IN ('{', '[') THEN NULL ELSE k[4] END AS form_version,
        TRY_CAST(k[5] AS TIMESTAMPTZ) AS submission_time,
-       md5(CAST(json_merge_patch(doc, '{"_validation_status": null, "_tags": null, "_notes": null, "_attachments": null}')
-                AS VARCHAR)
-           || coalesce(CAST(list_transform(json_extract(doc, '$._attachments[*]'),
-                lambda a: json_merge_patch(a, '{"download_url": null, "download_large_url": null, '
-                                         '"download_medium_url": null, "download_small_url": null}')) AS VARCHAR), ''))
-           AS content_hash,
+       content_hash(doc) AS content_hash,
        doc AS payload
 FROM page_documents
 WHERE is_object AND regexp_full_match(coalesce(k[1], ''), '\s*-?\d{1,18}\s*')
@@ -61,9 +55,27 @@ WHERE NOT is_object OR NOT regexp_full_match(coalesce(k[1], ''), '\s*-?\d{1,18}\
 -- the statements below that need not touch it are skipped (a full sync lands new
 -- submissions only).
 CREATE OR REPLACE TEMP TABLE known_versions AS
-SELECT r.root_uuid, r.content_hash
+SELECT r.root_uuid, r.uuid, r.is_current, r.content_hash
 FROM raw.submissions AS r
 WHERE r.asset_uid = $asset_uid AND r.root_uuid IN (SELECT root_uuid FROM landing);
+
+-- name: hash_differs_same_uuid
+-- Submissions whose content hash changed while their _uuid did not: every edit changes
+-- _uuid (kobo-api.md §3.6), so these may be the same content with its keys in another
+-- order (kobo-api.md §4), as the overlap re-read by every sync would then show each time.
+SELECT count(*)
+FROM landing AS l JOIN known_versions AS k
+  ON k.root_uuid = l.root_uuid AND k.is_current AND k.uuid = l.uuid AND k.content_hash <> l.content_hash
+WHERE l.uuid <> '';
+
+-- name: rehash_same_content
+-- Those whose content is indeed the same keep their raw version and take the new hash,
+-- so they count as seen again, not edited, now and at the next sync.
+UPDATE raw.submissions AS r
+SET content_hash = l.content_hash
+FROM landing AS l
+WHERE r.asset_uid = $asset_uid AND r.root_uuid = l.root_uuid AND r.is_current AND r.uuid = l.uuid
+  AND l.uuid <> '' AND r.content_hash <> l.content_hash AND same_content(r.payload, l.payload);
 
 -- name: touch_seen
 -- Submissions seen again unchanged: only their last_seen moves.
