@@ -895,13 +895,16 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2, help="killed-run trials at once (a sync uses one core)")
     parser.add_argument("--skip", choices=["killed", "storm"], action="append", default=[])
+    parser.add_argument("--reopen-every", type=int, default=None,
+                        help="submissions between two reopenings of the warehouse in the killed runs' syncs "
+                             "(default SyncSettings'); lower it so kills also land around a reopening")
     args = parser.parse_args()
     started = time.monotonic()
     killed = storm = None
     if "killed" not in args.skip:
         print(f"Killed runs: {args.killed_size:,} submissions, {args.trials} trials (seed {args.seed})...", flush=True)
         killed = killed_runs(args.killed_size, args.trials, seed=args.seed, workers=args.workers,
-                             report=lambda m: print(m, flush=True))
+                             report=lambda m: print(m, flush=True), reopen_every=args.reopen_every)
     if "storm" not in args.skip:
         print(f"Fault storm: {args.storm_size:,} submissions, 20% faults, changes and a new form version "
               f"mid-sync...", flush=True)

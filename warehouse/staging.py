@@ -212,10 +212,7 @@ class StagingPlan:
         if not table.is_repeat:
             for column in MAIN_SYSTEM_KEYS:
                 position += 1
-                # Metadata that reads as a JSON object or list is unusable (no uuid, version,
-                # time or user name starts with '{' or '['; asking DuckDB for the type would
-                # parse the document again).
-                text = f"(CASE WHEN left(t[{position}], 1) IN ('{{', '[') THEN NULL ELSE t[{position}] END)"
+                text = f"scalar_text(t[{position}])"  # warehouse/sql/macros.sql
                 if column == "submission_time":
                     text = f"TRY_CAST({text} AS TIMESTAMPTZ)"
                 raw_columns.append(f"{text} AS {quote(column)}")

@@ -113,6 +113,11 @@ def named_queries(file_name: str, folder: Path = SQL_DIR) -> dict[str, str]:
     return queries
 
 
+# The temp tables land_raw.sql makes for each batch (Warehouse.drop_landing).
+LANDING_TEMP_TABLES = tuple(re.findall(r"CREATE OR REPLACE TEMP TABLE (\w+)",
+                                      "\n".join(named_queries("land_raw.sql").values())))
+
+
 def quote(identifier: str) -> str:
     """Identifiers come only from the field dictionary; they are still always quoted."""
     return '"' + identifier.replace('"', '""') + '"'
@@ -463,7 +468,7 @@ class Warehouse:
 
     def drop_landing(self) -> None:
         """Drops land()'s temp tables once their batch is done with them."""
-        for name in ("page_bodies", "page_results", "page_documents", "landing", "known_versions", "landing_new"):
+        for name in LANDING_TEMP_TABLES:
             self.con.execute(f"DROP TABLE IF EXISTS {name}")
 
     # -- clean tables and quarantine ------------------------------------------------------

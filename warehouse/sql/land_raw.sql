@@ -24,13 +24,10 @@ FROM page_results;
 -- One row per usable submission of the batch (the last one if a root uuid comes twice:
 -- the batch is the unit, as a page was).
 -- The content hash tells an edit from the same submission seen again (macros.sql).
--- A __version__ that reads as a JSON object or list is not a version (no version
--- string starts with '{' or '['; asking DuckDB for its type would parse the document
--- once more).
 CREATE OR REPLACE TEMP TABLE landing AS
 SELECT sequence, $asset_uid AS asset_uid, $form_id AS form_id, CAST(trim(k[1]) AS BIGINT) AS submission_id,
        coalesce(nullif(k[2], ''), 'uuid:' || coalesce(k[3], 'None')) AS root_uuid, coalesce(k[3], '') AS uuid,
-       CASE WHEN left(k[4], 1) IN ('{', '[') THEN NULL ELSE k[4] END AS form_version,
+       scalar_text(k[4]) AS form_version,
        TRY_CAST(k[5] AS TIMESTAMPTZ) AS submission_time,
        content_hash(doc) AS content_hash,
        doc AS payload

@@ -1,4 +1,5 @@
--- Macros the landing SQL (land_raw.sql) shares; created on every writer connection.
+-- Macros shared by the landing SQL (land_raw.sql) and the typing (warehouse/staging.py);
+-- created on every writer connection.
 
 -- name: submission_content
 -- What a submission's content hash covers, in two texts: the document without what
@@ -30,3 +31,9 @@ CREATE OR REPLACE TEMP MACRO json_canonical(text) AS (
 CREATE OR REPLACE TEMP MACRO same_content(a, b) AS
     json_canonical(submission_content(a)[1]) = json_canonical(submission_content(b)[1])
     AND json_canonical(submission_content(a)[2]) IS NOT DISTINCT FROM json_canonical(submission_content(b)[2]);
+
+-- name: scalar_text
+-- Metadata text (version, uuid, time, user name) that reads as a JSON object or list is
+-- unusable: none of them starts with '{' or '[' (asking DuckDB for the value's JSON type
+-- would parse the document once more).
+CREATE OR REPLACE TEMP MACRO scalar_text(text) AS CASE WHEN left(text, 1) IN ('{', '[') THEN NULL ELSE text END;
