@@ -229,7 +229,7 @@ def publish_quality_summary(warehouse_path: str) -> None:
 
     try:
         with Warehouse(warehouse_path) as warehouse:
-            markdown = report_markdown(build_report_data(warehouse.con))
+            markdown = report_markdown(build_report_data(warehouse.con, dont_know=False, open_issues=False))
     except TerrainError as error:
         get_run_logger().warning("no data-quality summary: %s", error)
         return

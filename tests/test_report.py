@@ -304,6 +304,38 @@ def test_markdown_summary(data) -> None:
     assert f"| {top.check_code} |" in text
 
 
+def test_the_summary_after_each_sync_reads_no_answers_and_says_the_same(con, data) -> None:
+    """flows.pipeline.publish_quality_summary skips what report_markdown does not show:
+    the "don't know" counts and the open issues (100 s and out of memory at 1,000,000)."""
+    short = build_report_data(con, dont_know=False, open_issues=False, now=data.generated_at)
+    assert short.open_issues == [] and all(e.answers == 0 for e in short.enumerators)
+    assert sum(e.answers for e in data.enumerators) > 0 and data.open_issues
+    assert report_markdown(short) == report_markdown(data)
+
+
+def test_open_issues_name_the_enumerator_of_their_submission(con, data) -> None:
+    import json
+
+    payloads = {root: json.loads(text) for root, text in con.execute(
+        f"SELECT root_uuid, payload::VARCHAR FROM raw.submissions r WHERE {CURRENT}").fetchall()}
+    with_submission = [i for i in data.open_issues if i.root_uuid in payloads]
+    assert len(with_submission) >= 5
+    assert all(i.enumerator == _enumerator(payloads[i.root_uuid]) for i in with_submission)
+
+
+def test_open_issues_beyond_the_sheet_are_counted_in_its_note(synced: Synced, data, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import validation.report as report
+
+    total = len(data.open_issues)
+    monkeypatch.setattr(report, "EXCEL_MAX_ROWS", HEADER_ROW + 1 + 3)  # room for 3 rows
+    sheet = openpyxl.load_workbook(write_report(synced.path, tmp_path / "r.xlsx"))[SHEETS["open_issues"]]
+    shown = _rows(sheet)
+    assert [(r[0], r[1], r[6]) for r in shown] == [(i.form_id, i.submission_id, i.check_code)
+                                                   for i in data.open_issues[:3]]
+    assert f"{total - 3} lignes omises (limite d'Excel) / rows left out (Excel's limit)" in sheet.cell(2, 1).value
+
+
 # -- the corrections template ---------------------------------------------------------------
 def test_corrections_template(con, synced: Synced, tmp_path: Path) -> None:
     rows = corrections_template_rows(con)

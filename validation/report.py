@@ -18,6 +18,8 @@ error, in the layout ``terrain`` reads back as a corrections file (validation/co
 from __future__ import annotations
 
 import datetime as dt
+import itertools
+from contextlib import contextmanager
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -232,6 +234,19 @@ def _table_exists(con: duckdb.DuckDBPyConnection, name: str | None, schema: str 
                             [schema, name]).fetchone()[0])
 
 
+def _enumerator_of(submitted_by: str, username: str) -> str:
+    """SQL for a submission's enumerator from the texts of its ``_submitted_by`` (the
+    KoboToolbox account) and of the form's username question, in that order."""
+    return (f"coalesce(nullif(trim({submitted_by}), ''), nullif(trim({username}), ''), "
+            f"{sql_literal(UNKNOWN_ENUMERATOR)})")
+
+
+def _payload_enumerator(info: _FormInfo) -> str:
+    """SQL for the enumerator of a raw submission ``r`` of this form."""
+    return _enumerator_of("json_extract_string(r.payload, '$._submitted_by')",
+                          f"json_extract_string(r.payload, {sql_literal(json_path(info.username_key))})")
+
+
 def _facts(con: duckdb.DuckDBPyConnection, info: _FormInfo) -> tuple[str, list[Any]]:
     """A CTE ``facts``: one row per current submission of the form, with its enumerator,
     commune, times and whether it is clean, quarantined or has a warning."""
@@ -252,7 +267,7 @@ def _facts(con: duckdb.DuckDBPyConnection, info: _FormInfo) -> tuple[str, list[A
         FROM quality.issues WHERE resolved_at IS NULL GROUP BY asset_uid, root_uuid
     ), submitted AS MATERIALIZED (
         SELECT asset_uid, root_uuid, submission_id, submission_time,
-               coalesce(nullif(trim(a[1]), ''), nullif(trim(a[2]), ''), ?) AS enumerator,
+               {_enumerator_of("a[1]", "a[2]")} AS enumerator,
                nullif(trim({commune}), '') AS commune,
                try_cast(a[3] AS TIMESTAMPTZ) AS started,
                try_cast(a[4] AS TIMESTAMPTZ) AS ended,
@@ -271,8 +286,7 @@ def _facts(con: duckdb.DuckDBPyConnection, info: _FormInfo) -> tuple[str, list[A
                            CAST(timezone('UTC', submission_time) AS DATE)) AS work_day
         FROM base
     )"""
-    parameters = [UNKNOWN_ENUMERATOR, info.form_id]
-    return sql, parameters
+    return sql, [info.form_id]
 
 
 def _commune_labels(con: duckdb.DuckDBPyConnection, info: _FormInfo) -> dict[str, str]:
@@ -295,13 +309,11 @@ def _dont_know_counts(con: duckdb.DuckDBPyConnection, info: _FormInfo,
     is planned as a join that copies the payload into each of its rows (out of memory)."""
     wanted = set(values)
     keys = set(info.answer_keys) if info.answer_keys else None
-    sql = (f"SELECT coalesce(nullif(trim(json_extract_string(r.payload, '$._submitted_by')), ''), "
-           f"nullif(trim(json_extract_string(r.payload, ?)), ''), ?), r.payload::VARCHAR "
-           f"FROM raw.submissions r WHERE r.form_id = ? AND {CURRENT} AND r.submission_id >= ? AND r.submission_id < ?")
+    sql = (f"SELECT {_payload_enumerator(info)}, r.payload::VARCHAR FROM raw.submissions r "
+           f"WHERE r.form_id = ? AND {CURRENT} AND r.submission_id >= ? AND r.submission_id < ?")
     counts: dict[str, tuple[int, int]] = {}
     for low, high in _submission_chunks(con, info.form_id, DONT_KNOW_CHUNK):
-        for enumerator, payload in con.execute(sql, [json_path(info.username_key), UNKNOWN_ENUMERATOR, info.form_id,
-                                                     low, high]).fetchall():
+        for enumerator, payload in con.execute(sql, [info.form_id, low, high]).fetchall():
             answers = dont_know = 0
             for value in _answers(json.loads(payload), keys):
                 answer = (value if isinstance(value, str) else json.dumps(value)).strip().lower()
@@ -347,15 +359,20 @@ def _rate(part: int, whole: int) -> float:
 
 
 def build_report_data(con: duckdb.DuckDBPyConnection, dont_know_values: Iterable[str] = DONT_KNOW_VALUES,
-                      now: dt.datetime | None = None) -> ReportData:
+                      now: dt.datetime | None = None, dont_know: bool = True,
+                      open_issues: bool = True) -> ReportData:
     """Everything the report shows, computed with SQL on the warehouse (a read-only
-    connection is enough)."""
+    connection is enough). Without ``dont_know``, no "don't know" counts (they read every
+    answer of every submission: 100 s at 1,000,000); without ``open_issues``, no list of
+    the open issues (write_report reads them as it writes them).
+    report_markdown needs neither."""
     values = sorted({str(v).strip().lower() for v in dont_know_values if str(v).strip()})
     data = ReportData(generated_at=now or dt.datetime.now(dt.timezone.utc), dont_know_values=tuple(values))
     issue_counts = {form_id: (errors, warnings) for form_id, errors, warnings in con.execute(
         "SELECT form_id, count(*) FILTER (WHERE severity = 'error'), count(*) FILTER (WHERE severity = 'warning') "
         "FROM quality.issues WHERE resolved_at IS NULL GROUP BY form_id").fetchall()}
-    for info in _form_infos(con):
+    infos = _form_infos(con)
+    for info in infos:
         facts, parameters = _facts(con, info)
         received, clean, quarantined, last = con.execute(
             f"{facts} SELECT count(*), count(*) FILTER (WHERE is_clean), count(*) FILTER (WHERE has_error), "
@@ -363,7 +380,7 @@ def build_report_data(con: duckdb.DuckDBPyConnection, dont_know_values: Iterable
         errors, warnings = issue_counts.get(info.form_id, (0, 0))
         data.forms.append(FormSummary(info.form_id, info.title, received, clean, quarantined, errors, warnings, last))
 
-        dont_know = _dont_know_counts(con, info, values)
+        dont_know_counts = _dont_know_counts(con, info, values) if dont_know else {}
         for row in con.execute(
                 f"""{facts}
                 SELECT enumerator, count(*), count(DISTINCT work_day),
@@ -371,7 +388,7 @@ def build_report_data(con: duckdb.DuckDBPyConnection, dont_know_values: Iterable
                        count(*) FILTER (WHERE has_error), count(*) FILTER (WHERE has_warning)
                 FROM facts GROUP BY enumerator ORDER BY enumerator""", parameters).fetchall():
             enumerator, submissions, days, median, with_errors, with_warnings = row
-            answers, dk = dont_know.get(enumerator, (0, 0))
+            answers, dk = dont_know_counts.get(enumerator, (0, 0))
             data.enumerators.append(EnumeratorStats(
                 form_id=info.form_id, enumerator=enumerator, submissions=submissions, days_worked=days,
                 per_day=round(submissions / days, 2) if days else float(submissions),
@@ -394,20 +411,45 @@ def build_report_data(con: duckdb.DuckDBPyConnection, dont_know_values: Iterable
            FROM quality.issues WHERE resolved_at IS NULL
            GROUP BY form_id, check_code, severity
            ORDER BY form_id, open_issues DESC, severity, check_code""").fetchall()]
-    data.open_issues = [OpenIssue(*row) for row in con.execute(_OPEN_ISSUES_SQL.format(where="")).fetchall()]
+    if open_issues:
+        data.open_issues = list(_open_issues(con, infos))
     return data
 
 
-_OPEN_ISSUES_SQL = """
+OPEN_ISSUES_SQL = """
+WITH open_issues AS (
+    SELECT * FROM quality.issues i WHERE i.resolved_at IS NULL {where}
+), enumerators AS (
+    {enumerators}
+)
 SELECT i.issue_id, i.form_id, i.submission_id, i.root_uuid, i.table_name, i.column_name, i.row_key, i.check_code,
-       i.severity, i.value, i.message,
-       coalesce(nullif(trim(json_extract_string(r.payload, '$._submitted_by')), ''),
-                nullif(trim(json_extract_string(r.payload, '$.username')), '')) AS enumerator,
-       i.detected_at
-FROM quality.issues i
-LEFT JOIN raw.submissions r ON r.asset_uid = i.asset_uid AND r.root_uuid = i.root_uuid AND r.is_current
-WHERE i.resolved_at IS NULL {where}
+       i.severity, i.value, i.message, e.enumerator, i.detected_at
+FROM open_issues i
+LEFT JOIN enumerators e ON e.asset_uid = i.asset_uid AND e.root_uuid = i.root_uuid
 ORDER BY CASE i.severity WHEN 'error' THEN 0 ELSE 1 END, i.form_id, i.submission_id, i.issue_id"""
+# One form's part of ``enumerators``: read from the payloads of the submissions with open
+# issues only, before any join (a join carrying the payloads ran out of memory at 1,000,000).
+OPEN_ISSUE_ENUMERATORS_SQL = """
+SELECT r.asset_uid, r.root_uuid, {enumerator} AS enumerator
+FROM raw.submissions r
+WHERE r.form_id = {form_id} AND r.is_current
+  AND EXISTS (SELECT 1 FROM open_issues o WHERE o.asset_uid = r.asset_uid AND o.root_uuid = r.root_uuid)"""
+
+
+OPEN_ISSUES_CHUNK = 10_000
+
+
+def _open_issues(con: duckdb.DuckDBPyConnection, infos: list[_FormInfo], errors_only: bool = False,
+                 limit: int | None = None) -> Iterator[OpenIssue]:
+    """The open issues (``errors_only``: the open errors; ``limit``: the first ones), with
+    their submissions' enumerators, read a chunk at a time."""
+    enumerators = " UNION ALL ".join(
+        OPEN_ISSUE_ENUMERATORS_SQL.format(enumerator=_payload_enumerator(info), form_id=sql_literal(info.form_id))
+        for info in infos) or "SELECT NULL::VARCHAR AS asset_uid, NULL::VARCHAR AS root_uuid, NULL::VARCHAR AS enumerator"
+    sql = OPEN_ISSUES_SQL.format(where="AND i.severity = 'error'" if errors_only else "", enumerators=enumerators)
+    cursor = con.execute(sql + ("" if limit is None else f" LIMIT {int(limit)}"))
+    while rows := cursor.fetchmany(OPEN_ISSUES_CHUNK):
+        yield from (OpenIssue(*row) for row in rows)
 
 
 # -- markdown -----------------------------------------------------------------------------
@@ -680,17 +722,16 @@ def _write_coverage(workbook, formats: _Formats, data: ReportData) -> None:
     sheet.insert_chart(HEADER_ROW, len(COVERAGE_HEADINGS) + 1, chart)
 
 
-def _write_open_issues(workbook, formats: _Formats, data: ReportData) -> None:
+def _write_open_issues(workbook, formats: _Formats, issues: Iterable[OpenIssue], total: int) -> None:
+    """``issues``: the first ``total`` rows that fit in a sheet (more are counted in the note)."""
     room = EXCEL_MAX_ROWS - HEADER_ROW - 1
-    shown = data.open_issues[:room]
     note = "Une ligne par problème ouvert, erreurs d'abord. / One row per open issue, errors first."
-    if len(shown) < len(data.open_issues):
-        note += (f" {len(data.open_issues) - len(shown)} lignes omises (limite d'Excel) / rows left out "
-                 f"(Excel's limit).")
+    if total > room:
+        note += f" {total - room} lignes omises (limite d'Excel) / rows left out (Excel's limit)."
     sheet = _sheet(workbook, formats, "open_issues", OPEN_ISSUE_HEADINGS, [24, 12, 44, 20, 20, 8, 22, 20, 18, 80, 16, 18],
                    note)
     row = HEADER_ROW + 1
-    for i in shown:
+    for i in itertools.islice(issues, room):
         values = [i.form_id, i.submission_id, i.root_uuid, i.table_name, i.column_name, i.row_key, i.check_code,
                   SEVERITY_LABELS.get(i.severity, i.severity), i.value, i.message, i.enumerator]
         for column, value in enumerate(values):
@@ -700,14 +741,16 @@ def _write_open_issues(workbook, formats: _Formats, data: ReportData) -> None:
                 _write(sheet, row, column, value)
         _write(sheet, row, 11, i.detected_at, formats.stamp)
         row += 1
-    if shown:
+    if row > HEADER_ROW + 1:
         sheet.autofilter(HEADER_ROW, 0, row - 1, len(OPEN_ISSUE_HEADINGS) - 1)
     else:
         sheet.write_string(row, 0, "Aucun problème ouvert / No open issues", formats.note)
 
 
-def write_report_workbook(data: ReportData, out_path: str | Path) -> Path:
-    """Writes already computed report data (for callers that hold a connection)."""
+def write_report_workbook(data: ReportData, out_path: str | Path,
+                          open_issues: Iterable[OpenIssue] | None = None) -> Path:
+    """Writes already computed report data; ``open_issues``: read as they are written
+    (default: ``data.open_issues``)."""
     path = Path(out_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     workbook = _new_workbook(path)
@@ -717,26 +760,35 @@ def write_report_workbook(data: ReportData, out_path: str | Path) -> Path:
     _write_checks(workbook, formats, data)
     _write_enumerators(workbook, formats, data)
     _write_coverage(workbook, formats, data)
-    _write_open_issues(workbook, formats, data)
+    _write_open_issues(workbook, formats, data.open_issues if open_issues is None else open_issues,
+                       sum(c.open_issues for c in data.checks))
     workbook.close()
     return path
+
+
+@contextmanager
+def _reading(warehouse_path: str | Path) -> Iterator[Warehouse]:
+    """The warehouse, read-only, for a report: DuckDB's two threads each sort within the
+    memory limit, and 400,000 open issues did not fit them (one thread spills to disk)."""
+    with Warehouse(warehouse_path, read_only=True) as warehouse:
+        warehouse.con.execute("SET threads = 1")
+        yield warehouse
 
 
 def write_report(warehouse_path: str | Path, out_path: str | Path,
                  dont_know_values: Iterable[str] = DONT_KNOW_VALUES) -> Path:
     """Writes the quality report of the warehouse at ``warehouse_path`` to ``out_path`` (.xlsx)."""
-    with Warehouse(warehouse_path, read_only=True) as warehouse:
-        data = build_report_data(warehouse.con, dont_know_values)
-    return write_report_workbook(data, out_path)
+    with _reading(warehouse_path) as warehouse:
+        data = build_report_data(warehouse.con, dont_know_values, open_issues=False)
+        issues = _open_issues(warehouse.con, _form_infos(warehouse.con), limit=EXCEL_MAX_ROWS - HEADER_ROW - 1)
+        return write_report_workbook(data, out_path, issues)
 
 
 # -- corrections template -----------------------------------------------------------------
 def corrections_template_rows(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
     """One row per open error, ready for a data manager to fill new_value, reason and author."""
-    rows = con.execute(_OPEN_ISSUES_SQL.format(where="AND i.severity = 'error'")).fetchall()
     template = []
-    for row in rows:
-        issue = OpenIssue(*row)
+    for issue in _open_issues(con, _form_infos(con), errors_only=True):
         template.append({
             "root_uuid": issue.root_uuid, "field": issue.column_name or "", "row_key": issue.row_key or "",
             "new_value": "", "reason": "", "author": "",
@@ -770,7 +822,7 @@ TEMPLATE_HELP = [
 def write_corrections_template(warehouse_path: str | Path, out_path: str | Path) -> Path:
     """A corrections file (XLSX) with one row per open error; its first sheet is read back
     as is by validation/corrections.py."""
-    with Warehouse(warehouse_path, read_only=True) as warehouse:
+    with _reading(warehouse_path) as warehouse:
         rows = corrections_template_rows(warehouse.con)
     path = Path(out_path)
     path.parent.mkdir(parents=True, exist_ok=True)
