@@ -180,13 +180,22 @@ class _FormInfo:
     form_id: str
     title: str
     main_table: str | None
-    answer_keys: list[str]
+    answer_keys: dict[str | None, list[str]]  # JSONPath to a repeat's rows (None: the submission) -> keys
     start_key: str
     end_key: str
     today_key: str
     username_key: str
     commune_keys: list[str]
     commune_lists: list[str]
+
+
+def _rows_path(tables: dict[str, Any], table: dict[str, Any]) -> str | None:
+    """The JSONPath to every row of a repeat table in a submission (nested repeats: through
+    their parents' rows); None for the main table."""
+    if table.get("parent") is None:
+        return None
+    parent = _rows_path(tables, tables[table["parent"]]) or "$"
+    return parent + json_path(table["repeat_key"])[1:] + "[*]"
 
 
 def _form_infos(con: duckdb.DuckDBPyConnection) -> list[_FormInfo]:
@@ -199,7 +208,7 @@ def _form_infos(con: duckdb.DuckDBPyConnection) -> list[_FormInfo]:
                            [form_id]).fetchall()
         dictionaries = [json.loads(r[0]) for r in rows]
         title, main_table = form_id, None
-        answer_keys: list[str] = []
+        answer_keys: dict[str | None, list[str]] = {}
         keys = {"start": [], "end": [], "today": [], "username": []}
         commune_keys: list[str] = []
         commune_lists: list[str] = []
@@ -208,12 +217,13 @@ def _form_infos(con: duckdb.DuckDBPyConnection) -> list[_FormInfo]:
             for table in dictionary["tables"].values():
                 if table.get("parent") is None:
                     main_table = table["name"]
+                rows = _rows_path(dictionary["tables"], table)
                 for f in table["fields"]:
                     kind, key = f["xlsform_type"], f["kobo_key"]
                     if kind in keys and table.get("parent") is None:
                         keys[kind].append(key)
-                    if kind not in NOT_ANSWERS and key not in answer_keys:
-                        answer_keys.append(key)
+                    if kind not in NOT_ANSWERS and key not in answer_keys.setdefault(rows, []):
+                        answer_keys[rows].append(key)
                     if f["name"] in COMMUNE_FIELDS and table.get("parent") is None:
                         commune_keys.append(key)
                         if f.get("list_name"):
@@ -300,58 +310,46 @@ def _commune_labels(con: duckdb.DuckDBPyConnection, info: _FormInfo) -> dict[str
     return {code: label for code, label in rows}
 
 
+def _answers_sql(info: _FormInfo) -> tuple[str, str]:
+    """SQL for (``t``: the texts of a raw submission ``r``'s own keys, ``_submitted_by``
+    and the username first; its answers): the answers (its repeats' included) as a list of
+    texts, lower-cased and trimmed, empty ones left out. The submission's own keys are read
+    in one parse: each JSON function call holds the parse of 2,048 documents, and a few
+    more ran out of memory."""
+    own = ["$._submitted_by", json_path(info.username_key)] + [json_path(k) for k in info.answer_keys.get(None, [])]
+    lists = ["t[3:]"]
+    for rows, keys in info.answer_keys.items():
+        if rows is not None:
+            paths = "[" + ", ".join(sql_literal(json_path(k)) for k in keys) + "]"
+            lists.append(f"flatten(list_transform(json_extract(r.payload, {sql_literal(rows)}), "
+                         f"lambda row: json_extract_string(row, {paths})))")
+    answers = f"list_filter(list_transform(flatten([{', '.join(lists)}]), lambda a: lower(trim(a))), lambda a: a <> '')"
+    texts = "json_extract_string(r.payload, [" + ", ".join(sql_literal(p) for p in own) + "])"
+    return texts, answers
+
+
+# Counted per submission, then summed.
+DONT_KNOW_SQL = """
+SELECT enumerator, sum(answered), sum(dont_know)
+FROM (SELECT {enumerator} AS enumerator, len(answers) AS answered,
+             len(list_filter(answers, lambda a: list_contains($values, a)
+                                                OR list_has_any(string_split(a, ' '), $values))) AS dont_know
+      FROM (SELECT t, {answers} AS answers
+            FROM (SELECT r.payload, {texts} AS t FROM raw.submissions r
+                  WHERE r.form_id = $form_id AND {current}) AS r))
+GROUP BY enumerator"""
+
+
 def _dont_know_counts(con: duckdb.DuckDBPyConnection, info: _FormInfo,
                       values: list[str]) -> dict[str, tuple[int, int]]:
-    """Enumerator -> (answers, "don't know" answers), over every answer of the payload
-    (repeat groups included); an answer counts when it, or one of its words, is in ``values``.
-
-    Walked in Python, a chunk of submissions at a time: DuckDB's json_tree over a column
-    is planned as a join that copies the payload into each of its rows (out of memory)."""
-    wanted = set(values)
-    keys = set(info.answer_keys) if info.answer_keys else None
-    sql = (f"SELECT {_payload_enumerator(info)}, r.payload::VARCHAR FROM raw.submissions r "
-           f"WHERE r.form_id = ? AND {CURRENT} AND r.submission_id >= ? AND r.submission_id < ?")
-    counts: dict[str, tuple[int, int]] = {}
-    for low, high in _submission_chunks(con, info.form_id, DONT_KNOW_CHUNK):
-        for enumerator, payload in con.execute(sql, [info.form_id, low, high]).fetchall():
-            answers = dont_know = 0
-            for value in _answers(json.loads(payload), keys):
-                answer = (value if isinstance(value, str) else json.dumps(value)).strip().lower()
-                if answer:
-                    answers += 1
-                    dont_know += answer in wanted or any(word in wanted for word in answer.split(" "))
-            before = counts.get(enumerator, (0, 0))
-            counts[enumerator] = (before[0] + answers, before[1] + dont_know)
-    return counts
-
-
-_NOT_ANSWERS = {"start", "end", "today", "deviceid", "username"}
-
-
-def _answers(node: Any, keys: set[str] | None, key: str | None = None) -> Iterator[Any]:
-    """Every scalar answer in a submission, inside groups and repeats; with
-    ``keys`` (the form's answer keys) only those, else every key that looks like an answer."""
-    if isinstance(node, dict):
-        for k, v in node.items():
-            yield from _answers(v, keys, k)
-    elif isinstance(node, list):
-        for item in node:
-            yield from _answers(item, keys, None)
-    elif node is not None and key is not None:
-        if (key in keys) if keys is not None else not (key.startswith(("_", "meta/", "formhub/")) or key in _NOT_ANSWERS):
-            yield node
-
-
-DONT_KNOW_CHUNK = 2000
-
-
-def _submission_chunks(con: duckdb.DuckDBPyConnection, form_id: str, size: int) -> list[tuple[int, int]]:
-    """[low, high) ranges of _id holding about ``size`` current submissions of the form each."""
-    starts = [row[0] for row in con.execute(
-        f"SELECT submission_id FROM (SELECT r.submission_id, row_number() OVER (ORDER BY r.submission_id) AS n "
-        f"FROM raw.submissions r WHERE r.form_id = ? AND {CURRENT}) WHERE n % ? = 1 ORDER BY submission_id",
-        [form_id, size]).fetchall()]
-    return [(low, high) for low, high in zip(starts, starts[1:] + [2 ** 63 - 1])]
+    """Enumerator -> (answers, "don't know" answers), over every answer the form's
+    dictionaries know (repeat groups included); an answer counts when it, or one of its
+    words, is in ``values``."""
+    texts, answers = _answers_sql(info)
+    sql = DONT_KNOW_SQL.format(enumerator=_enumerator_of("t[1]", "t[2]"), texts=texts, answers=answers,
+                               current=CURRENT)
+    rows = con.execute(sql, {"values": values, "form_id": info.form_id}).fetchall()
+    return {enumerator: (int(answers or 0), int(dont_know or 0)) for enumerator, answers, dont_know in rows}
 
 
 def _rate(part: int, whole: int) -> float:
