@@ -113,6 +113,12 @@ def named_queries(file_name: str, folder: Path = SQL_DIR) -> dict[str, str]:
     return queries
 
 
+def create_macros(con: duckdb.DuckDBPyConnection) -> None:
+    """The macros of macros.sql, which landing and typing use, on this connection."""
+    for macro in named_queries("macros.sql").values():
+        con.execute(macro)
+
+
 # The temp tables land_raw.sql makes for each batch (Warehouse.drop_landing).
 LANDING_TEMP_TABLES = tuple(re.findall(r"CREATE OR REPLACE TEMP TABLE (\w+)",
                                       "\n".join(named_queries("land_raw.sql").values())))
@@ -190,8 +196,7 @@ class Warehouse:
             con.execute(setting)
         if not self.read_only:  # close() decides (see there)
             con.execute("PRAGMA disable_checkpoint_on_shutdown")
-            for macro in named_queries("macros.sql").values():
-                con.execute(macro)
+            create_macros(con)
         return con
 
     def _open_error(self, error: duckdb.Error, replaying: bool) -> WarehouseError:

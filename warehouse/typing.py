@@ -55,10 +55,12 @@ def type_submissions(dictionary: FieldDictionary, submissions: list[dict[str, An
     import duckdb
 
     from warehouse.staging import BATCH_DOCS, StagingPlan
+    from warehouse.store import create_macros
 
     con = duckdb.connect()
     try:
         con.execute("SET TimeZone = 'UTC'")
+        create_macros(con)
         con.execute(f"CREATE TEMP TABLE {BATCH_DOCS} (root_uuid VARCHAR, submission_id BIGINT, doc JSON)")
         rows = [(root_uuid_of(s), int(s["_id"]) if str(s.get("_id", "")).isdigit() else None,
                  json.dumps(s, ensure_ascii=False)) for s in submissions]
