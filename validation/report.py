@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-from contextlib import contextmanager
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -361,7 +361,7 @@ def build_report_data(con: duckdb.DuckDBPyConnection, dont_know_values: Iterable
                       open_issues: bool = True) -> ReportData:
     """Everything the report shows, computed with SQL on the warehouse (a read-only
     connection is enough). Without ``dont_know``, no "don't know" counts (they read every
-    answer of every submission: 100 s at 1,000,000); without ``open_issues``, no list of
+    answer of every submission: 30 s at 1,000,000); without ``open_issues``, no list of
     the open issues (write_report reads them as it writes them).
     report_markdown needs neither."""
     values = sorted({str(v).strip().lower() for v in dont_know_values if str(v).strip()})
