@@ -720,9 +720,15 @@ def _write_coverage(workbook, formats: _Formats, data: ReportData) -> None:
     sheet.insert_chart(HEADER_ROW, len(COVERAGE_HEADINGS) + 1, chart)
 
 
+def _open_issue_room() -> int:
+    """How many open issues fit in their sheet, under its headings."""
+    return EXCEL_MAX_ROWS - HEADER_ROW - 1
+
+
 def _write_open_issues(workbook, formats: _Formats, issues: Iterable[OpenIssue], total: int) -> None:
-    """``issues``: the first ``total`` rows that fit in a sheet (more are counted in the note)."""
-    room = EXCEL_MAX_ROWS - HEADER_ROW - 1
+    """``issues``: the open issues in order, ``total`` of them; those beyond the sheet's
+    room are counted in its note."""
+    room = _open_issue_room()
     note = "Une ligne par problème ouvert, erreurs d'abord. / One row per open issue, errors first."
     if total > room:
         note += f" {total - room} lignes omises (limite d'Excel) / rows left out (Excel's limit)."
@@ -778,7 +784,7 @@ def write_report(warehouse_path: str | Path, out_path: str | Path,
     """Writes the quality report of the warehouse at ``warehouse_path`` to ``out_path`` (.xlsx)."""
     with _reading(warehouse_path) as warehouse:
         data = build_report_data(warehouse.con, dont_know_values, open_issues=False)
-        issues = _open_issues(warehouse.con, _form_infos(warehouse.con), limit=EXCEL_MAX_ROWS - HEADER_ROW - 1)
+        issues = _open_issues(warehouse.con, _form_infos(warehouse.con), limit=_open_issue_room())
         return write_report_workbook(data, out_path, issues)
 
 
