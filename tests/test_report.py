@@ -105,8 +105,13 @@ def workbook(workbook_path: Path):
 
 def _rows(sheet) -> list[tuple]:
     """The table under the headings, down to the first empty row."""
+    return _rows_from(sheet, 0)
+
+
+def _rows_from(sheet, first_column: int) -> list[tuple]:
+    """The table under the headings starting at ``first_column`` (0-based), down to its first empty row."""
     rows = []
-    for row in sheet.iter_rows(min_row=HEADINGS_ROW + 1, values_only=True):
+    for row in sheet.iter_rows(min_row=HEADINGS_ROW + 1, min_col=first_column + 1, values_only=True):
         if row[0] is None:
             break
         rows.append(row)
@@ -252,6 +257,11 @@ def test_workbook_numbers_match_sql(workbook, con, data) -> None:
     enumerators = _rows(workbook[SHEETS["enumerators"]])
     for f in data.forms:
         assert sum(r[2] for r in enumerators if r[0] == f.form_id) == f.received
+    # The chart's table beside it, written after the main table (rows above the last one written).
+    side = len(ENUMERATOR_HEADINGS) + 1
+    per_person = {row[0]: row[-1] for row in _rows_from(workbook[SHEETS["enumerators"]], side)}  # the total
+    assert per_person and per_person == {person: sum(r[2] for r in enumerators if r[1] == person)
+                                         for person in {r[1] for r in enumerators}}
 
     coverage = _rows(workbook[SHEETS["coverage"]])
     for f in data.forms:

@@ -498,9 +498,38 @@ def _stamp(value: dt.datetime) -> str:
 
 # -- workbook -----------------------------------------------------------------------------
 def _new_workbook(path: Path) -> xlsxwriter.Workbook:
-    # Text from the field stays text: "=HYPERLINK(...)" in an answer is never a formula.
+    """Text from the field stays text: "=HYPERLINK(...)" in an answer is never a formula.
+    Rows go to disk as soon as the next one starts (``constant_memory``): xlsxwriter
+    otherwise holds every cell until ``close()``, 900 MB for 400,000 open issues. Cells
+    must then come in row order; see _RowOrderedSheet."""
     return xlsxwriter.Workbook(str(path), {"strings_to_formulas": False, "strings_to_urls": False,
-                                           "strings_to_numbers": False, "remove_timezone": True})
+                                           "strings_to_numbers": False, "remove_timezone": True,
+                                           "constant_memory": True})
+
+
+class _RowOrderedSheet:
+    """A worksheet whose cells may be written in any order until ``flush()``, which writes
+    them sorted by row (a constant_memory sheet drops a cell above its last row); after
+    it, cells go straight to the sheet and must come in row order. For the small sheets,
+    whose title, side table and chart data are written after their main table."""
+
+    _HELD = frozenset({"write_string", "write_number", "write_boolean", "write_datetime", "set_row"})
+
+    def __init__(self, sheet) -> None:
+        self._sheet = sheet
+        self._held: list[tuple[int, int, str, tuple[Any, ...]]] | None = []
+
+    def __getattr__(self, name: str) -> Any:
+        if name in self._HELD and self._held is not None:
+            held = self._held
+            return lambda row, *args: held.append((row, len(held), name, args))
+        return getattr(self._sheet, name)
+
+    def flush(self) -> "_RowOrderedSheet":
+        for row, _, name, args in sorted(self._held or []):
+            getattr(self._sheet, name)(row, *args)
+        self._held = None
+        return self
 
 
 class _Formats:
@@ -537,8 +566,9 @@ def _write(sheet, row: int, column: int, value: Any, cell_format=None, formats: 
         sheet.write_string(row, column, str(value), cell_format)
 
 
-def _sheet(workbook, formats: _Formats, key: str, headings: list[str], widths: list[int], note: str = ""):
-    sheet = workbook.add_worksheet(SHEETS[key])
+def _sheet(workbook, formats: _Formats, key: str, headings: list[str], widths: list[int],
+           note: str = "") -> _RowOrderedSheet:
+    sheet = _RowOrderedSheet(workbook.add_worksheet(SHEETS[key]))
     sheet.write_string(0, 0, TITLES[key], formats.title)
     if note:
         sheet.write_string(1, 0, note, formats.note)
@@ -558,7 +588,7 @@ def _range(sheet_name: str, first_row: int, first_column: int, last_row: int, la
     return "='" + sheet_name + "'!" + xl_range_abs(first_row, first_column, last_row, last_column)
 
 
-def _write_summary(workbook, formats: _Formats, data: ReportData) -> None:
+def _write_summary(workbook, formats: _Formats, data: ReportData) -> _RowOrderedSheet:
     name = SHEETS["summary"]
     sheet = _sheet(workbook, formats, "summary", SUMMARY_HEADINGS, [26, 34, 14, 12, 14, 14, 14, 16, 20])
     sheet.write_string(1, 0, "Rapport généré le (UTC) / Report made at (UTC)", formats.bold)
@@ -606,9 +636,10 @@ def _write_summary(workbook, formats: _Formats, data: ReportData) -> None:
         chart.set_legend({"position": "bottom"})
         chart.set_size({"width": 560, "height": 320})
         sheet.insert_chart(HEADER_ROW, len(SUMMARY_HEADINGS) + 1, chart)
+    return sheet
 
 
-def _write_checks(workbook, formats: _Formats, data: ReportData) -> None:
+def _write_checks(workbook, formats: _Formats, data: ReportData) -> _RowOrderedSheet:
     name = SHEETS["checks"]
     sheet = _sheet(workbook, formats, "checks", CHECK_HEADINGS, [24, 26, 20, 14, 16, 24, 70],
                    "Problèmes non résolus, par formulaire et contrôle. / Unresolved problems, by form and check.")
@@ -621,7 +652,7 @@ def _write_checks(workbook, formats: _Formats, data: ReportData) -> None:
         row += 1
     if not data.checks:
         sheet.write_string(row, 0, "Aucun problème ouvert / No open issues", formats.note)
-        return
+        return sheet
     sheet.autofilter(HEADER_ROW, 0, row - 1, len(CHECK_HEADINGS) - 1)
     chart = workbook.add_chart({"type": "bar"})
     for column, colour in ((3, "#C00000"), (4, "#F4B183")):
@@ -638,9 +669,10 @@ def _write_checks(workbook, formats: _Formats, data: ReportData) -> None:
     chart.set_legend({"position": "bottom"})
     chart.set_size({"width": 640, "height": max(320, 120 + 28 * len(data.checks))})
     sheet.insert_chart(HEADER_ROW, len(CHECK_HEADINGS) + 1, chart)
+    return sheet
 
 
-def _write_enumerators(workbook, formats: _Formats, data: ReportData) -> None:
+def _write_enumerators(workbook, formats: _Formats, data: ReportData) -> _RowOrderedSheet:
     name = SHEETS["enumerators"]
     sheet = _sheet(workbook, formats, "enumerators", ENUMERATOR_HEADINGS, [24, 22, 12, 12, 14, 14, 14, 12, 16, 12, 16, 14],
                    "Par formulaire et enquêteur (_submitted_by, sinon username). / Per form and enumerator "
@@ -656,7 +688,7 @@ def _write_enumerators(workbook, formats: _Formats, data: ReportData) -> None:
         row += 1
     if not data.enumerators:
         sheet.write_string(row, 0, "Aucune soumission / No submissions", formats.note)
-        return
+        return sheet
     sheet.autofilter(HEADER_ROW, 0, row - 1, len(ENUMERATOR_HEADINGS) - 1)
 
     # Beside the table, submissions per enumerator with one column per form: the chart's data.
@@ -688,9 +720,10 @@ def _write_enumerators(workbook, formats: _Formats, data: ReportData) -> None:
     chart.set_legend({"position": "bottom"})
     chart.set_size({"width": max(560, 40 * len(people) + 160), "height": 340})
     sheet.insert_chart(HEADER_ROW + len(people) + 2, left, chart)
+    return sheet
 
 
-def _write_coverage(workbook, formats: _Formats, data: ReportData) -> None:
+def _write_coverage(workbook, formats: _Formats, data: ReportData) -> _RowOrderedSheet:
     name = SHEETS["coverage"]
     sheet = _sheet(workbook, formats, "coverage", COVERAGE_HEADINGS, [24, 22, 18, 12, 12, 14, 14],
                    "Commune répondue dans chaque soumission reçue. / Commune answered in each received submission.")
@@ -703,7 +736,7 @@ def _write_coverage(workbook, formats: _Formats, data: ReportData) -> None:
         row += 1
     if not data.communes:
         sheet.write_string(row, 0, "Aucune soumission / No submissions", formats.note)
-        return
+        return sheet
     sheet.autofilter(HEADER_ROW, 0, row - 1, len(COVERAGE_HEADINGS) - 1)
     chart = workbook.add_chart({"type": "column", "subtype": "stacked"})
     for column, colour in ((4, "#70AD47"), (5, "#C00000")):
@@ -718,6 +751,7 @@ def _write_coverage(workbook, formats: _Formats, data: ReportData) -> None:
     chart.set_legend({"position": "bottom"})
     chart.set_size({"width": max(640, 32 * len(data.communes) + 160), "height": 380})
     sheet.insert_chart(HEADER_ROW, len(COVERAGE_HEADINGS) + 1, chart)
+    return sheet
 
 
 def _open_issue_room() -> int:
@@ -733,7 +767,7 @@ def _write_open_issues(workbook, formats: _Formats, issues: Iterable[OpenIssue],
     if total > room:
         note += f" {total - room} lignes omises (limite d'Excel) / rows left out (Excel's limit)."
     sheet = _sheet(workbook, formats, "open_issues", OPEN_ISSUE_HEADINGS, [24, 12, 44, 20, 20, 8, 22, 20, 18, 80, 16, 18],
-                   note)
+                   note).flush()
     row = HEADER_ROW + 1
     for i in itertools.islice(issues, room):
         values = [i.form_id, i.submission_id, i.root_uuid, i.table_name, i.column_name, i.row_key, i.check_code,
@@ -760,10 +794,8 @@ def write_report_workbook(data: ReportData, out_path: str | Path,
     workbook = _new_workbook(path)
     workbook.set_properties({"title": "Rapport qualité / Quality report", "author": "Terrain"})
     formats = _Formats(workbook)
-    _write_summary(workbook, formats, data)
-    _write_checks(workbook, formats, data)
-    _write_enumerators(workbook, formats, data)
-    _write_coverage(workbook, formats, data)
+    for write_sheet in (_write_summary, _write_checks, _write_enumerators, _write_coverage):
+        write_sheet(workbook, formats, data).flush()
     _write_open_issues(workbook, formats, data.open_issues if open_issues is None else open_issues,
                        sum(c.open_issues for c in data.checks))
     workbook.close()
@@ -791,16 +823,18 @@ def write_report(warehouse_path: str | Path, out_path: str | Path,
 # -- corrections template -----------------------------------------------------------------
 def corrections_template_rows(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
     """One row per open error, ready for a data manager to fill new_value, reason and author."""
-    template = []
+    return list(_template_rows(con))
+
+
+def _template_rows(con: duckdb.DuckDBPyConnection) -> Iterator[dict[str, Any]]:
     for issue in _open_issues(con, _form_infos(con), errors_only=True):
-        template.append({
+        yield {
             "root_uuid": issue.root_uuid, "field": issue.column_name or "", "row_key": issue.row_key or "",
             "new_value": "", "reason": "", "author": "",
             "form_id": issue.form_id, "table": issue.table_name, "submission_id": issue.submission_id,
             "enumerator": issue.enumerator or "", "check": issue.check_code,
             "current_value": issue.value if issue.value is not None else "", "message": issue.message,
-        })
-    return template
+        }
 
 
 TEMPLATE_HELP = [
@@ -825,31 +859,31 @@ TEMPLATE_HELP = [
 
 def write_corrections_template(warehouse_path: str | Path, out_path: str | Path) -> Path:
     """A corrections file (XLSX) with one row per open error; its first sheet is read back
-    as is by validation/corrections.py."""
-    with _reading(warehouse_path) as warehouse:
-        rows = corrections_template_rows(warehouse.con)
+    as is by validation/corrections.py. The rows are written as the query gives them."""
     path = Path(out_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    workbook = _new_workbook(path)
-    formats = _Formats(workbook)
-    sheet = workbook.add_worksheet("Corrections")
-    widths = {"root_uuid": 44, "field": 20, "row_key": 8, "new_value": 20, "reason": 30, "author": 16,
-              "form_id": 24, "table": 20, "submission_id": 12, "enumerator": 14, "check": 20, "current_value": 18,
-              "message": 80}
-    for column, name in enumerate(TEMPLATE_COLUMNS):
-        sheet.write_string(0, column, name, formats.editable if name in TEMPLATE_EDITABLE else formats.header)
-        # Typed answers stay text ("007" keeps its zeros).
-        sheet.set_column(column, column, widths[name], formats.text if name in TEMPLATE_EDITABLE else None)
-    for row_number, row in enumerate(rows, start=1):
+    with _reading(warehouse_path) as warehouse:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        workbook = _new_workbook(path)
+        formats = _Formats(workbook)
+        sheet = workbook.add_worksheet("Corrections")
+        widths = {"root_uuid": 44, "field": 20, "row_key": 8, "new_value": 20, "reason": 30, "author": 16,
+                  "form_id": 24, "table": 20, "submission_id": 12, "enumerator": 14, "check": 20,
+                  "current_value": 18, "message": 80}
         for column, name in enumerate(TEMPLATE_COLUMNS):
-            value = row[name]
-            if name == "submission_id" and value is not None:
-                sheet.write_number(row_number, column, value)
-            elif value not in (None, ""):
-                sheet.write_string(row_number, column, str(value))
+            sheet.write_string(0, column, name, formats.editable if name in TEMPLATE_EDITABLE else formats.header)
+            # Typed answers stay text ("007" keeps its zeros).
+            sheet.set_column(column, column, widths[name], formats.text if name in TEMPLATE_EDITABLE else None)
+        written = 0
+        for written, row in enumerate(_template_rows(warehouse.con), start=1):
+            for column, name in enumerate(TEMPLATE_COLUMNS):
+                value = row[name]
+                if name == "submission_id" and value is not None:
+                    sheet.write_number(written, column, value)
+                elif value not in (None, ""):
+                    sheet.write_string(written, column, str(value))
     sheet.freeze_panes(1, 1)
-    if rows:
-        sheet.autofilter(0, 0, len(rows), len(TEMPLATE_COLUMNS) - 1)
+    if written:
+        sheet.autofilter(0, 0, written, len(TEMPLATE_COLUMNS) - 1)
     help_sheet = workbook.add_worksheet("Mode d'emploi - How to")
     help_sheet.set_column(0, 0, 140)
     for row_number, (text, bold) in enumerate(TEMPLATE_HELP):
