@@ -352,6 +352,17 @@ def _dont_know_counts(con: duckdb.DuckDBPyConnection, info: _FormInfo,
     return {enumerator: (int(answers or 0), int(dont_know or 0)) for enumerator, answers, dont_know in rows}
 
 
+# The form's totals, its enumerators and its communes, each sorted as the report shows them.
+FACT_GROUPS_SQL = """
+SELECT CASE grouping(enumerator, commune) WHEN 3 THEN 'form' WHEN 1 THEN 'enumerator' ELSE 'commune' END,
+       enumerator, commune, count(*), count(*) FILTER (WHERE is_clean), count(*) FILTER (WHERE has_error),
+       count(*) FILTER (WHERE has_warning), max(submission_time), count(DISTINCT work_day),
+       median(epoch(ended - started) / 60.0) FILTER (WHERE ended >= started)
+FROM facts
+GROUP BY GROUPING SETS ((), (enumerator), (commune))
+ORDER BY grouping(enumerator, commune) DESC, enumerator, commune NULLS LAST"""
+
+
 def _rate(part: int, whole: int) -> float:
     return part / whole if whole else 0.0
 
@@ -372,35 +383,26 @@ def build_report_data(con: duckdb.DuckDBPyConnection, dont_know_values: Iterable
     infos = _form_infos(con)
     for info in infos:
         facts, parameters = _facts(con, info)
-        received, clean, quarantined, last = con.execute(
-            f"{facts} SELECT count(*), count(*) FILTER (WHERE is_clean), count(*) FILTER (WHERE has_error), "
-            f"max(submission_time) FROM facts", parameters).fetchone()
+        # One pass over the payloads for the three groupings: each pass parses every one.
+        rows = con.execute(f"{facts} {FACT_GROUPS_SQL}", parameters).fetchall()
         errors, warnings = issue_counts.get(info.form_id, (0, 0))
-        data.forms.append(FormSummary(info.form_id, info.title, received, clean, quarantined, errors, warnings, last))
-
         dont_know_counts = _dont_know_counts(con, info, values) if dont_know else {}
-        for row in con.execute(
-                f"""{facts}
-                SELECT enumerator, count(*), count(DISTINCT work_day),
-                       median(epoch(ended - started) / 60.0) FILTER (WHERE ended >= started),
-                       count(*) FILTER (WHERE has_error), count(*) FILTER (WHERE has_warning)
-                FROM facts GROUP BY enumerator ORDER BY enumerator""", parameters).fetchall():
-            enumerator, submissions, days, median, with_errors, with_warnings = row
-            answers, dk = dont_know_counts.get(enumerator, (0, 0))
-            data.enumerators.append(EnumeratorStats(
-                form_id=info.form_id, enumerator=enumerator, submissions=submissions, days_worked=days,
-                per_day=round(submissions / days, 2) if days else float(submissions),
-                median_minutes=round(float(median), 1) if median is not None else None,
-                with_errors=with_errors, error_rate=_rate(with_errors, submissions), with_warnings=with_warnings,
-                answers=answers, dont_know=dk, dont_know_rate=_rate(dk, answers)))
-
         labels = _commune_labels(con, info)
-        for commune, submissions, clean_n, quarantined_n in con.execute(
-                f"""{facts}
-                SELECT commune, count(*), count(*) FILTER (WHERE is_clean), count(*) FILTER (WHERE has_error)
-                FROM facts GROUP BY commune ORDER BY commune NULLS LAST""", parameters).fetchall():
-            label = NO_COMMUNE if commune is None else labels.get(commune, commune)
-            data.communes.append(CommuneCoverage(info.form_id, commune, label, submissions, clean_n, quarantined_n))
+        for grouping, enumerator, commune, submissions, clean, with_errors, with_warnings, last, days, median in rows:
+            if grouping == "form":
+                data.forms.append(FormSummary(info.form_id, info.title, submissions, clean, with_errors, errors,
+                                              warnings, last))
+            elif grouping == "enumerator":
+                answers, dk = dont_know_counts.get(enumerator, (0, 0))
+                data.enumerators.append(EnumeratorStats(
+                    form_id=info.form_id, enumerator=enumerator, submissions=submissions, days_worked=days,
+                    per_day=round(submissions / days, 2) if days else float(submissions),
+                    median_minutes=round(float(median), 1) if median is not None else None,
+                    with_errors=with_errors, error_rate=_rate(with_errors, submissions), with_warnings=with_warnings,
+                    answers=answers, dont_know=dk, dont_know_rate=_rate(dk, answers)))
+            else:
+                label = NO_COMMUNE if commune is None else labels.get(commune, commune)
+                data.communes.append(CommuneCoverage(info.form_id, commune, label, submissions, clean, with_errors))
 
     data.checks = [CheckCount(*row) for row in con.execute(
         """SELECT form_id, check_code, severity, count(*) AS open_issues, count(DISTINCT root_uuid),
