@@ -6,6 +6,7 @@ wanted (generating a million one by one would take longer than the benchmark its
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import sys
 import uuid
@@ -47,7 +48,9 @@ def cloned_server(size: int, seed: int = 2026, pool: int = POOL, uuid_offset: in
             doc["location"] = " ".join([f"{float(lat) + north:.6f}", f"{float(lon) + east:.6f}", *rest])
         # Each round of clones was collected a week earlier: otherwise every enumerator would
         # send 50 times a day's work on the same day (and too_many_per_day flag them all).
-        _shift_dates(doc, dt.timedelta(days=-7 * (i // len(templates))))
+        round_number = i // len(templates)
+        _shift_dates(doc, dt.timedelta(days=-7 * round_number))
+        _assign_team(doc, round_number % TEAMS)
         clones.append(doc)
     asset.submissions = clones
     asset.__post_init__()
@@ -69,6 +72,24 @@ def _grid_offset(round_number: int) -> tuple[float, float]:
         return ((place + GRID // 2) % GRID - GRID // 2) * GRID_STEP
 
     return centred(round_number % GRID), centred(round_number // GRID % GRID)
+
+
+# The pool spans 81 days, so some 12 rounds a week apart are in the field on any day: each
+# of them is given its own team of enumerators (the pool's 12 names, suffixed), or the
+# pool's 12 enumerators would each send some 25 forms a day and too_many_per_day would
+# flag 40% of the submissions.
+TEAMS = 12
+
+
+def _assign_team(doc: dict, team: int) -> None:
+    """The round's enumerators: the pool's names with the team's suffix (team 0: the pool's own)."""
+    if not team:
+        return
+    for key in ("_submitted_by", "username"):
+        if isinstance(doc.get(key), str):
+            doc[key] = f"{doc[key]}_t{team:02d}"
+    if isinstance(doc.get("username"), str) and "deviceid" in doc:
+        doc["deviceid"] = "collect:" + hashlib.sha1(doc["username"].encode()).hexdigest()[:16]
 
 
 def _shift_dates(doc: dict, by: dt.timedelta) -> None:
