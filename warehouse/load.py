@@ -26,7 +26,7 @@ from validation.corrections import apply_corrections
 from validation.rules import QualitySettings, record_touched_groups, run_rules, run_table_rules
 from validation.schemas import FormValidator
 from warehouse.staging import BATCH_DOCS, StagingPlan, stage_name
-from warehouse.store import Warehouse, quote
+from warehouse.store import Warehouse, quote, release_freed_memory
 from warehouse.typing import Issue, root_uuid_of
 from warehouse.xpath_sql import sql_literal
 
@@ -166,6 +166,7 @@ class FormLoader:
                 yield from self._load_batch(batch, last_id)
                 since_reopen += gathered
                 batch, gathered, text = [], 0, 0
+                release_freed_memory()
         if batch:
             yield from self._load_batch(batch, last_id)
 
