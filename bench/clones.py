@@ -6,7 +6,6 @@ wanted (generating a million one by one would take longer than the benchmark its
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import sys
 import uuid
@@ -15,6 +14,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from kobo.generate import device_id  # noqa: E402
 
 POOL = 2000  # distinct generated submissions, cloned with new ids up to the size wanted
 FIRST_ID, ID_STEP = 1000, 3
@@ -89,7 +90,7 @@ def _assign_team(doc: dict, team: int) -> None:
         if isinstance(doc.get(key), str):
             doc[key] = f"{doc[key]}_t{team:02d}"
     if isinstance(doc.get("username"), str) and "deviceid" in doc:
-        doc["deviceid"] = "collect:" + hashlib.sha1(doc["username"].encode()).hexdigest()[:16]
+        doc["deviceid"] = device_id(doc["username"])
 
 
 def _shift_dates(doc: dict, by: dt.timedelta) -> None:

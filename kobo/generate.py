@@ -52,6 +52,11 @@ class Deployment:
     formhub_uuid: str
 
 
+def device_id(enumerator: str) -> str:
+    """The ODK Collect device id of an enumerator's phone (one phone each)."""
+    return "collect:" + hashlib.sha1(enumerator.encode()).hexdigest()[:16]
+
+
 def _number(value: Any) -> float | None:
     try:
         return float(value)
@@ -314,7 +319,7 @@ class SubmissionGenerator:
             "start": started.isoformat(timespec="milliseconds") + MALI_UTC_OFFSET,
             "end": ended.isoformat(timespec="milliseconds") + MALI_UTC_OFFSET,
             "today": started.date().isoformat(),
-            "deviceid": "collect:" + hashlib.sha1(enumerator.encode()).hexdigest()[:16],
+            "deviceid": device_id(enumerator),
             "username": enumerator,
         }
         answers: dict[str, Any] = {}
