@@ -23,7 +23,7 @@ from validation.corrections import COLUMNS as CORRECTION_COLUMNS, read_correctio
 from validation.report import (
     CHECK_HEADINGS, COVERAGE_HEADINGS, ENUMERATOR_HEADINGS, HEADER_ROW, NOT_ANSWERS, OPEN_ISSUE_HEADINGS, SHEETS,
     SUMMARY_HEADINGS, TEMPLATE_COLUMNS, TITLES, build_report_data, corrections_template_rows, report_markdown,
-    write_corrections_template, write_report,
+    template_overflow_note, write_corrections_template, write_report,
 )
 from warehouse.store import Warehouse, WarehouseError
 
@@ -376,6 +376,23 @@ def test_corrections_template(con, synced: Synced, tmp_path: Path) -> None:
     filled.save(path)
     read = read_corrections(path)
     assert [(r["root_uuid"], r["field"], r["new_value"]) for r in read] == [(rows[0]["root_uuid"], rows[0]["field"], "42")]
+
+
+def test_errors_beyond_excels_rows_stay_out_of_the_template_and_are_counted(
+        con, synced: Synced, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import validation.report as report
+
+    rows = corrections_template_rows(con)
+    assert len(rows) > 3
+    monkeypatch.setattr(report, "EXCEL_MAX_ROWS", 1 + 3)  # the header and 3 rows
+    with caplog.at_level("WARNING", logger="validation.report"):
+        path = write_corrections_template(synced.path, tmp_path / "corrections.xlsx")
+    workbook = openpyxl.load_workbook(path)
+    body = list(workbook.worksheets[0].iter_rows(min_row=2, values_only=True))
+    assert [(r[0], r[1], r[2]) for r in body] == [(r["root_uuid"], r["field"] or None, r["row_key"] or None)
+                                                 for r in rows[:3]]
+    assert workbook.worksheets[1].cell(1, 1).value == template_overflow_note(3, len(rows) - 3)
+    assert f"{len(rows) - 3} more did not fit" in caplog.text
 
 
 def test_a_missing_warehouse_is_a_clear_error(tmp_path: Path) -> None:

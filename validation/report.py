@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import json
+import logging
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,8 @@ from xlsxwriter.utility import xl_range_abs, xl_rowcol_to_cell
 from warehouse.staging import json_path
 from warehouse.store import Warehouse, quote
 from warehouse.xpath_sql import sql_literal
+
+log = logging.getLogger(__name__)
 
 # Answers counted as "don't know"; compared lower-cased, whole answer or one choice of a
 # select_multiple. Our forms have no such choice yet: a programme adds its own codes.
@@ -875,24 +878,39 @@ def write_corrections_template(warehouse_path: str | Path, out_path: str | Path)
             sheet.write_string(0, column, name, formats.editable if name in TEMPLATE_EDITABLE else formats.header)
             # Typed answers stay text ("007" keeps its zeros).
             sheet.set_column(column, column, widths[name], formats.text if name in TEMPLATE_EDITABLE else None)
+        rows = _template_rows(warehouse.con)
         written = 0
-        for written, row in enumerate(_template_rows(warehouse.con), start=1):
+        for written, row in enumerate(itertools.islice(rows, EXCEL_MAX_ROWS - 1), start=1):
             for column, name in enumerate(TEMPLATE_COLUMNS):
                 value = row[name]
                 if name == "submission_id" and value is not None:
                     sheet.write_number(written, column, value)
                 elif value not in (None, ""):
                     sheet.write_string(written, column, str(value))
+        left_out = sum(1 for _ in rows)  # beyond Excel's last row: counted, never cut silently
     sheet.freeze_panes(1, 1)
     if written:
         sheet.autofilter(0, 0, written, len(TEMPLATE_COLUMNS) - 1)
     help_sheet = workbook.add_worksheet("Mode d'emploi - How to")
     help_sheet.set_column(0, 0, 140)
-    for row_number, (text, bold) in enumerate(TEMPLATE_HELP):
+    help_rows = TEMPLATE_HELP
+    if left_out:
+        log.warning("the corrections template %s holds the first %d open errors; %d more did not fit in Excel's "
+                    "rows: make another template once these are corrected", path, written, left_out)
+        help_rows = [(template_overflow_note(written, left_out), True), *TEMPLATE_HELP]
+    for row_number, (text, bold) in enumerate(help_rows):
         if text:
             help_sheet.write_string(row_number, 0, text, formats.title if bold else formats.wrap)
     workbook.close()
     return path
+
+
+def template_overflow_note(written: int, left_out: int) -> str:
+    """What the help sheet says first when the open errors did not all fit in the template."""
+    return (f"Ce modèle contient les {written} premières erreurs ouvertes ; {left_out} autres ne tiennent pas dans "
+            f"une feuille Excel : corrigez celles-ci, puis faites un nouveau modèle. / This template holds the first "
+            f"{written} open errors; {left_out} more do not fit in an Excel sheet: correct these, then make a new "
+            f"template.")
 
 
 __all__ = ["CheckCount", "CommuneCoverage", "DONT_KNOW_VALUES", "EnumeratorStats", "FormSummary", "OpenIssue",
