@@ -33,6 +33,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterable
 
+import duckdb
+
 # No internet in the field or here: Prefect's ephemeral server must not try to send telemetry.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
@@ -230,8 +232,11 @@ def publish_quality_summary(warehouse_path: str) -> None:
     try:
         with Warehouse(warehouse_path) as warehouse:
             markdown = report_markdown(build_report_data(warehouse.con, dont_know=False, open_issues=False))
-    except TerrainError as error:
-        get_run_logger().warning("no data-quality summary: %s", error)
+    except (TerrainError, duckdb.Error) as error:
+        # The forms' data is committed by now: a summary that cannot be made must not fail
+        # the run (the daily quality-report flow shows the same error in full).
+        get_run_logger().warning("no data-quality summary (the synced data is kept): %s",
+                                 str(error).splitlines()[0] if str(error) else type(error).__name__)
         return
     publish_summary("data-quality", "Qualité des données / Data quality", markdown)
 

@@ -196,3 +196,33 @@ def test_reopening_waits_for_another_program_to_let_go(warehouse_path) -> None:
                 process.wait()
     finally:
         warehouse.con.close()
+
+
+def test_a_quality_summary_that_fails_does_not_fail_the_run(seeded, warehouse_path, prefect_harness, caplog) -> None:
+    """The summary comes after the forms' commits: a warehouse it cannot read (here a
+    quality table gone) gives a warning, and the run still completes with its data."""
+    from prefect import flow
+
+    from flows.pipeline import publish_quality_summary
+
+    with KoboClient(seeded.server.url, seeded.token) as client, Warehouse(warehouse_path) as warehouse:
+        sync_asset(client, warehouse, seeded.assets["household_survey"].uid, settings=SyncSettings(
+            download_attachments=False))
+        warehouse.con.execute("DROP VIEW quality.quarantine")
+        warehouse.con.execute("DROP TABLE quality.issues")
+    synced = _raw_count(warehouse_path)
+
+    @flow(name="summary-after-sync")
+    def summary_after_sync() -> str:
+        publish_quality_summary(str(warehouse_path))
+        return "completed"
+
+    with caplog.at_level("WARNING"):
+        assert summary_after_sync() == "completed"
+    assert "no data-quality summary (the synced data is kept)" in caplog.text and "issues" in caplog.text
+    assert _raw_count(warehouse_path) == synced > 0
+
+
+def _raw_count(path) -> int:
+    with duckdb.connect(str(path), read_only=True) as con:
+        return con.execute("select count(*) from raw.submissions").fetchone()[0]
