@@ -41,12 +41,14 @@ VALIDATION_STATUSES = {"validation_status_approved": "Approved", "validation_sta
 
 @dataclass(frozen=True)
 class Page:
-    """One page of submissions as received: its JSON text, how many results it holds, how
-    many remain from its first one on, and its highest ``_id``. The parsed results are
-    not kept: the warehouse reads the text itself, and a page of households parsed into
-    Python objects takes ten times its text; ``results`` parses it again when asked."""
+    """One page of submissions as received: its JSON body (UTF-8 bytes), how many results
+    it holds, how many remain from its first one on, and its highest ``_id``. The parsed
+    results are not kept: the warehouse reads the body itself, and a page of households
+    parsed into Python objects takes ten times its size; ``results`` parses it again when
+    asked. Bytes, not str: decoded, a page with one accented name takes two bytes a
+    character, and a sync holds several pages (fetched ahead, batched)."""
 
-    text: str = field(repr=False)
+    body: bytes = field(repr=False)
     size: int
     remaining: int
     last_id: int | None
@@ -54,7 +56,7 @@ class Page:
 
     @property
     def results(self) -> list[Any]:
-        return json.loads(self.text)["results"]
+        return json.loads(self.body)["results"]
 
 
 # What paging needs of a page (how many results, the count, the next link, the highest
@@ -65,7 +67,7 @@ class Page:
 PAGE_FACTS_SQL = """
 SELECT len(page.results), page.count, page.next,
        (SELECT max(CAST(r._id AS BIGINT)) FROM unnest(page.results) AS t(r) WHERE regexp_full_match(r._id, '[0-9]{1,18}'))
-FROM (SELECT json_transform($text, '{"count": "VARCHAR", "next": "VARCHAR", "results": [{"_id": "VARCHAR"}]}') AS page)
+FROM (SELECT json_transform(decode($body), '{"count": "VARCHAR", "next": "VARCHAR", "results": [{"_id": "VARCHAR"}]}') AS page)
 """
 PAGE_READER_MEMORY = "32MB"
 _page_reader: duckdb.DuckDBPyConnection | None = None
@@ -73,41 +75,41 @@ _page_reader_lock = threading.Lock()
 PageFacts = tuple[int, Any, Any, "int | None"]  # results, count, next, highest usable _id
 
 
-def read_page(text: str) -> Page | None:
-    """A data page's text as a Page (None when it has no ``results`` list); ValueError
-    when the text is not whole JSON."""
-    return _page(text, _facts_by_duckdb(text) or _facts_by_python(text))
+def read_page(body: bytes) -> Page | None:
+    """A data page's body as a Page (None when it has no ``results`` list); ValueError
+    when it is not whole JSON in UTF-8."""
+    return _page(body, _facts_by_duckdb(body) or _facts_by_python(body))
 
 
-def _page(text: str, facts: PageFacts | None) -> Page | None:
+def _page(body: bytes, facts: PageFacts | None) -> Page | None:
     if facts is None or facts[0] is None:
         return None
     size, count, next_page, last_id = facts
-    return Page(text=text, size=size, remaining=int(count) if str(count).isdigit() else size, last_id=last_id,
+    return Page(body=body, size=size, remaining=int(count) if str(count).isdigit() else size, last_id=last_id,
                 more=bool(next_page) and str(next_page) not in ("false", "0"))
 
 
-def _facts_by_duckdb(text: str) -> PageFacts | None:
+def _facts_by_duckdb(body: bytes) -> PageFacts | None:
     """None when the page is too large for the reader's memory."""
     global _page_reader
     with _page_reader_lock:
         if _page_reader is None:
             _page_reader = duckdb.connect(config={"threads": 1, "memory_limit": PAGE_READER_MEMORY})
         try:
-            return _page_reader.execute(PAGE_FACTS_SQL, {"text": text}).fetchone()
+            return _page_reader.execute(PAGE_FACTS_SQL, {"body": body}).fetchone()
         except duckdb.OutOfMemoryException:
             return None
-        except duckdb.InvalidInputException as error:
-            raise ValueError(str(error)) from None
+        except (duckdb.InvalidInputException, duckdb.ConversionException) as error:  # not JSON, not UTF-8
+            raise ValueError(str(error).splitlines()[0]) from None
 
 
-def _facts_by_python(text: str) -> PageFacts | None:
-    body = json.loads(text)
-    if not isinstance(body, dict) or not isinstance(body.get("results"), list):
+def _facts_by_python(body: bytes) -> PageFacts | None:
+    parsed = json.loads(body)
+    if not isinstance(parsed, dict) or not isinstance(parsed.get("results"), list):
         return None
-    ids = [int(r["_id"]) for r in body["results"]
+    ids = [int(r["_id"]) for r in parsed["results"]
            if isinstance(r, dict) and str(r.get("_id", "")).isdigit() and len(str(r["_id"])) <= 18]
-    return len(body["results"]), body.get("count"), body.get("next"), max(ids, default=None)
+    return len(parsed["results"]), parsed.get("count"), parsed.get("next"), max(ids, default=None)
 
 
 class KoboClient:
@@ -191,23 +193,23 @@ class KoboClient:
         raise AssertionError("unreachable")
 
     def get_json(self, path: str, params: dict[str, Any] | None = None,
-                 read: Callable[[str], Any] | None = None) -> Any:
+                 read: Callable[[bytes], Any] | None = None) -> Any:
         """GET a JSON document; every transient failure is retried (a GET changes nothing).
-        ``read``: what to make of the text as received (raising ValueError if it is not JSON)."""
+        ``read``: what to make of the body as received (raising ValueError if it is not JSON)."""
         url = self._url(path)
         return self._retrying(lambda: self._json_once("GET", url, {"params": params}, read=read),
                               lambda e: True, "GET")
 
     def _json_once(self, method: str, url: str, body: dict[str, Any], idempotent: bool = True,
-                   read: Callable[[str], Any] | None = None) -> Any:
+                   read: Callable[[bytes], Any] | None = None) -> Any:
         where = url.split("?")[0]
         try:
             response = self.session.request(method, url, timeout=self.timeout, verify=self.session.verify, **body)
             _raise_for_status(response, method, where, idempotent)
             if response.status_code == 204 or not response.content:
-                return read("{}") if read else {}
-            if read:  # JSON is UTF-8 (RFC 8259); guessing the charset of megabytes is slow
-                return read(response.content.decode("utf-8"))
+                return read(b"{}") if read else {}
+            if read:  # JSON is UTF-8 (RFC 8259): no charset to guess, nothing to decode here
+                return read(response.content)
             return response.json()
         except requests.ConnectTimeout:
             raise _unsent(f"could not connect to {where} in time") from None
@@ -349,10 +351,10 @@ class KoboClient:
             if page is None:
                 raise ServerUnavailable(f"the data page of project {uid} has no 'results' list")
             if page.size:
-                fitting = max(1, min(self.page_size, page.size * PAGE_BYTES // max(1, len(page.text))))
-                if len(page.text) > 2 * PAGE_BYTES and fitting < page.size:
+                fitting = max(1, min(self.page_size, page.size * PAGE_BYTES // max(1, len(page.body))))
+                if len(page.body) > 2 * PAGE_BYTES and fitting < page.size:
                     log.info("KoboToolbox: a page of %d submissions is %.0f MB; asking for %d at a time",
-                             page.size, len(page.text) / 2**20, fitting)
+                             page.size, len(page.body) / 2**20, fitting)
                     limit = fitting
                     continue
                 if limit < self.page_size:  # pages of long submissions: kept near PAGE_BYTES

@@ -121,6 +121,7 @@ def test_a_page_is_read_alike_by_duckdb_and_by_python_whatever_its_size() -> Non
     texts = [json.dumps({"count": 5000, "next": "http://k/?start=1", "previous": None, "results": results + odd}),
              json.dumps({"count": 3, "next": None, "results": results[:3] + odd}),
              json.dumps({"next": "", "results": []}), json.dumps({"results": "none"}), "[1, 2]"]
+    texts = [text.encode() for text in texts]
     pages = [read_page(text) for text in texts]
     assert [(p.size, p.remaining, p.last_id, p.more) for p in pages[:3]] == [
         (2005, 5000, 2500, True), (8, 3, 2500, False), (0, 0, None, False)]
@@ -130,3 +131,6 @@ def test_a_page_is_read_alike_by_duckdb_and_by_python_whatever_its_size() -> Non
         assert _page(text, _facts_by_duckdb(text)) == _page(text, _facts_by_python(text))
     with pytest.raises(ValueError):
         read_page(texts[1][:-10])
+    with pytest.raises(ValueError):  # JSON is UTF-8
+        read_page('{"results": [{"_id": 1, "nom": "Traoré"}]}'.encode("latin-1"))
+    assert read_page('{"results": [{"_id": 1, "nom": "Traoré"}]}'.encode()).results == [{"_id": 1, "nom": "Traoré"}]

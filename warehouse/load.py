@@ -15,7 +15,7 @@ import datetime as dt
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, Iterator, Union
 
 import duckdb
@@ -55,18 +55,18 @@ class _Version:
     plan: StagingPlan
 
 
-def page_json(page: PageInput) -> str:
-    """The JSON text DuckDB reads a page from (an object with a ``results`` list): the
-    server's own text, else the results serialised here."""
-    if isinstance(page, Page) and _strict_json(page.text):
-        return page.text
+def page_json(page: PageInput) -> bytes:
+    """The JSON (UTF-8) DuckDB reads a page from (an object with a ``results`` list): the
+    server's own body, else the results serialised here."""
+    if isinstance(page, Page) and _strict_json(page.body):
+        return page.body
     results = page.results if isinstance(page, Page) else page
-    return json.dumps({"results": _finite(results)}, ensure_ascii=False, default=str)
+    return json.dumps({"results": _finite(results)}, ensure_ascii=False, default=str).encode("utf-8")
 
 
-def _strict_json(text: str) -> bool:
+def _strict_json(body: bytes) -> bool:
     """Python reads NaN and Infinity, DuckDB (rightly) does not: such a page is re-serialised."""
-    return "NaN" not in text and "Infinity" not in text
+    return b"NaN" not in body and b"Infinity" not in body
 
 
 def _finite(value: Any) -> Any:
@@ -81,6 +81,13 @@ def _finite(value: Any) -> Any:
 
 def _count(page: PageInput) -> int:
     return page.size if isinstance(page, Page) else len(page)
+
+
+def _forget_bodies(pages: list[PageInput]) -> None:
+    """Keeps what a landed batch's pages say of themselves (size, remaining, last _id) and
+    lets go of their bodies: DuckDB holds them now, and a batch's pages otherwise stayed
+    alive through the typing, the sync's peak."""
+    pages[:] = [replace(page, body=b"") if isinstance(page, Page) else page for page in pages]
 
 
 class FormLoader:
@@ -161,7 +168,8 @@ class FormLoader:
                 since_reopen = 0
             batch.append(page)
             gathered += _count(page)
-            text += len(page.text) if isinstance(page, Page) else 0
+            text += len(page.body) if isinstance(page, Page) else 0
+            del page  # the batch holds it, until its body is landed (see _forget_bodies)
             if batch_size is not None and (gathered >= batch_size or text >= BATCH_BYTES):
                 yield from self._load_batch(batch, last_id)
                 since_reopen += gathered
@@ -179,6 +187,7 @@ class FormLoader:
         form_id = self.dictionary.form_id
         with self.warehouse.writing(), self.warehouse.transaction():
             landing = self.warehouse.land(self.asset_uid, form_id, [page_json(page) for page in pages], now)
+            _forget_bodies(pages)
             self._start_pending()
             self.con.execute(f"INSERT INTO {PENDING} SELECT root_uuid, submission_id, form_version, payload, "
                              f"is_edit, sequence FROM landing_new")

@@ -468,9 +468,9 @@ class Warehouse:
                                  f"{duck_type.replace(' NOT NULL', '')}")
 
     # -- raw landing --------------------------------------------------------------------
-    def land(self, asset_uid: str, form_id: str, bodies: list[str], now: dt.datetime) -> LandingResult:
-        """Lands the submissions of a batch of pages as received (JSON texts, each an object
-        with a ``results`` list); DuckDB parses them, Python never walks them."""
+    def land(self, asset_uid: str, form_id: str, bodies: list[bytes], now: dt.datetime) -> LandingResult:
+        """Lands the submissions of a batch of pages as received (JSON in UTF-8, each an
+        object with a ``results`` list); DuckDB parses them, Python never walks them."""
         queries = named_queries("land_raw.sql")
         self.con.execute(queries["page_bodies"], {"bodies": bodies})
         for step in ("page_results", "page_documents"):

@@ -1,8 +1,9 @@
 -- name: page_bodies
--- The JSON texts of a batch of pages as received; sequence is the page's position in
--- the batch.
+-- The JSON texts of a batch of pages as received (UTF-8 bytes); sequence is the page's
+-- position in the batch.
 CREATE OR REPLACE TEMP TABLE page_bodies AS
-SELECT unnest(range(len($bodies))) AS sequence, unnest($bodies) AS body;
+SELECT sequence, decode(body) AS body
+FROM (SELECT unnest(range(len($bodies))) AS sequence, unnest($bodies) AS body);
 
 -- name: page_results
 -- Their results, one row each.
