@@ -236,7 +236,7 @@ def publish_quality_summary(warehouse_path: str) -> None:
         # The forms' data is committed by now: a summary that cannot be made must not fail
         # the run (the daily quality-report flow shows the same error in full).
         get_run_logger().warning("no data-quality summary (the synced data is kept): %s",
-                                 str(error).splitlines()[0] if str(error) else type(error).__name__)
+                                 (str(error).splitlines() or [type(error).__name__])[0])
         return
     publish_summary("data-quality", "Qualité des données / Data quality", markdown)
 

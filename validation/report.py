@@ -915,4 +915,5 @@ def template_overflow_note(written: int, left_out: int) -> str:
 
 __all__ = ["CheckCount", "CommuneCoverage", "DONT_KNOW_VALUES", "EnumeratorStats", "FormSummary", "OpenIssue",
            "ReportData", "SHEETS", "TEMPLATE_COLUMNS", "build_report_data", "corrections_template_rows",
-           "report_markdown", "write_corrections_template", "write_report", "write_report_workbook"]
+           "report_markdown", "template_overflow_note", "write_corrections_template", "write_report",
+           "write_report_workbook"]
