@@ -199,3 +199,31 @@ def test_the_token_appears_nowhere(household, tmp_path: Path, caplog: pytest.Log
             "select payload::varchar from raw.submissions union all select message from quality.issues").fetchall()
             for v in row)
     assert seeded.token not in text
+
+
+def test_raw_rows_from_before_root_keys_get_them_and_their_edits_stay_edits(household, tmp_path: Path) -> None:
+    """A batch finds the versions raw holds by root_key: rows landed by a Terrain without
+    that column get it when the warehouse is opened, else an edit of one of them would be
+    taken for a new submission (two current versions, two clean rows)."""
+    seeded = seeded_server([household], 120, seed=36)
+    asset = seeded.assets["household_survey"]
+    path = tmp_path / "w.duckdb"
+    with seeded.server as server:
+        sync(server, seeded.token, path)
+        with duckdb.connect(str(path)) as con:  # as an older Terrain left it
+            con.execute("ALTER TABLE raw.submissions DROP COLUMN root_key")
+            con.execute("COMMENT ON VIEW raw.history IS 'schema.sql of an older Terrain'")
+        with Warehouse(path) as warehouse:
+            keys = warehouse.con.execute("select count(*), count(root_key) filter (where root_key = root_key(root_uuid)) "
+                                         "from raw.submissions").fetchone()
+        assert keys == (120, 120)
+        consenting = next(s for s in asset.submissions if s.get("consent") == "yes")
+        edited = server.edit_submission(asset.uid, consenting["_id"], {"identification/head_age": "71"})
+        [summary] = sync(server, seeded.token, path, SyncSettings(download_attachments=False, reconcile="always"))
+    assert (summary.new, summary.edited) == (0, 1)
+    with duckdb.connect(str(path), read_only=True) as con:
+        assert con.execute("select count(*), count(*) filter (where is_current) from raw.submissions "
+                           "where root_uuid = ?", [edited["meta/rootUuid"]]).fetchone() == (2, 1)
+        assert con.execute("select count(*) from raw.submissions where is_current").fetchone()[0] == 120
+        assert con.execute("select count(*) from households where root_uuid = ?",
+                           [edited["meta/rootUuid"]]).fetchone()[0] <= 1

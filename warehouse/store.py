@@ -173,6 +173,7 @@ class Warehouse:
         self.con = self._connect()
         if not read_only:
             self._create_schema()
+            self._fill_root_keys()
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         replaying = not self.read_only and self._wal_bytes() > CLOSE_CHECKPOINT_BYTES
@@ -309,6 +310,12 @@ class Warehouse:
             self._add_new_columns(sql)
             self.con.execute(sql)
             self.con.execute(f"COMMENT ON VIEW raw.history IS '{digest}'")
+
+    def _fill_root_keys(self) -> None:
+        """Raw rows without a root_key (landed by an older Terrain, which had no such column)
+        get theirs: a batch finds the versions raw holds by it (land_raw.sql known_versions),
+        and would take a submission it missed for a new one. A few ms when none is missing."""
+        self.con.execute("UPDATE raw.submissions SET root_key = root_key(root_uuid) WHERE root_key IS NULL")
 
     def _add_new_columns(self, sql: str) -> None:
         """A warehouse made by an older Terrain gets the columns schema.sql has gained since

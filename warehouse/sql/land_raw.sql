@@ -31,7 +31,8 @@ SELECT sequence, $asset_uid AS asset_uid, $form_id AS form_id, CAST(trim(k[1]) A
        scalar_text(k[4]) AS form_version,
        TRY_CAST(k[5] AS TIMESTAMPTZ) AS submission_time,
        content_hash(doc) AS content_hash,
-       doc AS payload
+       doc AS payload,
+       root_key(root_uuid) AS root_key
 FROM page_documents
 WHERE is_object AND regexp_full_match(coalesce(k[1], ''), '\s*-?\d{1,18}\s*')
   AND (nullif(k[2], '') IS NOT NULL OR nullif(k[3], '') IS NOT NULL)
@@ -51,11 +52,14 @@ WHERE NOT is_object OR NOT regexp_full_match(coalesce(k[1], ''), '\s*-?\d{1,18}\
 -- name: known_versions
 -- The versions raw holds of the batch's submissions: raw is scanned once a batch, and
 -- the statements below that need not touch it are skipped (a full sync lands new
--- submissions only).
+-- submissions only). The scan reads root_key alone, and only the rows it finds are read
+-- whole (DuckDB reads rows by rowid): reading every row's uuid took some 150 ms a batch
+-- at 1,000,000 submissions.
 CREATE OR REPLACE TEMP TABLE known_versions AS
 SELECT r.root_uuid, r.uuid, r.is_current, r.content_hash
 FROM raw.submissions AS r
-WHERE r.asset_uid = $asset_uid AND r.root_uuid IN (SELECT root_uuid FROM landing);
+WHERE r.rowid IN (SELECT rowid FROM raw.submissions WHERE root_key IN (SELECT root_key FROM landing))
+  AND r.asset_uid = $asset_uid AND r.root_uuid IN (SELECT root_uuid FROM landing);
 
 -- name: hash_differs_same_uuid
 -- Submissions whose content hash changed while their _uuid did not: every edit changes
@@ -104,7 +108,7 @@ WHERE r.asset_uid = n.asset_uid AND r.root_uuid = n.root_uuid AND r.is_current;
 -- name: insert_new_versions
 INSERT INTO raw.submissions
 SELECT asset_uid, form_id, submission_id, root_uuid, uuid, form_version, submission_time, content_hash,
-       payload, $now, $now, NULL, TRUE
+       payload, $now, $now, NULL, TRUE, root_key
 FROM landing_new;
 
 -- name: current_index

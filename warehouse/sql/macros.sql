@@ -32,6 +32,11 @@ CREATE OR REPLACE TEMP MACRO same_content(a, b) AS
     json_canonical(submission_content(a)[1]) = json_canonical(submission_content(b)[1])
     AND json_canonical(submission_content(a)[2]) IS NOT DISTINCT FROM json_canonical(submission_content(b)[2]);
 
+-- name: root_key
+-- A submission's root uuid as a number (md5's lower 64 bits: the same in every DuckDB
+-- release, unlike hash()), for raw.submissions.root_key.
+CREATE OR REPLACE TEMP MACRO root_key(root_uuid) AS md5_number_lower(root_uuid);
+
 -- name: scalar_text
 -- Metadata text (version, uuid, time, user name) that reads as a JSON object or list is
 -- unusable: none of them starts with '{' or '[' (asking DuckDB for the value's JSON type
