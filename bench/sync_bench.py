@@ -8,6 +8,10 @@ Each method runs in its own process against a local KoboToolbox-compatible serve
 (another process), so its peak memory (maximum resident set) is its own. Throughput
 is timed inside the process around the pull itself; interpreter and import start-up
 are reported on their own line. Prints a table per size and the targets of issue 5.
+
+Beside them, "raw-landing" is Terrain's floor: the same pages landed in raw, in the
+same batches and transactions, with no typing and no checks. What it costs, every
+design that keeps each submission as received in DuckDB pays.
 """
 
 from __future__ import annotations
@@ -113,6 +117,37 @@ def run_terrain(url: str, token: str, asset: str, warehouse: str, parallel: int 
         return sync_asset(client, store, asset, settings=settings).pulled
 
 
+def run_raw_only(url: str, token: str, asset: str, warehouse: str) -> int:
+    """Terrain's floor: the pages are fetched as the sync fetches them and landed in raw
+    (parsed by DuckDB, hashed, inserted) in the sync's batches and transactions, and
+    nothing else: no typing, no checks, no clean tables. No design that keeps every
+    submission as received in DuckDB, a transaction a batch, can be faster than this."""
+    import datetime as dt
+
+    from flows.sync import SyncSettings, prefetched
+    from kobo.client import KoboClient
+    from warehouse.load import BATCH_BYTES, page_json
+    from warehouse.store import Warehouse
+
+    batch_size, total = SyncSettings().batch_size, 0
+    with KoboClient(url, token) as client, Warehouse(warehouse) as store:
+        def land(batch: list) -> None:
+            with store.writing(), store.transaction():
+                store.land(asset, "raw_only", [page_json(page) for page in batch], dt.datetime.now(dt.timezone.utc))
+                store.drop_landing()
+
+        batch: list = []
+        for page in prefetched(client.iter_pages(asset)):
+            batch.append(page)
+            total += page.size
+            if sum(p.size for p in batch) >= batch_size or sum(len(p.body) for p in batch) >= BATCH_BYTES:
+                land(batch)
+                batch = []
+        if batch:
+            land(batch)
+    return total
+
+
 def run_reconcile(url: str, token: str, asset: str, warehouse: str) -> int:
     from flows.sync import SyncSummary, reconcile
     from kobo.client import KoboClient
@@ -127,6 +162,7 @@ def run_reconcile(url: str, token: str, asset: str, warehouse: str) -> int:
 
 
 METHODS = {"ceiling": run_ceiling, "naive": run_naive, "terrain": run_terrain, "reconcile": run_reconcile,
+           "raw-landing": run_raw_only,
            "terrain-parallel": lambda *a: run_terrain(*a, parallel=8)}
 
 
@@ -178,7 +214,7 @@ def bench(size: int) -> None:
     try:
         with tempfile.TemporaryDirectory() as folder:
             folder = Path(folder)
-            for method in ("ceiling", "naive", "terrain"):
+            for method in ("ceiling", "naive", "raw-landing", "terrain"):
                 results[method] = measure(method, server, folder / f"{method}.duckdb")
                 print(f"  {method}: {results[method]['submissions']:,} in {results[method]['seconds']:.1f} s", flush=True)
             new = max(1, size // 100)
@@ -212,6 +248,9 @@ def bench(size: int) -> None:
     ]
     for name, ok, value in checks:
         print(f"  [{'met' if ok else 'NOT met'}] {name}: {value}")
+    floor = results["raw-landing"]["submissions"] / results["raw-landing"]["seconds"]
+    print(f"  raw landing alone (no typing, no checks): {floor / ceiling:.2f} of the ceiling, "
+          f"{floor / naive:.2f}x the naive loader; terrain runs at {terrain / floor:.2f} of it")
 
 
 def main() -> None:
