@@ -201,10 +201,12 @@ def test_the_token_appears_nowhere(household, tmp_path: Path, caplog: pytest.Log
     assert seeded.token not in text
 
 
-def test_raw_rows_from_before_root_keys_get_them_and_their_edits_stay_edits(household, tmp_path: Path) -> None:
-    """A batch finds the versions raw holds by root_key: rows landed by a Terrain without
-    that column get it when the warehouse is opened, else an edit of one of them would be
-    taken for a new submission (two current versions, two clean rows)."""
+def test_raw_rows_from_before_lookup_keys_get_them_and_are_found_by_them(household, tmp_path: Path) -> None:
+    """A batch finds the versions raw holds by root_key, and the duplicate_uuid rule the
+    other submissions by uuid_key: rows landed by a Terrain without those columns get them
+    when the warehouse is opened, else an edit of one of them would be taken for a new
+    submission (two current versions, two clean rows), and a second submission with its
+    _uuid would go unflagged."""
     seeded = seeded_server([household], 120, seed=36)
     asset = seeded.assets["household_survey"]
     path = tmp_path / "w.duckdb"
@@ -212,18 +214,26 @@ def test_raw_rows_from_before_root_keys_get_them_and_their_edits_stay_edits(hous
         sync(server, seeded.token, path)
         with duckdb.connect(str(path)) as con:  # as an older Terrain left it
             con.execute("ALTER TABLE raw.submissions DROP COLUMN root_key")
+            con.execute("ALTER TABLE raw.submissions DROP COLUMN uuid_key")
             con.execute("COMMENT ON VIEW raw.history IS 'schema.sql of an older Terrain'")
         with Warehouse(path) as warehouse:
-            keys = warehouse.con.execute("select count(*), count(root_key) filter (where root_key = root_key(root_uuid)) "
-                                         "from raw.submissions").fetchone()
+            keys = warehouse.con.execute(
+                "select count(*), count(*) filter (where root_key = lookup_key(root_uuid) "
+                "and uuid_key = lookup_key(uuid)) from raw.submissions").fetchone()
         assert keys == (120, 120)
-        consenting = next(s for s in asset.submissions if s.get("consent") == "yes")
-        edited = server.edit_submission(asset.uid, consenting["_id"], {"identification/head_age": "71"})
+        consenting = [s for s in asset.submissions if s.get("consent") == "yes"]
+        edited = server.edit_submission(asset.uid, consenting[0]["_id"], {"identification/head_age": "71"})
+        twin = {**consenting[1], "_id": max(s["_id"] for s in asset.submissions) + 1,
+                "meta/rootUuid": "uuid:0b5e7d6e-7c35-4f0e-9a51-3f1a2d8c9e47"}  # the same _uuid, sent again
+        with server.lock:
+            asset.add(twin)
         [summary] = sync(server, seeded.token, path, SyncSettings(download_attachments=False, reconcile="always"))
-    assert (summary.new, summary.edited) == (0, 1)
+    assert (summary.new, summary.edited) == (1, 1)
     with duckdb.connect(str(path), read_only=True) as con:
         assert con.execute("select count(*), count(*) filter (where is_current) from raw.submissions "
                            "where root_uuid = ?", [edited["meta/rootUuid"]]).fetchone() == (2, 1)
-        assert con.execute("select count(*) from raw.submissions where is_current").fetchone()[0] == 120
+        assert con.execute("select count(*) from raw.submissions where is_current").fetchone()[0] == 121
         assert con.execute("select count(*) from households where root_uuid = ?",
                            [edited["meta/rootUuid"]]).fetchone()[0] <= 1
+        assert con.execute("select check_code from quality.issues where root_uuid = ?",
+                           [twin["meta/rootUuid"]]).fetchall() == [("duplicate_uuid",)]

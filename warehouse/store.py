@@ -173,7 +173,7 @@ class Warehouse:
         self.con = self._connect()
         if not read_only:
             self._create_schema()
-            self._fill_root_keys()
+            self._fill_lookup_keys()
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         replaying = not self.read_only and self._wal_bytes() > CLOSE_CHECKPOINT_BYTES
@@ -311,11 +311,13 @@ class Warehouse:
             self.con.execute(sql)
             self.con.execute(f"COMMENT ON VIEW raw.history IS '{digest}'")
 
-    def _fill_root_keys(self) -> None:
-        """Raw rows without a root_key (landed by an older Terrain, which had no such column)
-        get theirs: a batch finds the versions raw holds by it (land_raw.sql known_versions),
-        and would take a submission it missed for a new one. A few ms when none is missing."""
-        self.con.execute("UPDATE raw.submissions SET root_key = root_key(root_uuid) WHERE root_key IS NULL")
+    def _fill_lookup_keys(self) -> None:
+        """Raw rows without a root_key or uuid_key (landed by an older Terrain, which had no
+        such column) get theirs: a batch finds the versions raw holds by them (land_raw.sql
+        known_versions, the duplicate_uuid rule), and would take a submission it missed for
+        a new one. A few ms when none is missing."""
+        self.con.execute("UPDATE raw.submissions SET root_key = coalesce(root_key, lookup_key(root_uuid)), "
+                         "uuid_key = coalesce(uuid_key, lookup_key(uuid)) WHERE root_key IS NULL OR uuid_key IS NULL")
 
     def _add_new_columns(self, sql: str) -> None:
         """A warehouse made by an older Terrain gets the columns schema.sql has gained since

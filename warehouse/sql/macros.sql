@@ -32,10 +32,10 @@ CREATE OR REPLACE TEMP MACRO same_content(a, b) AS
     json_canonical(submission_content(a)[1]) = json_canonical(submission_content(b)[1])
     AND json_canonical(submission_content(a)[2]) IS NOT DISTINCT FROM json_canonical(submission_content(b)[2]);
 
--- name: root_key
--- A submission's root uuid as a number (md5's lower 64 bits: the same in every DuckDB
--- release, unlike hash()), for raw.submissions.root_key.
-CREATE OR REPLACE TEMP MACRO root_key(root_uuid) AS md5_number_lower(root_uuid);
+-- name: lookup_key
+-- A uuid as a number (md5's lower 64 bits: the same in every DuckDB release, unlike
+-- hash()), for raw.submissions.root_key and uuid_key.
+CREATE OR REPLACE TEMP MACRO lookup_key(uuid) AS md5_number_lower(uuid);
 
 -- name: scalar_text
 -- Metadata text (version, uuid, time, user name) that reads as a JSON object or list is

@@ -23,10 +23,12 @@ CREATE TABLE IF NOT EXISTS raw.submissions (
     last_seen       TIMESTAMPTZ NOT NULL,
     deleted_at      TIMESTAMPTZ,
     is_current      BOOLEAN     NOT NULL,
-    -- root_key(root_uuid) (macros.sql): what a batch looks its submissions up by. Random
-    -- uuids defeat DuckDB's min/max skipping, so a lookup reads the whole column: a
-    -- million 8-byte numbers instead of a million uuid texts (some 10 times quicker).
-    root_key        UBIGINT
+    -- lookup_key(root_uuid) and lookup_key(uuid) (macros.sql): what a batch looks its
+    -- submissions up by (known versions, duplicate _uuid). Random uuids defeat DuckDB's
+    -- min/max skipping, so a lookup reads the whole column: a million 8-byte numbers
+    -- instead of a million uuid texts (some 10 times quicker).
+    root_key        UBIGINT,
+    uuid_key        UBIGINT
 );
 
 -- Contract 1: each form version's field dictionary, so old submissions are typed
