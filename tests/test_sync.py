@@ -65,6 +65,12 @@ def test_typed_tables_hold_what_the_server_sent(seeded, warehouse_path) -> None:
         assert row[8] == source["_id"]
         chosen = source["livelihood/income_activities"].split()
         assert (row[9], row[10]) == ("farming" in chosen, "other" in chosen)
+        unanswered = warehouse.con.execute(
+            "select income_activities, income_activities_raw, income_activities__farming from households "
+            "where root_uuid in (select unnest(?::varchar[]))",
+            [[s["meta/rootUuid"] for s in seeded.assets["household_survey"].submissions
+              if "livelihood/income_activities" not in s]]).fetchall()
+        assert unanswered and set(unanswered) == {(None, None, None)}  # not an empty list, not False
         members = warehouse.con.execute(
             "select row_key, position, member_age, member_relation from household_members where root_uuid = ? "
             "order by position", [source["meta/rootUuid"]]).fetchall()

@@ -32,6 +32,7 @@ from warehouse.xpath_sql import compile_condition, sql_literal
 log = logging.getLogger(__name__)
 RAW_PREFIX = "__raw__"
 GEO_PREFIX = "__geo__"
+CHOSEN_PREFIX = "__chosen__"  # a select_multiple's answer as a list of choice names, split once
 REPEAT_PREFIX = "__repeat__"  # a repeat's entries as the JSON text of a list, in its parent's stage
 BATCH_DOCS = "batch_docs"
 PANDAS_DTYPES = {"BIGINT": "Int64", "DOUBLE": "Float64", "VARCHAR": "string", "BOOLEAN": "boolean"}
@@ -80,10 +81,10 @@ def _typed(f: Field, raw: str) -> list[tuple[str, str]]:
         return [(column, f"CASE WHEN {valid} THEN {parts}[{i}] END")
                 for i, (column, _) in enumerate(f.columns(), start=1)]
     if kind == "select_multiple":
-        chosen = f"list_filter(regexp_split_to_array(trim({raw}), '\\s+'), lambda w: w <> '')"
+        chosen = raw.replace(quote(RAW_PREFIX + f.column), quote(CHOSEN_PREFIX + f.column))
         columns = f.columns()
-        out = [(columns[0][0], f"CASE WHEN {raw} IS NOT NULL THEN {chosen} END"), (columns[1][0], raw)]
-        out += [(column, f"CASE WHEN {raw} IS NOT NULL THEN list_contains({chosen}, {sql_literal(name)}) END")
+        out = [(columns[0][0], chosen), (columns[1][0], raw)]
+        out += [(column, f"list_contains({chosen}, {sql_literal(name)})")
                 for (column, _), name in zip(columns[2:], f.choice_names)]
         return out
     return [(f.column, raw)]
@@ -208,6 +209,11 @@ class StagingPlan:
         raw_columns += [f"CASE WHEN t[{i}] IS NULL THEN NULL ELSE list_transform(regexp_split_to_array(trim(t[{i}]), "
                         f"'\\s+'), lambda v: TRY_CAST(v AS DOUBLE)) END AS {quote(GEO_PREFIX + f.column)}"
                         for i, f in enumerate(table.fields, 1) if f.xlsform_type == "geopoint"]
+        # Split once here: each choice's boolean column reads the list (DuckDB does not
+        # share a subexpression between columns; splitting per choice cost 6 of 34 ms a batch).
+        raw_columns += [f"CASE WHEN nullif(t[{i}], '') IS NOT NULL THEN list_filter(regexp_split_to_array(trim(t[{i}]), "
+                        f"'\\s+'), lambda w: w <> '') END AS {quote(CHOSEN_PREFIX + f.column)}"
+                        for i, f in enumerate(table.fields, 1) if f.xlsform_type == "select_multiple"]
         position = len(table.fields)
         if not table.is_repeat:
             for column in MAIN_SYSTEM_KEYS:
