@@ -3,6 +3,7 @@ attachments, and a token that never leaks."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 from pathlib import Path
@@ -14,6 +15,7 @@ from flows.sync import SyncSettings, sync_asset
 from kobo.client import KoboClient
 from kobo.seed import seeded_server
 from kobo.server import FaultPlan
+from warehouse.load import FormLoader
 from warehouse.store import Warehouse
 
 from test_sync_kobo import warehouse_snapshot  # noqa: E402  (tests/ is on sys.path)
@@ -237,3 +239,28 @@ def test_raw_rows_from_before_lookup_keys_get_them_and_are_found_by_them(househo
                            [edited["meta/rootUuid"]]).fetchone()[0] <= 1
         assert con.execute("select check_code from quality.issues where root_uuid = ?",
                            [twin["meta/rootUuid"]]).fetchall() == [("duplicate_uuid",)]
+
+
+def test_a_submission_marked_deleted_that_the_server_sends_again_is_clean_again(household, tmp_path: Path) -> None:
+    """Raw never loses a deleted submission; if the server sends it again unchanged (a
+    deletion marked from a listing that missed it), the sync marks it current again and
+    types it again: its clean rows went with the deletion, and nothing else brings them back."""
+    seeded = seeded_server([household], 30, seed=41)
+    asset = seeded.assets["household_survey"]
+    path = tmp_path / "w.duckdb"
+    with seeded.server as server:
+        sync(server, seeded.token, path)
+        before = clean_roots(path)
+        with duckdb.connect(str(path), read_only=True) as con:
+            members_before = con.execute("select count(*) from household_members").fetchone()[0]
+        root = next(s["meta/rootUuid"] for s in asset.submissions if s["meta/rootUuid"] in before)
+        with Warehouse(path) as warehouse, warehouse.transaction():
+            dictionary = warehouse.latest_dictionaries()[0]
+            FormLoader(warehouse, dictionary, asset.uid).mark_deleted([root], dt.datetime.now(dt.timezone.utc))
+        assert root not in clean_roots(path)
+        [summary] = sync(server, seeded.token, path, SyncSettings(download_attachments=False, reconcile="always"))
+    assert summary.deleted == 0 and clean_roots(path) == before
+    with duckdb.connect(str(path), read_only=True) as con:
+        assert con.execute("select count(*), count(*) filter (where is_current and deleted_at is null) "
+                           "from raw.submissions where root_uuid = ?", [root]).fetchone() == (1, 1)
+        assert con.execute("select count(*) from household_members").fetchone()[0] == members_before

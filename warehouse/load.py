@@ -190,7 +190,8 @@ class FormLoader:
             _forget_bodies(pages)
             self._start_pending()
             self.con.execute(f"INSERT INTO {PENDING} SELECT root_uuid, submission_id, form_version, payload, "
-                             f"is_edit, sequence FROM landing_new")
+                             f"is_edit, sequence FROM landing_new UNION ALL SELECT root_uuid, submission_id, "
+                             f"form_version, payload, TRUE, sequence FROM landing_restored")
             rejected = [(sequence, _rejected_issue(why, what)) for sequence, why, what in landing.rejected]
             if rejected:
                 # Seen again, the same unusable result replaces its issue instead of adding one.

@@ -154,7 +154,8 @@ class LandingResult:
 
     landed: dict[int, tuple[int, int, int]]  # page: (new, edited, unchanged)
     rejected: list[tuple[int, str, str]] = field(default_factory=list)  # (page, why, what arrived): not submissions
-    # the new and edited submissions stay in the temp table landing_new for the caller
+    # the new and edited submissions stay in the temp table landing_new for the caller, and
+    # the unchanged ones that were marked deleted in landing_restored
 
 
 class WarehouseInUse(WarehouseError):
@@ -491,6 +492,7 @@ class Warehouse:
             self.con.execute(queries["rehash_same_content"], {"asset_uid": asset_uid})
             self.con.execute(queries["known_versions"], {"asset_uid": asset_uid})
         self.con.execute(queries["new_versions"])
+        self.con.execute(queries["restored"])
         landed = {sequence: (changed - edited, edited, total - changed)
                   for sequence, total, changed, edited in self.con.execute(queries["landed_counts"]).fetchall()}
         if any(unchanged for _, _, unchanged in landed.values()):

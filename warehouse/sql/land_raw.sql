@@ -57,8 +57,10 @@ WHERE NOT is_object OR NOT regexp_full_match(coalesce(k[1], ''), '\s*-?\d{1,18}\
 -- sync's batches of new submissions), DuckDB skips the second; else the second reads the
 -- root_uuid of every row, but no other column. Reading every row's uuid each batch took
 -- some 150 ms at 1,000,000 submissions; the key alone, 8 ms.
+-- raw_row: the rowid the updates below change these rows by (DuckDB updates by rowid
+-- without reading the table again; the same update joined on root_uuid read every row's).
 CREATE OR REPLACE TEMP TABLE known_versions AS
-SELECT r.root_uuid, r.uuid, r.is_current, r.content_hash
+SELECT r.rowid AS raw_row, r.root_uuid, r.uuid, r.is_current, r.content_hash, r.deleted_at
 FROM raw.submissions AS r
 WHERE r.rowid IN (SELECT rowid FROM raw.submissions WHERE root_key IN (SELECT root_key FROM landing))
   AND r.asset_uid = $asset_uid AND r.root_uuid IN (SELECT root_uuid FROM landing);
@@ -83,10 +85,10 @@ WHERE r.asset_uid = $asset_uid AND r.root_uuid = l.root_uuid AND r.is_current AN
 
 -- name: touch_seen
 -- Submissions seen again unchanged: only their last_seen moves.
-UPDATE raw.submissions AS r
+UPDATE raw.submissions
 SET last_seen = $now, deleted_at = NULL
-FROM landing AS l
-WHERE r.asset_uid = l.asset_uid AND r.root_uuid = l.root_uuid AND r.content_hash = l.content_hash;
+WHERE rowid IN (SELECT k.raw_row FROM known_versions AS k JOIN landing AS l
+                ON k.root_uuid = l.root_uuid AND k.content_hash = l.content_hash);
 
 -- name: new_versions
 -- Landing rows whose content is not yet in raw: new submissions and edits.
@@ -95,6 +97,15 @@ SELECT l.*, EXISTS (SELECT 1 FROM known_versions AS o WHERE o.root_uuid = l.root
 FROM landing AS l
 WHERE NOT EXISTS (SELECT 1 FROM known_versions AS k WHERE k.root_uuid = l.root_uuid AND k.content_hash = l.content_hash);
 
+-- name: restored
+-- Submissions marked deleted that the server sends again unchanged (the deletion was
+-- marked from a listing that missed them): touch_seen marks them current again, and they
+-- are typed again, their clean rows having gone with the deletion.
+CREATE OR REPLACE TEMP TABLE landing_restored AS
+SELECT l.root_uuid, l.submission_id, l.form_version, l.payload, l.sequence
+FROM landing AS l JOIN known_versions AS k
+  ON k.root_uuid = l.root_uuid AND k.content_hash = l.content_hash AND k.is_current AND k.deleted_at IS NOT NULL;
+
 -- name: landed_counts
 -- Per page of the batch: submissions landed, new or edited, edited.
 SELECT l.sequence, count(*), count(n.root_uuid), count(*) FILTER (WHERE n.is_edit)
@@ -102,10 +113,9 @@ FROM landing AS l LEFT JOIN landing_new AS n USING (root_uuid)
 GROUP BY l.sequence;
 
 -- name: retire_old_versions
-UPDATE raw.submissions AS r
+UPDATE raw.submissions
 SET is_current = FALSE
-FROM landing_new AS n
-WHERE r.asset_uid = n.asset_uid AND r.root_uuid = n.root_uuid AND r.is_current;
+WHERE rowid IN (SELECT k.raw_row FROM known_versions AS k JOIN landing_new AS n USING (root_uuid) WHERE k.is_current);
 
 -- name: insert_new_versions
 INSERT INTO raw.submissions
