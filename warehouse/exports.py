@@ -126,7 +126,10 @@ def _write_workbook(con: duckdb.DuckDBPyConnection, tables: list[str], path: Pat
             "SELECT column_name, arg_max(label, version) FROM meta.field_labels WHERE table_name = ? AND language = ? "
             "GROUP BY column_name", [table, language]).fetchall())
         # A cursor of its own: con.execute() would replace this result with the next query's.
-        cursor = con.cursor().execute(f'SELECT * FROM {ANALYST_SCHEMA}."{table}"')
+        # It starts in DuckDB's default database, not in the one a writer attached: hence
+        # the table's database named.
+        database = con.execute("SELECT current_database()").fetchone()[0]
+        cursor = con.cursor().execute(f'SELECT * FROM "{database}".{ANALYST_SCHEMA}."{table}"')
         columns = [d[0] for d in cursor.description]
         sheet = workbook.add_worksheet(table[:31])
         for index, column in enumerate(columns):
