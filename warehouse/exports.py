@@ -128,7 +128,7 @@ def _write_workbook(con: duckdb.DuckDBPyConnection, tables: list[str], path: Pat
         # A cursor of its own: con.execute() would replace this result with the next query's.
         # It starts in DuckDB's default database, not in the one a writer attached: hence
         # the table's database named.
-        database = con.execute("SELECT current_database()").fetchone()[0]
+        database = con.execute("SELECT current_database()").fetchone()[0].replace('"', '""')
         cursor = con.cursor().execute(f'SELECT * FROM "{database}".{ANALYST_SCHEMA}."{table}"')
         columns = [d[0] for d in cursor.description]
         sheet = workbook.add_worksheet(table[:31])
