@@ -126,7 +126,7 @@ def run_raw_only(url: str, token: str, asset: str, warehouse: str) -> int:
 
     from flows.sync import SyncSettings, prefetched
     from kobo.client import KoboClient
-    from warehouse.load import BATCH_BYTES, page_json
+    from warehouse.load import batch_is_full, page_json
     from warehouse.store import Warehouse
 
     batch_size, total = SyncSettings().batch_size, 0
@@ -137,14 +137,17 @@ def run_raw_only(url: str, token: str, asset: str, warehouse: str) -> int:
                 store.drop_landing()
 
         batch: list = []
+        gathered = text = 0
         for page in prefetched(client.iter_pages(asset)):
             batch.append(page)
-            total += page.size
-            if sum(p.size for p in batch) >= batch_size or sum(len(p.body) for p in batch) >= BATCH_BYTES:
+            gathered, text = gathered + page.size, text + len(page.body)
+            if batch_is_full(batch_size, gathered, text):  # the sync's own batches
                 land(batch)
-                batch = []
+                total += gathered
+                batch, gathered, text = [], 0, 0
         if batch:
             land(batch)
+            total += gathered
     return total
 
 

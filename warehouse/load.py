@@ -79,6 +79,12 @@ def _finite(value: Any) -> Any:
     return value
 
 
+def batch_is_full(batch_size: int | None, submissions: int, text_bytes: int) -> bool:
+    """Whether a batch of pages holding this many submissions and bytes of text is committed
+    now (None: never, all in one transaction)."""
+    return batch_size is not None and (submissions >= batch_size or text_bytes >= BATCH_BYTES)
+
+
 def _count(page: PageInput) -> int:
     return page.size if isinstance(page, Page) else len(page)
 
@@ -170,7 +176,7 @@ class FormLoader:
             gathered += _count(page)
             text += len(page.body) if isinstance(page, Page) else 0
             del page  # the batch holds it, until its body is landed (see _forget_bodies)
-            if batch_size is not None and (gathered >= batch_size or text >= BATCH_BYTES):
+            if batch_is_full(batch_size, gathered, text):
                 yield from self._load_batch(batch, last_id)
                 since_reopen += gathered
                 batch, gathered, text = [], 0, 0

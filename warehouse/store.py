@@ -27,6 +27,7 @@ from forms.dictionary import FieldDictionary, Table
 from forms.errors import TerrainError
 from warehouse.labels import create_labelled_views, store_labels
 from warehouse.typing import Issue, root_uuid_of
+from warehouse.xpath_sql import sql_literal
 
 log = logging.getLogger(__name__)
 SQL_DIR = Path(__file__).resolve().parent / "sql"
@@ -225,8 +226,8 @@ class Warehouse:
             # Attached rather than opened: only ATTACH sets the row group size (ROW_GROUP_ROWS).
             con = duckdb.connect(config={"memory_limit": memory_limit})
             try:
-                path = "'" + str(self.path).replace("'", "''") + "'"
-                con.execute(f"ATTACH {path} AS {WAREHOUSE_ALIAS} (ROW_GROUP_SIZE {ROW_GROUP_ROWS})")
+                con.execute(f"ATTACH {sql_literal(str(self.path))} AS {WAREHOUSE_ALIAS} "
+                            f"(ROW_GROUP_SIZE {ROW_GROUP_ROWS})")
                 con.execute(f"USE {WAREHOUSE_ALIAS}")
             except duckdb.Error:
                 con.close()
