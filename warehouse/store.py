@@ -147,6 +147,9 @@ def create_macros(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(macro)
 
 
+# Text of the submissions parsed and hashed together when landing (land_raw.sql,
+# page_documents): DuckDB takes some 20 times their text while it does, beside the batch.
+PARSE_BYTES = 2**20
 # The temp tables land_raw.sql makes for each batch (Warehouse.drop_landing).
 LANDING_TEMP_TABLES = tuple(re.findall(r"CREATE OR REPLACE TEMP TABLE (\w+)",
                                       "\n".join(named_queries("land_raw.sql").values())))
@@ -505,8 +508,14 @@ class Warehouse:
         object with a ``results`` list); DuckDB parses them, Python never walks them."""
         queries = named_queries("land_raw.sql")
         self.con.execute(queries["page_bodies"], {"bodies": bodies})
-        for step in ("page_results", "page_documents"):
-            self.con.execute(queries[step])
+        self.con.execute(queries["page_results"])
+        for page in range(len(bodies)):
+            self.con.execute(queries["page_results_of_page"], {"page": page})
+        self.con.execute(queries["page_documents"])
+        results = self.con.execute("SELECT count(*) FROM page_results").fetchone()[0]
+        rows = max(1, PARSE_BYTES * results // max(1, sum(len(body) for body in bodies)))
+        for done in range(0, results, rows):
+            self.con.execute(queries["page_documents_of_rows"], {"done": done, "rows": rows})
         self.con.execute(queries["landing"], {"asset_uid": asset_uid, "form_id": form_id})
         rejected = self.con.execute(queries["rejected"]).fetchall()
         self.con.execute(queries["known_versions"], {"asset_uid": asset_uid})

@@ -9,28 +9,42 @@ FROM (SELECT unnest(range(len($bodies))) AS sequence, unnest($bodies) AS body);
 -- Their results, one row each.
 -- Memory: DuckDB's JSON functions hold the parse of a whole input vector (up to 2,048
 -- rows, some 8 times their text) until the next, one parse per function call, all
--- alive together within a statement. So a statement parses each text once where it
--- can, and the pages and their results are parsed in statements apart.
-CREATE OR REPLACE TEMP TABLE page_results AS
-SELECT sequence, unnest(json_extract(body, '$.results[*]')) AS doc FROM page_bodies;
+-- alive together within a statement. So a statement parses each text once where it can,
+-- the pages are parsed one by one (a page of 1,000 households: some 20 MB), and their
+-- results in slices of rows (store.PARSE_BYTES of text).
+-- position: the result's place in the batch, from 1 (rowids are no use for that: DuckDB
+-- numbers the rows a transaction inserts from 2^62).
+CREATE OR REPLACE TEMP TABLE page_results (sequence BIGINT, doc JSON, position BIGINT);
+
+-- name: page_results_of_page
+INSERT INTO page_results
+SELECT sequence, unnest(results), (SELECT count(*) FROM page_results) + generate_subscripts(results, 1)
+FROM (SELECT sequence, json_extract(body, '$.results[*]') AS results FROM page_bodies WHERE sequence = $page);
 
 -- name: page_documents
 -- DuckDB writes the results out as compact JSON: an object starts with '{'.
-CREATE OR REPLACE TEMP TABLE page_documents AS
-SELECT sequence, doc, starts_with(doc, '{') AS is_object,
-       json_extract_string(doc, ['$._id', '$."meta/rootUuid"', '$._uuid', '$.__version__', '$._submission_time']) AS k
-FROM page_results;
+-- The content hash tells an edit from the same submission seen again (macros.sql). With
+-- the keys, it takes some 20 times the slice's text while it runs (json_merge_patch): a
+-- batch of 2,000 households at once did not fit in 100 MB, 250 of them fit in 30.
+CREATE OR REPLACE TEMP TABLE page_documents (sequence BIGINT, doc JSON, is_object BOOLEAN, k VARCHAR[],
+                                             content_hash VARCHAR);
+
+-- name: page_documents_of_rows
+INSERT INTO page_documents
+SELECT sequence, doc, starts_with(doc, '{'),
+       json_extract_string(doc, ['$._id', '$."meta/rootUuid"', '$._uuid', '$.__version__', '$._submission_time']),
+       content_hash(doc)
+FROM page_results WHERE position > $done AND position <= $done + $rows;
 
 -- name: landing
 -- One row per usable submission of the batch (the last one if a root uuid comes twice:
 -- the batch is the unit, as a page was).
--- The content hash tells an edit from the same submission seen again (macros.sql).
 CREATE OR REPLACE TEMP TABLE landing AS
 SELECT sequence, $asset_uid AS asset_uid, $form_id AS form_id, CAST(trim(k[1]) AS BIGINT) AS submission_id,
        coalesce(nullif(k[2], ''), 'uuid:' || coalesce(k[3], 'None')) AS root_uuid, coalesce(k[3], '') AS uuid,
        scalar_text(k[4]) AS form_version,
        TRY_CAST(k[5] AS TIMESTAMPTZ) AS submission_time,
-       content_hash(doc) AS content_hash,
+       content_hash,
        doc AS payload,
        lookup_key(root_uuid) AS root_key,
        lookup_key(uuid) AS uuid_key
