@@ -264,3 +264,23 @@ def test_a_submission_marked_deleted_that_the_server_sends_again_is_clean_again(
         assert con.execute("select count(*), count(*) filter (where is_current and deleted_at is null) "
                            "from raw.submissions where root_uuid = ?", [root]).fetchone() == (1, 1)
         assert con.execute("select count(*) from household_members").fetchone()[0] == members_before
+
+
+def test_last_seen_moves_for_what_a_sync_receives_again_and_first_seen_stays(household, tmp_path: Path) -> None:
+    """A second sync re-reads the overlap below the watermark (100 submissions): their raw
+    rows take its time as last_seen, nothing else moves, and first_seen never does."""
+    seeded = seeded_server([household], 150, seed=43)
+    path = tmp_path / "w.duckdb"
+    query = "select root_uuid, submission_id, first_seen, last_seen from raw.submissions order by submission_id"
+    with seeded.server as server:
+        sync(server, seeded.token, path)
+        with duckdb.connect(str(path), read_only=True) as con:
+            before = con.execute(query).fetchall()
+        [summary] = sync(server, seeded.token, path)
+        with duckdb.connect(str(path), read_only=True) as con:
+            after = con.execute(query).fetchall()
+    assert summary.unchanged == 100 and len(before) == len(after) == 150
+    assert [row[:3] for row in after] == [row[:3] for row in before]  # same rows, first_seen kept
+    moved = [row[1] for row, old in zip(after, before) if row[3] > old[3]]
+    assert moved == [row[1] for row in after[-100:]]  # the overlap: the 100 highest _ids
+    assert all(row[3] == old[3] for row, old in zip(after[:-100], before[:-100]))

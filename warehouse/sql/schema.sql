@@ -19,6 +19,10 @@ CREATE TABLE IF NOT EXISTS raw.submissions (
     submission_time TIMESTAMPTZ,
     content_hash    VARCHAR     NOT NULL,
     payload         JSON        NOT NULL,
+    -- first_seen: the sync that landed this version. last_seen: the last sync that
+    -- received it again (the overlap re-read below the watermark, a reconciliation's
+    -- fetch); an incremental sync does not read older submissions again, so it is not
+    -- when the server last had it: deleted_at says what the server no longer has.
     first_seen      TIMESTAMPTZ NOT NULL,
     last_seen       TIMESTAMPTZ NOT NULL,
     deleted_at      TIMESTAMPTZ,
