@@ -209,7 +209,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("--------------------")
     for s in summaries:
         print(f"{s['form_id']}: pulled {s['pulled']} this run: new {s['new']}, edited {s['edited']}, "
-              f"deleted {s['deleted']}, unchanged {s['unchanged']}; quarantined in total {quarantined[s['asset_uid']]}")
+              f"deleted {s['deleted']}, unchanged {s['unchanged']}"
+              + (f", restored {s['restored']}" if s.get("restored") else "")
+              + f"; quarantined in total {quarantined[s['asset_uid']]}")
     print("Rows per table: " + ", ".join(f"{name} {count}" for name, count in counts.items()))
     print(f"Seconds taken: {time.monotonic() - started:.1f}")
     print(f"Try: .venv/bin/terrain sql \"select region, count(*) from households group by region\"")

@@ -25,7 +25,7 @@ from kobo.client import KoboClient, Page
 from kobo.content import xlsform_from_content
 from kobo.errors import ProjectNotFound
 from warehouse.attachments import AttachmentStore, fetch_pending_attachments
-from warehouse.load import FormLoader, PageResult
+from warehouse.load import PAGE_COUNTS, FormLoader, PageResult
 from warehouse.store import Warehouse
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ class SyncSummary:
     new: int = 0
     edited: int = 0
     unchanged: int = 0
+    restored: int = 0  # marked deleted before, sent again by the server: back in the clean tables
     quarantined: int = 0
     deleted: int = 0
     attachments: int = 0
@@ -75,7 +76,7 @@ class SyncSummary:
     error: str | None = None
 
     def add(self, result: PageResult, pages: int = 1) -> None:
-        for name in ("pulled", "new", "edited", "unchanged", "quarantined"):
+        for name in PAGE_COUNTS:
             setattr(self, name, getattr(self, name) + getattr(result, name))
         self.pages += pages
 
@@ -263,6 +264,9 @@ def sync_asset(client: KoboClient, warehouse: Warehouse, asset_uid: str, progres
         total = int(asset.get("deployment__submission_count") or 0)
         if reconciliation_due(warehouse, asset_uid, total, settings):
             reconcile(client, warehouse, loader, asset_uid, summary, progress)
+        if summary.restored and progress:
+            progress.note(summary, f"{summary.restored} submission(s) marked deleted were sent again by the server, "
+                                   f"unchanged: they are current again, and back in the clean tables")
         loader.run_warehouse_checks()
         if settings.write_back:
             summary.statuses_written = write_back_statuses(client, warehouse, asset_uid, dictionary)

@@ -260,7 +260,9 @@ def test_a_submission_marked_deleted_that_the_server_sends_again_is_clean_again(
         assert root not in clean_roots(path)
         [summary] = sync(server, seeded.token, path, SyncSettings(download_attachments=False, reconcile="always"))
     assert summary.deleted == 0 and clean_roots(path) == before
+    assert (summary.restored, summary.unchanged) == (1, 29)  # named, not counted as unchanged
     with duckdb.connect(str(path), read_only=True) as con:
+        assert con.execute("select restored from meta.sync_runs order by run_id desc limit 1").fetchone() == (1,)
         assert con.execute("select count(*), count(*) filter (where is_current and deleted_at is null) "
                            "from raw.submissions where root_uuid = ?", [root]).fetchone() == (1, 1)
         assert con.execute("select count(*) from household_members").fetchone()[0] == members_before

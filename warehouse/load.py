@@ -46,6 +46,10 @@ class PageResult:
     edited: int
     unchanged: int
     quarantined: int
+    restored: int = 0  # marked deleted, and sent again by the server: clean again (not in unchanged)
+
+
+PAGE_COUNTS = ("pulled", "new", "edited", "unchanged", "quarantined", "restored")
 
 
 @dataclass
@@ -150,7 +154,7 @@ class FormLoader:
         ``checks``: then runs the warehouse-wide checks."""
         totals = PageResult(0, 0, 0, 0, 0)
         for _, result in self.load_stream(pages, batch_size=None, last_id=last_id):
-            for name in ("pulled", "new", "edited", "unchanged", "quarantined"):
+            for name in PAGE_COUNTS:
                 setattr(totals, name, getattr(totals, name) + getattr(result, name))
         if checks:
             self.run_warehouse_checks()
@@ -205,9 +209,10 @@ class FormLoader:
                 self.warehouse.record_issues(self.asset_uid, form_id, [i.root_uuid for i in issues], issues, now)
             results = []
             for sequence, page in enumerate(pages):
-                new, edited, unchanged = landing.landed.get(sequence, (0, 0, 0))
+                new, edited, unchanged, restored = landing.landed.get(sequence, (0, 0, 0, 0))
                 results.append(PageResult(pulled=_count(page), new=new, edited=edited, unchanged=unchanged,
-                                          quarantined=sum(1 for s, _ in rejected if s == sequence)))
+                                          quarantined=sum(1 for s, _ in rejected if s == sequence),
+                                          restored=restored))
             results[-1].quarantined += self.retype_pending(now)
             watermark = last_id(pages[-1]) if callable(last_id) else last_id
             if watermark is not None:

@@ -164,7 +164,7 @@ def quote(identifier: str) -> str:
 class LandingResult:
     """What landing a batch of pages found, per page (its position in the batch)."""
 
-    landed: dict[int, tuple[int, int, int]]  # page: (new, edited, unchanged)
+    landed: dict[int, tuple[int, int, int, int]]  # page: (new, edited, unchanged, restored)
     rejected: list[tuple[int, str, str]] = field(default_factory=list)  # (page, why, what arrived): not submissions
     # the new and edited submissions stay in the temp table landing_new for the caller, and
     # the unchanged ones that were marked deleted in landing_restored
@@ -524,11 +524,12 @@ class Warehouse:
             self.con.execute(queries["known_versions"], {"asset_uid": asset_uid})
         self.con.execute(queries["new_versions"])
         self.con.execute(queries["restored"])
-        landed = {sequence: (changed - edited, edited, total - changed)
-                  for sequence, total, changed, edited in self.con.execute(queries["landed_counts"]).fetchall()}
-        if any(unchanged for _, _, unchanged in landed.values()):
+        landed = {sequence: (changed - edited, edited, total - changed - restored, restored)
+                  for sequence, total, changed, edited, restored
+                  in self.con.execute(queries["landed_counts"]).fetchall()}
+        if any(unchanged or restored for _, _, unchanged, restored in landed.values()):
             self.con.execute(queries["touch_seen"], {"now": now})
-        if any(edited for _, edited, _ in landed.values()):
+        if any(edited for _, edited, _, _ in landed.values()):
             self.con.execute(queries["retire_old_versions"])
         self.con.execute(queries["insert_new_versions"], {"now": now})
         return LandingResult(landed=landed, rejected=rejected)
@@ -650,10 +651,10 @@ class Warehouse:
     def finish_run(self, run_id: int, status: str, counts: dict[str, int], now: dt.datetime) -> None:
         self.con.execute(
             "UPDATE meta.sync_runs SET finished_at = ?, status = ?, pulled = ?, new = ?, edited = ?, unchanged = ?, "
-            "quarantined = ?, deleted = ?, reconciled = ? WHERE run_id = ?",
+            "restored = ?, quarantined = ?, deleted = ?, reconciled = ? WHERE run_id = ?",
             [now, status, counts.get("pulled", 0), counts.get("new", 0), counts.get("edited", 0),
-             counts.get("unchanged", 0), counts.get("quarantined", 0), counts.get("deleted", 0),
-             bool(counts.get("reconciled")), run_id])
+             counts.get("unchanged", 0), counts.get("restored", 0), counts.get("quarantined", 0),
+             counts.get("deleted", 0), bool(counts.get("reconciled")), run_id])
 
     # -- reading ------------------------------------------------------------------------
     def query(self, sql: str, parameters: list[Any] | None = None) -> tuple[list[str], list[tuple]]:

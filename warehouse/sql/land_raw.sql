@@ -121,9 +121,9 @@ FROM landing AS l JOIN known_versions AS k
   ON k.root_uuid = l.root_uuid AND k.content_hash = l.content_hash AND k.is_current AND k.deleted_at IS NOT NULL;
 
 -- name: landed_counts
--- Per page of the batch: submissions landed, new or edited, edited.
-SELECT l.sequence, count(*), count(n.root_uuid), count(*) FILTER (WHERE n.is_edit)
-FROM landing AS l LEFT JOIN landing_new AS n USING (root_uuid)
+-- Per page of the batch: submissions landed, new or edited, edited, restored.
+SELECT l.sequence, count(*), count(n.root_uuid), count(*) FILTER (WHERE n.is_edit), count(r.root_uuid)
+FROM landing AS l LEFT JOIN landing_new AS n USING (root_uuid) LEFT JOIN landing_restored AS r USING (root_uuid)
 GROUP BY l.sequence;
 
 -- name: retire_old_versions

@@ -68,7 +68,8 @@ CREATE TABLE IF NOT EXISTS meta.sync_runs (
     quarantined   BIGINT,
     deleted       BIGINT,
     reconciled    BOOLEAN,
-    status        VARCHAR     NOT NULL
+    status        VARCHAR     NOT NULL,
+    restored      BIGINT      -- marked deleted, then sent again unchanged: back in the clean tables
 );
 
 -- Contract 4: one row per problem found in a submission.
