@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Iterator
 
 from forms.errors import FormError
@@ -196,6 +196,45 @@ class _ColumnNamer:
     def _take(self, candidate: str, suffixes: tuple[str, ...]) -> str:
         self.taken.update(candidate + s for s in suffixes or ("",))
         return candidate
+
+
+def keep_columns(dictionary: FieldDictionary, earlier: list[FieldDictionary]) -> FieldDictionary:
+    """The dictionary with each question in the column earlier versions of the form gave it
+    (by its key in the submissions), and no question in a column that meant another one.
+
+    Columns are named in form order within each version: when a version drops a question
+    whose name another group's question shared, that one would take the freed name, and
+    the column would hold two questions' answers, told apart by nothing in the table."""
+    if not earlier:
+        return dictionary
+    owners: dict[tuple[str, str], str] = {}  # (table, column) -> kobo_key that first had it
+    first_column: dict[tuple[str, str], str] = {}  # (table, kobo_key) -> its column
+    for version in earlier:
+        for table in version.tables.values():
+            for f in table.fields:
+                first_column.setdefault((table.name, f.kobo_key), f.column)
+                for column, _ in f.columns():
+                    owners.setdefault((table.name, column), f.kobo_key)
+    tables = {}
+    for table in dictionary.tables.values():
+        taken = set(table.system_columns()) | {c for (t, c), key in owners.items() if t == table.name}
+        kept: dict[str, str] = {}
+        for f in table.fields:
+            column = first_column.get((table.name, f.kobo_key))
+            mine = column is not None and all(owners.get((table.name, c), f.kobo_key) == f.kobo_key
+                                              for c, _ in replace(f, column=column).columns())
+            if mine:
+                kept[f.kobo_key] = column
+        namer = _ColumnNamer(tuple(taken | set(kept.values())))
+        fields = []
+        for f in table.fields:
+            suffixes = _suffixes(f.xlsform_type, f.choice_names)
+            column = kept.get(f.kobo_key) or namer.name(f.name, f.kobo_key.split("/")[:-1], suffixes)
+            fields.append(f if column == f.column else replace(f, column=column))
+        tables[table.name] = replace(table, fields=fields)
+    if all(a is b for name in tables for a, b in zip(tables[name].fields, dictionary.tables[name].fields)):
+        return dictionary
+    return replace(dictionary, tables=tables)
 
 
 def choice_suffixes(choice_names: list[str]) -> list[str]:

@@ -363,3 +363,39 @@ def test_a_batch_with_edits_and_a_new_versions_first_submissions_commits(househo
         assert rows == [(first.version_uid, 5), (second.version_uid, 5)]
         assert warehouse.con.execute("select head_name from households where root_uuid = ?",
                                      [old[0]["meta/rootUuid"]]).fetchone() == ("Nouveau Nom",)
+
+
+def _two_groups_form(version: str, groups: list[str]):
+    from forms.build import dictionary_from_sheets
+
+    survey = [{"type": "text", "name": "village", "label": "Village"}]
+    for group in groups:
+        survey += [{"type": "begin_group", "name": group, "label": group},
+                   {"type": "integer", "name": "q", "label": f"{group} q"}, {"type": "end_group", "name": ""}]
+    sheets = {"survey": survey, "settings": [{"form_id": "two_groups", "version": version}]}
+    return dictionary_from_sheets(sheets, "test", form_name="two_groups")
+
+
+def test_a_question_keeps_its_column_when_another_of_the_same_name_goes(tmp_path: Path) -> None:
+    """Version 1 has a/q and b/q (columns q and b_q); version 2 drops a/q. Compiled alone,
+    version 2 would put b/q in the column q, where version 1 put a/q: the column would mix
+    two questions. b/q keeps b_q, and q holds a/q's answers only."""
+    from warehouse.load import FormLoader
+
+    first, second = _two_groups_form("1", ["a", "b"]), _two_groups_form("2", ["b"])
+    assert [f.column for f in second.fields()] == ["village", "q"]  # the trap, as compiled
+    lookup = {"vOne": first, "vTwo": second}
+
+    def submission(number: int, version: str, answers: dict) -> dict:
+        uuid = f"00000000-0000-4000-8000-00000000000{number}"
+        return {"_id": number, "_uuid": uuid, "meta/rootUuid": f"uuid:{uuid}", "__version__": version,
+                "_submission_time": "2026-11-01T10:00:00", "village": "Kignan", **answers}
+
+    with Warehouse(tmp_path / "w.duckdb") as warehouse:
+        loader = FormLoader(warehouse, first, "aTwoGroups", version_lookup=lookup.get, deployed_version="vOne")
+        loader.load_page([submission(1, "vOne", {"a/q": "1", "b/q": "2"})], None)
+        loader.load_page([submission(2, "vTwo", {"b/q": "3"})], None)
+        rows = warehouse.con.execute("SELECT submission_id, q, b_q FROM two_groups ORDER BY 1").fetchall()
+        stored = warehouse.dictionary_for("aTwoGroups", "vTwo")
+    assert rows == [(1, 1, 2), (2, None, 3)]
+    assert [f.column for f in stored.fields()] == ["village", "b_q"]  # rebuilds type it the same way

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Iterator, Union
 
 import duckdb
 
-from forms.dictionary import FieldDictionary
+from forms.dictionary import FieldDictionary, keep_columns
 from kobo.client import Page
 from validation.corrections import apply_corrections
 from validation.rules import QualitySettings, record_touched_groups, run_rules, run_table_rules
@@ -117,7 +117,7 @@ class FormLoader:
         self.asset_uid = asset_uid
         self.version_lookup = version_lookup
         self._by_version: dict[str | None, _Version] = {}
-        self._register(deployed_version, dictionary)
+        self.dictionary = self._register(deployed_version, dictionary).dictionary
 
     @property
     def con(self) -> duckdb.DuckDBPyConnection:
@@ -129,6 +129,8 @@ class FormLoader:
         known = next((v for v in self._by_version.values()
                       if (v.dictionary.form_id, v.dictionary.version) == key), None)
         if known is None:
+            # Each question keeps the column earlier versions gave it (forms.dictionary.keep_columns).
+            dictionary = keep_columns(dictionary, self.warehouse.all_dictionaries(dictionary.form_id))
             self.warehouse.register_form_version(dictionary)
             known = _Version(dictionary, FormValidator(dictionary), StagingPlan(dictionary))
         if version_uid:
