@@ -507,10 +507,9 @@ class Warehouse:
         """Lands the submissions of a batch of pages as received (JSON in UTF-8, each an
         object with a ``results`` list); DuckDB parses them, Python never walks them."""
         queries = named_queries("land_raw.sql")
-        self.con.execute(queries["page_bodies"], {"bodies": bodies})
         self.con.execute(queries["page_results"])
-        for page in range(len(bodies)):
-            self.con.execute(queries["page_results_of_page"], {"page": page})
+        for sequence, body in enumerate(bodies):
+            self.con.execute(queries["page_results_of_page"], {"sequence": sequence, "body": body})
         self.con.execute(queries["page_documents"])
         results = self.con.execute("SELECT count(*) FROM page_results").fetchone()[0]
         rows = max(1, PARSE_BYTES * results // max(1, sum(len(body) for body in bodies)))

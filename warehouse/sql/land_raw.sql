@@ -1,25 +1,19 @@
--- name: page_bodies
--- The JSON texts of a batch of pages as received (UTF-8 bytes); sequence is the page's
--- position in the batch.
-CREATE OR REPLACE TEMP TABLE page_bodies AS
-SELECT sequence, decode(body) AS body
-FROM (SELECT unnest(range(len($bodies))) AS sequence, unnest($bodies) AS body);
-
 -- name: page_results
--- Their results, one row each.
+-- The results of a batch of pages as received, one row each; sequence is the page's
+-- position in the batch, position the result's in the batch, from 1 (rowids are no use
+-- for that: DuckDB numbers the rows a transaction inserts from 2^62).
 -- Memory: DuckDB's JSON functions hold the parse of a whole input vector (up to 2,048
 -- rows, some 8 times their text) until the next, one parse per function call, all
 -- alive together within a statement. So a statement parses each text once where it can,
 -- the pages are parsed one by one (a page of 1,000 households: some 20 MB), and their
 -- results in slices of rows (store.PARSE_BYTES of text).
--- position: the result's place in the batch, from 1 (rowids are no use for that: DuckDB
--- numbers the rows a transaction inserts from 2^62).
 CREATE OR REPLACE TEMP TABLE page_results (sequence BIGINT, doc JSON, position BIGINT);
 
 -- name: page_results_of_page
+-- One page's body (UTF-8 bytes, decoded here: DuckDB checks the encoding).
 INSERT INTO page_results
-SELECT sequence, unnest(results), (SELECT count(*) FROM page_results) + generate_subscripts(results, 1)
-FROM (SELECT sequence, json_extract(body, '$.results[*]') AS results FROM page_bodies WHERE sequence = $page);
+SELECT $sequence, unnest(results), (SELECT count(*) FROM page_results) + generate_subscripts(results, 1)
+FROM (SELECT json_extract(decode($body), '$.results[*]') AS results);
 
 -- name: page_documents
 -- DuckDB writes the results out as compact JSON: an object starts with '{'.
