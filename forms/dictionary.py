@@ -217,7 +217,7 @@ def keep_columns(dictionary: FieldDictionary, earlier: list[FieldDictionary]) ->
                     owners.setdefault((table.name, column), f.kobo_key)
     tables = {}
     for table in dictionary.tables.values():
-        taken = set(table.system_columns()) | {c for (t, c), key in owners.items() if t == table.name}
+        taken = set(table.system_columns()) | {c for t, c in owners if t == table.name}
         kept: dict[str, str] = {}
         for f in table.fields:
             column = first_column.get((table.name, f.kobo_key))
