@@ -147,8 +147,9 @@ def create_macros(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(macro)
 
 
-# Text of the submissions parsed and hashed together when landing (land_raw.sql,
-# page_documents): DuckDB takes some 20 times their text while it does, beside the batch.
+# Text of the submissions parsed and hashed (or compared) together when landing
+# (land_raw.sql, page_documents and same_content_of_rows): DuckDB takes some 20 times
+# their text while it does, beside the batch.
 PARSE_BYTES = 2**20
 # The temp tables land_raw.sql makes for each batch (Warehouse.drop_landing).
 LANDING_TEMP_TABLES = tuple(re.findall(r"CREATE OR REPLACE TEMP TABLE (\w+)",
@@ -512,14 +513,17 @@ class Warehouse:
             self.con.execute(queries["page_results_of_page"], {"sequence": sequence, "body": body})
         self.con.execute(queries["page_documents"])
         results = self.con.execute("SELECT count(*) FROM page_results").fetchone()[0]
-        rows = max(1, PARSE_BYTES * results // max(1, sum(len(body) for body in bodies)))
-        for done in range(0, results, rows):
-            self.con.execute(queries["page_documents_of_rows"], {"done": done, "rows": rows})
+        self._in_slices(queries["page_documents_of_rows"], results, sum(len(body) for body in bodies))
         self.con.execute(queries["landing"], {"asset_uid": asset_uid, "form_id": form_id})
         rejected = self.con.execute(queries["rejected"]).fetchall()
         self.con.execute(queries["known_versions"], {"asset_uid": asset_uid})
         if self.con.execute(queries["hash_differs_same_uuid"]).fetchone()[0]:
-            self.con.execute(queries["rehash_same_content"], {"asset_uid": asset_uid})
+            self.con.execute(queries["reordered"], {"asset_uid": asset_uid})
+            self.con.execute(queries["same_content_rows"])
+            pairs, text = self.con.execute("SELECT count(*), sum(strlen(CAST(held AS VARCHAR)) "
+                                           "+ strlen(CAST(received AS VARCHAR))) FROM reordered").fetchone()
+            self._in_slices(queries["same_content_of_rows"], pairs, text or 0)
+            self.con.execute(queries["rehash_same_content"])
             self.con.execute(queries["known_versions"], {"asset_uid": asset_uid})
         self.con.execute(queries["new_versions"])
         self.con.execute(queries["restored"])
@@ -532,6 +536,13 @@ class Warehouse:
             self.con.execute(queries["retire_old_versions"])
         self.con.execute(queries["insert_new_versions"], {"now": now})
         return LandingResult(landed=landed, rejected=rejected)
+
+    def _in_slices(self, statement: str, rows: int, text_bytes: int) -> None:
+        """Runs ``statement`` (with $done and $rows: its rows are done + 1 .. done + rows)
+        over ``rows`` rows holding ``text_bytes`` of JSON, a slice of PARSE_BYTES at a time."""
+        size = max(1, PARSE_BYTES * rows // max(1, text_bytes))
+        for done in range(0, rows, size):
+            self.con.execute(statement, {"done": done, "rows": size})
 
     def drop_landing(self) -> None:
         """Drops land()'s temp tables once their batch is done with them."""
