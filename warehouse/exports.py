@@ -19,6 +19,7 @@ import xlsxwriter
 from forms.dictionary import FieldDictionary, Table
 from forms.errors import TerrainError
 from warehouse.labels import language_code
+from warehouse.store import quote
 
 ANALYST_SCHEMA = "analyst"
 SALT_ENV = "TERRAIN_PII_SALT"
@@ -128,8 +129,8 @@ def _write_workbook(con: duckdb.DuckDBPyConnection, tables: list[str], path: Pat
         # A cursor of its own: con.execute() would replace this result with the next query's.
         # It starts in DuckDB's default database, not in the one a writer attached: hence
         # the table's database named.
-        database = con.execute("SELECT current_database()").fetchone()[0].replace('"', '""')
-        cursor = con.cursor().execute(f'SELECT * FROM "{database}".{ANALYST_SCHEMA}."{table}"')
+        database = con.execute("SELECT current_database()").fetchone()[0]
+        cursor = con.cursor().execute(f"SELECT * FROM {quote(database)}.{ANALYST_SCHEMA}.{quote(table)}")
         columns = [d[0] for d in cursor.description]
         sheet = workbook.add_worksheet(table[:31])
         for index, column in enumerate(columns):
