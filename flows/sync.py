@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 from forms.build import dictionary_from_sheets, project_forms
 from forms.dictionary import FieldDictionary
 from kobo.client import KoboClient, Page
-from kobo.content import xlsform_from_content
+from kobo.content import content_settings, form_id_of, xlsform_from_content
 from kobo.errors import ProjectNotFound
 from warehouse.attachments import AttachmentStore, fetch_pending_attachments
 from warehouse.load import PAGE_COUNTS, FormLoader, PageResult
@@ -125,10 +125,9 @@ def dictionary_for_asset(asset: dict[str, Any]) -> FieldDictionary:
     else one compiled from the project's content as served by KoboToolbox, so any
     project a data manager already runs gets typed tables."""
     content = asset.get("content") or {}
-    settings = content.get("settings") or {}
-    form_id = settings.get("id_string") or settings.get("form_id")
+    form_id = form_id_of(content)
     ours = project_forms().get(form_id or "")
-    if ours is not None and str(settings.get("version") or ours.version) == ours.version:
+    if ours is not None and str(content_settings(content).get("version") or ours.version) == ours.version:
         return ours.dictionary
     sheets = xlsform_from_content(content)
     if not any(s.get("form_id") for s in sheets["settings"]):

@@ -77,6 +77,22 @@ def content_from_source(source: FormSource) -> dict[str, Any]:
     }
 
 
+def content_settings(content: dict[str, Any] | None) -> dict[str, Any]:
+    """The settings of an asset's content: a dict, or a list of one row in older kpi content."""
+    settings = (content or {}).get("settings") or {}
+    if isinstance(settings, list):
+        settings = settings[0] if settings and isinstance(settings[0], dict) else {}
+    return settings if isinstance(settings, dict) else {}
+
+
+def form_id_of(content: dict[str, Any] | None) -> str | None:
+    """The XLSForm ``form_id`` an asset's content was imported from. Our local server
+    keeps the settings sheet's ``form_id``; kpi may keep it as ``id_string``."""
+    settings = content_settings(content)
+    value = settings.get("form_id") or settings.get("id_string")
+    return str(value) if value else None
+
+
 def xlsform_from_content(content: dict[str, Any]) -> dict[str, list[dict[str, str]]]:
     """The XLSForm sheets (as pyxform's dict input) behind a KoboToolbox asset's content,
     so any project on the server compiles and gets a field dictionary like our own forms."""
@@ -105,7 +121,10 @@ def xlsform_from_content(content: dict[str, Any]) -> dict[str, list[dict[str, st
 
     survey = sheet(content.get("survey") or [])
     choices = sheet(content.get("choices") or [])
-    settings = {k: str(v) for k, v in (content.get("settings") or {}).items() if not isinstance(v, (list, dict))}
+    settings = {k: str(v) for k, v in content_settings(content).items() if not isinstance(v, (list, dict))}
+    if "id_string" in settings:  # kpi's name of form_id; pyxform refuses both
+        settings.setdefault("form_id", settings["id_string"])
+        del settings["id_string"]
     if translations[0] and "default_language" not in settings:
         settings["default_language"] = translations[0]
     return {"survey": survey, "choices": choices, "settings": [settings] if settings else []}

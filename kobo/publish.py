@@ -24,6 +24,7 @@ from typing import Any
 from forms.build import BuiltForm
 from forms.errors import FormError
 from kobo.client import KoboClient
+from kobo.content import form_id_of
 from kobo.errors import BadRequest, KoboError, ProjectNotFound
 
 log = logging.getLogger(__name__)
@@ -44,16 +45,6 @@ class PublishResult:
     version_id: str
     created: bool  # a new project was created
     redeployed: bool  # an existing deployment was replaced by the new version
-
-
-def form_id_of(content: dict[str, Any] | None) -> str | None:
-    """The XLSForm ``form_id`` an asset's content was imported from. Our local server
-    keeps the settings sheet's ``form_id``; kpi may keep it as ``id_string``."""
-    settings = (content or {}).get("settings") or {}
-    if isinstance(settings, list):  # older kpi content kept the settings sheet as rows
-        settings = settings[0] if settings and isinstance(settings[0], dict) else {}
-    value = settings.get("form_id") or settings.get("id_string")
-    return str(value) if value else None
 
 
 def find_asset(client: KoboClient, form_id: str, existing_uid: str | None = None) -> dict[str, Any] | None:
