@@ -7,6 +7,7 @@ layout of the warehouse tables (DESIGN.md, contract 1).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass, field, replace
@@ -173,8 +174,9 @@ class _ColumnNamer:
     def __init__(self, reserved: tuple[str, ...]):
         self.taken = set(reserved)
 
-    def name(self, field_name: str, group_path: list[str], suffixes: tuple[str, ...]) -> str:
-        base = snake_case(field_name)
+    def name(self, field_name: str, group_path: list[str], suffixes: tuple[str, ...],
+             preferred: str | None = None) -> str:
+        base = preferred or snake_case(field_name)
         candidates = [base]
         if group_path:
             candidates.append(snake_case("_".join(group_path[-1:] + [field_name])))
@@ -204,37 +206,68 @@ def keep_columns(dictionary: FieldDictionary, earlier: list[FieldDictionary]) ->
 
     Columns are named in form order within each version: when a version drops a question
     whose name another group's question shared, that one would take the freed name, and
-    the column would hold two questions' answers, told apart by nothing in the table."""
+    the column would hold two questions' answers, told apart by nothing in the table.
+    A question whose type changed (an integer become a decimal or a text) cannot keep its
+    column, whose type is that of its earlier answers: it gets a new one, named after the
+    column and its new type (``age__decimal``), as dlt makes a variant column."""
     if not earlier:
         return dictionary
-    owners: dict[tuple[str, str], str] = {}  # (table, column) -> kobo_key that first had it
-    first_column: dict[tuple[str, str], str] = {}  # (table, kobo_key) -> its column
+    owners: dict[tuple[str, str], tuple[str, str]] = {}  # (table, column) -> (kobo_key, type) that first had it
+    had: dict[tuple[str, str], list[str]] = {}  # (table, kobo_key) -> the columns it had, first first
     for version in earlier:
         for table in version.tables.values():
             for f in table.fields:
-                first_column.setdefault((table.name, f.kobo_key), f.column)
-                for column, _ in f.columns():
-                    owners.setdefault((table.name, column), f.kobo_key)
+                columns = had.setdefault((table.name, f.kobo_key), [])
+                if f.column not in columns:
+                    columns.append(f.column)
+                for column, duck_type in f.columns():
+                    owners.setdefault((table.name, column), (f.kobo_key, duck_type))
     tables = {}
     for table in dictionary.tables.values():
         taken = set(table.system_columns()) | {c for t, c in owners if t == table.name}
         kept: dict[str, str] = {}
+        variant: dict[str, str] = {}  # kobo_key -> its first column, for a question whose type changed
         for f in table.fields:
-            column = first_column.get((table.name, f.kobo_key))
-            mine = column is not None and all(owners.get((table.name, c), f.kobo_key) == f.kobo_key
-                                              for c, _ in replace(f, column=column).columns())
+            columns = had.get((table.name, f.kobo_key), [])
+            mine = [column for column in columns if all(
+                owners.get((table.name, c), (f.kobo_key, t)) == (f.kobo_key, t)
+                for c, t in replace(f, column=column).columns())]
             if mine:
-                kept[f.kobo_key] = column
+                kept[f.kobo_key] = mine[0]
+            elif columns:
+                variant[f.kobo_key] = columns[0]
         namer = _ColumnNamer(tuple(taken | set(kept.values())))
         fields = []
         for f in table.fields:
             suffixes = _suffixes(f.xlsform_type, f.choice_names)
-            column = kept.get(f.kobo_key) or namer.name(f.name, f.kobo_key.split("/")[:-1], suffixes)
+            preferred = f"{variant[f.kobo_key]}__{snake_case(f.xlsform_type)}" if f.kobo_key in variant else None
+            column = kept.get(f.kobo_key) or namer.name(f.name, f.kobo_key.split("/")[:-1], suffixes, preferred)
             fields.append(f if column == f.column else replace(f, column=column))
         tables[table.name] = replace(table, fields=fields)
     if all(a is b for name in tables for a, b in zip(tables[name].fields, dictionary.tables[name].fields)):
         return dictionary
     return replace(dictionary, tables=tables)
+
+
+def distinct_version(dictionary: FieldDictionary, earlier: list[FieldDictionary],
+                     version_uid: str | None) -> FieldDictionary:
+    """The dictionary under a version name that no earlier version of other content holds.
+
+    KoboToolbox tells a project's versions apart by their uid; the XLSForm ``version``
+    setting may stay the same when a project is redeployed with new questions, or be absent
+    (forms made in the Kobo form builder). Stored under the same name as the first, the new
+    questions would get no column. Such a version is named ``<version>+<version uid>``
+    (``+<content digest>`` without a uid)."""
+    content = _content(dictionary)
+    same_name = [d for d in earlier if (d.form_id, d.version) == (dictionary.form_id, dictionary.version)]
+    if not same_name or _content(same_name[0]) == content:
+        return dictionary
+    suffix = version_uid or hashlib.sha256(content.encode()).hexdigest()[:12]
+    return replace(dictionary, version=f"{dictionary.version}+{suffix}" if dictionary.version else suffix)
+
+
+def _content(dictionary: FieldDictionary) -> str:
+    return replace(dictionary, version="").to_json()
 
 
 def choice_suffixes(choice_names: list[str]) -> list[str]:

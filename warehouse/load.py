@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Iterator, Union
 
 import duckdb
 
-from forms.dictionary import FieldDictionary, keep_columns
+from forms.dictionary import FieldDictionary, distinct_version, keep_columns
 from kobo.client import Page
 from validation.corrections import apply_corrections
 from validation.rules import QualitySettings, record_touched_groups, run_rules, run_table_rules
@@ -117,6 +117,7 @@ class FormLoader:
         self.asset_uid = asset_uid
         self.version_lookup = version_lookup
         self._by_version: dict[str | None, _Version] = {}
+        self._stored: list[FieldDictionary] | None = None  # every version of the form the warehouse holds
         self.dictionary = self._register(deployed_version, dictionary).dictionary
 
     @property
@@ -125,13 +126,17 @@ class FormLoader:
         return self.warehouse.con
 
     def _register(self, version_uid: str | None, dictionary: FieldDictionary) -> _Version:
+        if self._stored is None:
+            self._stored = self.warehouse.all_dictionaries(dictionary.form_id)
+        # Each question keeps the column earlier versions gave it (forms.dictionary.keep_columns).
+        dictionary = distinct_version(keep_columns(dictionary, self._stored), self._stored, version_uid)
         key = (dictionary.form_id, dictionary.version)
         known = next((v for v in self._by_version.values()
                       if (v.dictionary.form_id, v.dictionary.version) == key), None)
         if known is None:
-            # Each question keeps the column earlier versions gave it (forms.dictionary.keep_columns).
-            dictionary = keep_columns(dictionary, self.warehouse.all_dictionaries(dictionary.form_id))
             self.warehouse.register_form_version(dictionary)
+            if all((d.form_id, d.version) != key for d in self._stored):
+                self._stored.append(dictionary)
             known = _Version(dictionary, FormValidator(dictionary), StagingPlan(dictionary))
         if version_uid:
             self.warehouse.register_asset_version(self.asset_uid, version_uid, dictionary)
@@ -277,7 +282,7 @@ class FormLoader:
         if replaced:
             chosen = f"t.root_uuid IN (SELECT root_uuid FROM {BATCH_DOCS} WHERE replace)"
             record_touched_groups(self.con, self.dictionary, self.asset_uid, f"main.{quote(main)}", chosen)
-            for table in self._known_tables():
+            for table in self.form_tables():
                 self.con.execute(f"DELETE FROM {quote(table)} WHERE root_uuid IN "
                                  f"(SELECT root_uuid FROM {BATCH_DOCS} WHERE replace)")
         version.plan.insert_clean(self.con, ERROR_ROOTS)
@@ -304,11 +309,12 @@ class FormLoader:
                 record_touched_groups(self.con, self.dictionary, self.asset_uid,
                                       f"main.{quote(self.dictionary.main_table.name)}",
                                       "t.root_uuid IN (SELECT root_uuid FROM deleted_roots)")
-        self.warehouse.mark_deleted(self.dictionary, self.asset_uid, root_uuids, now)
+        self.warehouse.mark_deleted(self.dictionary.form_id, self.form_tables(), self.asset_uid, root_uuids, now)
 
-    def _known_tables(self) -> list[str]:
-        names = {t for v in self._by_version.values() for t in v.dictionary.tables}
-        return sorted(names)
+    def form_tables(self) -> list[str]:
+        """The clean tables of every version of the form: a submission's rows may be in a
+        table of the version it was collected with, which the deployed one dropped."""
+        return sorted({t for d in self._stored or [] for t in d.tables})
 
     def _apply_corrections(self, dictionary: FieldDictionary, now: dt.datetime) -> None:
         """Recorded corrections change the answers of the batch's documents before typing

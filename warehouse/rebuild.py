@@ -39,9 +39,8 @@ def rebuild_asset(warehouse: Warehouse, asset_uid: str, roots: set[str] | None =
                     "FROM raw.submissions WHERE asset_uid = $asset_uid AND (CAST($chosen AS VARCHAR[]) IS NULL "
                     "OR list_contains(CAST($chosen AS VARCHAR[]), root_uuid)) GROUP BY root_uuid",
                     {"chunk": CHUNK, "asset_uid": asset_uid, "chosen": sorted(roots) if roots is not None else None})
-        for dictionary in warehouse.all_dictionaries(form_id):
-            for table in dictionary.tables:
-                con.execute(f"DELETE FROM {quote(table)} WHERE root_uuid IN (SELECT root_uuid FROM rebuild_roots)")
+        for table in loader.form_tables():
+            con.execute(f"DELETE FROM {quote(table)} WHERE root_uuid IN (SELECT root_uuid FROM rebuild_roots)")
         total = con.execute("SELECT count(*) FROM raw.submissions WHERE asset_uid = ? AND is_current AND deleted_at "
                             "IS NULL AND root_uuid IN (SELECT root_uuid FROM rebuild_roots)", [asset_uid]).fetchone()[0]
         chunks = con.execute("SELECT coalesce(max(chunk) + 1, 0) FROM rebuild_roots").fetchone()[0]

@@ -75,6 +75,7 @@ STORED_COLUMNS = ("SELECT sum(column_count) FROM duckdb_tables() WHERE database_
                   "AND schema_name = 'main'")
 REOPEN_WAIT_SECONDS, REOPEN_POLL_SECONDS = 600.0, 0.5
 COMMIT_OUT_OF_MEMORY = re.compile(r"(failed to pin|could not allocate) block")
+_TYPE_NAMES: dict[str, str] = {}  # a dictionary's type -> DuckDB's name of it (Warehouse._type_name)
 DATABASE_INVALIDATED = "has been invalidated"  # DuckDB stopped the database (a failed checkpoint)
 # glibc serves a freed large block's size from its heap from then on (its mmap threshold
 # rises up to 32 MB), where DuckDB's 256 KB blocks and pandas' arrays then fragment it:
@@ -488,9 +489,20 @@ class Warehouse:
         """Creates the clean table, or adds the columns a new form version brought (never drops any)."""
         keys = ("root_uuid", "row_key")
         wanted = [(c, f"{t} NOT NULL" if c in keys else t) for c, t in table.column_types()]
-        existing = {row[0] for row in self.con.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_schema = 'main' AND table_name = ?",
-            [table.name]).fetchall()}
+        existing = dict(self.con.execute(
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = 'main' "
+            "AND table_name = ?", [table.name]).fetchall())
+        clashes = [(c, existing[c], t) for c, t in table.column_types()
+                   if c in existing and self._type_name(t) != existing[c]]
+        if clashes:
+            # keep_columns gives a question whose type changed a column of its own: a clash is
+            # a table another form (or project) made under the same name.
+            column, held, given = clashes[0]
+            raise WarehouseError(
+                f"the table {table.name} of {self.path} has a column {column} of type {held}, and form "
+                f"{table.name!r}'s version gives that column the type {given}: is a table of another form or "
+                f"project named {table.name} too? Give one of them another table name (the terrain_table "
+                f"setting of its XLSForm); nothing was written")
         if not existing:
             # No PRIMARY KEY: a DuckDB index is held whole in memory, so memory would grow with
             # the warehouse; a submission's rows are deleted before they are inserted again, in
@@ -502,6 +514,12 @@ class Warehouse:
             if column not in existing:
                 self.con.execute(f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(column)} "
                                  f"{duck_type.replace(' NOT NULL', '')}")
+
+    def _type_name(self, duck_type: str) -> str:
+        """DuckDB's own name of a type as written in a dictionary (TIMESTAMPTZ: TIMESTAMP WITH TIME ZONE)."""
+        if duck_type not in _TYPE_NAMES:
+            _TYPE_NAMES[duck_type] = self.con.execute(f"SELECT typeof(CAST(NULL AS {duck_type}))").fetchone()[0]
+        return _TYPE_NAMES[duck_type]
 
     # -- raw landing --------------------------------------------------------------------
     def land(self, asset_uid: str, form_id: str, bodies: list[bytes], now: dt.datetime) -> LandingResult:
@@ -559,10 +577,10 @@ class Warehouse:
         finally:
             self.con.unregister(name)
 
-    def delete_clean(self, dictionary: FieldDictionary, root_uuids: list[str]) -> None:
+    def delete_clean(self, tables: list[str], root_uuids: list[str]) -> None:
         with self.keys_relation("touched_keys", root_uuids):
-            for table in dictionary.tables.values():
-                self.con.execute(f"DELETE FROM {quote(table.name)} WHERE root_uuid IN (SELECT root_uuid FROM touched_keys)")
+            for table in tables:
+                self.con.execute(f"DELETE FROM {quote(table)} WHERE root_uuid IN (SELECT root_uuid FROM touched_keys)")
 
     # -- reconciliation: deletes and edits, which KoboToolbox does not announce -----------
     def start_reconciliation(self) -> None:
@@ -588,14 +606,16 @@ class Warehouse:
         changed = [r[0] for r in self.con.execute(queries["reconciliation_changed"], {"asset_uid": asset_uid}).fetchall()]
         return deleted, changed
 
-    def mark_deleted(self, dictionary: FieldDictionary, asset_uid: str, root_uuids: list[str], now: dt.datetime) -> None:
-        """A deletion marks the raw history and removes clean rows; nothing leaves raw."""
+    def mark_deleted(self, form_id: str, tables: list[str], asset_uid: str, root_uuids: list[str],
+                     now: dt.datetime) -> None:
+        """A deletion marks the raw history and removes the rows of the form's clean
+        ``tables`` (those of every version); nothing leaves raw."""
         if not root_uuids:
             return
         with self.keys_relation("deleted_keys", root_uuids):
             self.con.execute(named_queries("land_raw.sql")["mark_deleted"], {"asset_uid": asset_uid, "now": now})
-        self.delete_clean(dictionary, root_uuids)
-        self.record_issues(asset_uid, dictionary.form_id, root_uuids, [], now)
+        self.delete_clean(tables, root_uuids)
+        self.record_issues(asset_uid, form_id, root_uuids, [], now)
 
     def mark_reconciled(self, asset_uid: str, now: dt.datetime) -> None:
         self.con.execute("UPDATE meta.sync_state SET last_reconciled_at = ? WHERE asset_uid = ?", [now, asset_uid])

@@ -1,0 +1,138 @@
+"""A project's form changing on the server the ways KoboToolbox lets it: redeployed with
+the same version name (or none), a question changing type, a repeat dropped, and content
+in the shapes kpi stores. Real HTTP to the local server, real DuckDB files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+from flows.sync import SyncSettings, SyncSummary, sync_asset
+from kobo.client import KoboClient
+from kobo.server import LocalKoboServer, ServedAsset
+from warehouse.rebuild import rebuild_all
+from warehouse.store import Warehouse
+
+TOKEN = "7" * 40
+CALM = SyncSettings(download_attachments=False)
+
+
+def content(rows: list[dict[str, Any]], version: str | None = "1", **settings: Any) -> dict[str, Any]:
+    """kpi's JSON content of a small form ("tiny"): one label per question."""
+    survey = []
+    for row in rows:
+        row = dict(row)
+        if row["type"] not in ("end_repeat", "end_group"):
+            row.setdefault("label", [row["name"]])
+        if row["type"].startswith("select_"):
+            row["type"], row["select_from_list_name"] = row["type"].split(" ", 1)
+        survey.append(row)
+    chosen = {"form_id": "tiny", "form_title": "Tiny", **settings}
+    if version is not None:
+        chosen["version"] = version
+    return {"schema": "1", "survey": survey, "choices": [], "settings": chosen,
+            "translations": [None], "translated": ["label"]}
+
+
+def tiny_asset(first: dict[str, Any]) -> ServedAsset:
+    return ServedAsset(uid="aTinyProject0000000001", name="Tiny", content=first,
+                       version_uid="vTinyFirst00000000000", formhub_uuid="f" * 32)
+
+
+def redeploy(asset: ServedAsset, changed: dict[str, Any]) -> None:
+    asset.new_version(changed)
+    asset.deployed_versions.insert(0, asset.version_uid)
+
+
+def sync(server: LocalKoboServer, path: Path) -> SyncSummary:
+    with KoboClient(server.url, TOKEN, backoff=0.01) as client, Warehouse(path) as warehouse:
+        return sync_asset(client, warehouse, "aTinyProject0000000001", settings=CALM)
+
+
+def rows(path: Path, sql: str, params: list | None = None) -> list[tuple]:
+    with duckdb.connect(str(path), read_only=True) as con:
+        return con.execute(sql, params or []).fetchall()
+
+
+@pytest.mark.parametrize("version", [None, "3"], ids=["no version setting", "same version setting"])
+def test_a_redeploy_under_the_same_version_name_keeps_its_new_questions(tmp_path: Path, version: str | None) -> None:
+    """Forms made in the Kobo form builder have no version setting, and a redeploy may
+    keep the one it had: the new question must still get its column, every sync."""
+    asset = tiny_asset(content([{"type": "text", "name": "village"}], version))
+    path = tmp_path / "w.duckdb"
+    with LocalKoboServer({TOKEN: "someone"}, [asset]) as server:
+        server.add_submissions(asset.uid, [{"village": "Kignan"}])
+        sync(server, path)
+        redeploy(asset, content([{"type": "text", "name": "village"}, {"type": "integer", "name": "wells"}], version))
+        server.add_submissions(asset.uid, [{"village": "Zégoua", "wells": "2"}])
+        assert sync(server, path).new == 1
+        server.add_submissions(asset.uid, [{"village": "Koutiala", "wells": "5"}])
+        assert sync(server, path).new == 1
+    assert rows(path, "select village, wells from tiny order by submission_id") == [
+        ("Kignan", None), ("Zégoua", 2), ("Koutiala", 5)]
+    names = [r[0] for r in rows(path, "select version from meta.form_versions order by first_seen")]
+    assert len(names) == 2 and names[1].endswith(asset.version_uid)
+    with Warehouse(path) as warehouse:
+        rebuild_all(warehouse)
+    assert rows(path, "select village, wells from tiny order by submission_id") == [
+        ("Kignan", None), ("Zégoua", 2), ("Koutiala", 5)]
+
+
+def test_a_question_whose_type_changed_gets_a_column_of_its_own(tmp_path: Path) -> None:
+    """An integer become a decimal or a text keeps neither its old column (its answers
+    would be rounded, or refused) nor loses the old answers: a new column beside it."""
+    asset = tiny_asset(content([{"type": "integer", "name": "amount"}, {"type": "integer", "name": "code"}], "1"))
+    path = tmp_path / "w.duckdb"
+    with LocalKoboServer({TOKEN: "someone"}, [asset]) as server:
+        server.add_submissions(asset.uid, [{"amount": "10", "code": "1"}])
+        sync(server, path)
+        redeploy(asset, content([{"type": "decimal", "name": "amount"}, {"type": "text", "name": "code"}], "2"))
+        server.add_submissions(asset.uid, [{"amount": "2.5", "code": "AB-12"}])
+        summary = sync(server, path)
+    assert (summary.status, summary.new, summary.quarantined) == ("ok", 1, 0)
+    assert rows(path, "select amount, amount__decimal, code, code__text from tiny order by submission_id") == [
+        (10, None, 1, None), (None, 2.5, None, "AB-12")]
+    types = dict(rows(path, "select column_name, data_type from information_schema.columns "
+                            "where table_schema = 'main' and table_name = 'tiny'"))
+    assert (types["amount"], types["amount__decimal"], types["code__text"]) == ("BIGINT", "DOUBLE", "VARCHAR")
+
+
+def test_a_deleted_or_edited_submission_leaves_no_rows_in_a_repeat_a_later_version_dropped(tmp_path: Path) -> None:
+    with_children = [{"type": "text", "name": "head"}, {"type": "begin_repeat", "name": "children"},
+                     {"type": "text", "name": "child_name"}, {"type": "end_repeat", "name": ""}]
+    asset = tiny_asset(content(with_children, "1"))
+    path = tmp_path / "w.duckdb"
+    with LocalKoboServer({TOKEN: "someone"}, [asset]) as server:
+        first, second = server.add_submissions(asset.uid, [
+            {"head": f"Awa {i}", "children": [{"children/child_name": "Ali"}, {"children/child_name": "Fanta"}]}
+            for i in range(2)])
+        sync(server, path)
+        assert rows(path, "select count(*) from children") == [(4,)]
+        redeploy(asset, content([{"type": "text", "name": "head"}], "2"))
+        server.add_submissions(asset.uid, [{"head": "Moussa"}])
+        sync(server, path)
+        server.delete_submission(asset.uid, first["_id"])
+        server.edit_submission(asset.uid, second["_id"], {"head": "Awa (corrigé)", "children": None})
+        summary = sync(server, path)
+    assert (summary.deleted, summary.edited) == (1, 1)
+    assert rows(path, "select count(*) from children") == [(0,)]
+    assert rows(path, "select head from tiny order by submission_id") == [("Awa (corrigé)",), ("Moussa",)]
+
+
+@pytest.mark.parametrize("shape", ["id_string", "settings as rows"])
+def test_kpi_content_shapes_sync(tmp_path: Path, shape: str) -> None:
+    """kpi keeps the form id as ``id_string``, and older kpi the settings as a list of rows."""
+    served = content([{"type": "integer", "name": "wells"}], "1")
+    if shape == "id_string":
+        served["settings"]["id_string"] = served["settings"].pop("form_id")
+    else:
+        served["settings"] = [served["settings"]]
+    asset = tiny_asset(served)
+    path = tmp_path / "w.duckdb"
+    with LocalKoboServer({TOKEN: "someone"}, [asset]) as server:
+        server.add_submissions(asset.uid, [{"wells": "3"}])
+        assert sync(server, path).status == "ok"
+    assert rows(path, "select wells from tiny") == [(3,)]
