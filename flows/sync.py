@@ -26,7 +26,7 @@ from kobo.content import content_settings, form_id_of, xlsform_from_content
 from kobo.errors import ProjectNotFound
 from warehouse.attachments import AttachmentStore, fetch_pending_attachments
 from warehouse.load import PAGE_COUNTS, FormLoader, PageResult
-from warehouse.store import Warehouse
+from warehouse.store import Warehouse, quote
 
 log = logging.getLogger(__name__)
 TOKEN_ENV = "KOBO_TOKEN"
@@ -364,24 +364,41 @@ def merged_pages(client: KoboClient, asset_uid: str, ranges: list[tuple[int, int
 ON_HOLD, APPROVED = "validation_status_on_hold", "validation_status_approved"
 
 
+STATUS_FIELDS = ["_id", "_validation_status"]
+
+
 def write_back_statuses(client: KoboClient, warehouse: Warehouse, asset_uid: str, dictionary: FieldDictionary) -> int:
-    """Tells KoboToolbox what Terrain found: quarantined submissions go "on hold", and those
-    on hold or without a status that are now clean become "approved". A status a person set
-    otherwise (e.g. "not approved") is left alone."""
-    status = "json_extract_string(r.payload, '$._validation_status.uid')"
-    quarantined = [row[0] for row in warehouse.con.execute(
-        f"SELECT r.submission_id FROM raw.submissions r JOIN quality.quarantine q USING (asset_uid, root_uuid) "
-        f"WHERE r.asset_uid = ? AND r.is_current AND r.deleted_at IS NULL AND {status} IS DISTINCT FROM ?",
-        [asset_uid, ON_HOLD]).fetchall()]
-    table = dictionary.main_table.name
-    clean = [row[0] for row in warehouse.con.execute(
-        f'SELECT submission_id FROM main."{table}" WHERE root_uuid IN (SELECT root_uuid FROM raw.submissions '
-        f"WHERE asset_uid = ?) AND (validation_status IS NULL OR validation_status = ?)", [asset_uid, ON_HOLD]).fetchall()]
+    """Tells KoboToolbox what Terrain found: quarantined submissions go "on hold", clean
+    ones "approved". Only a status nobody set, or one Terrain set and nobody changed
+    since (meta.status_writes), is changed: a supervisor's "not approved", "approved" or
+    "on hold" is left alone. The statuses are read from the server first: they change
+    there without the submission changing, so raw does not see them."""
+    on_server: dict[int, str | None] = {}
+    for page in client.iter_pages(asset_uid, fields=STATUS_FIELDS):
+        for row in page.results:
+            on_server[int(row["_id"])] = (row.get("_validation_status") or {}).get("uid")
+    ours = dict(warehouse.con.execute("SELECT submission_id, status FROM meta.status_writes WHERE asset_uid = ?",
+                                      [asset_uid]).fetchall())
+    quarantined = {row[0] for row in warehouse.con.execute(
+        "SELECT r.submission_id FROM raw.submissions r JOIN quality.quarantine q USING (asset_uid, root_uuid) "
+        "WHERE r.asset_uid = ? AND r.is_current AND r.deleted_at IS NULL", [asset_uid]).fetchall()}
+    clean = {row[0] for row in warehouse.con.execute(
+        f"SELECT submission_id FROM main.{quote(dictionary.main_table.name)} WHERE root_uuid IN "
+        f"(SELECT root_uuid FROM raw.submissions WHERE asset_uid = ?)", [asset_uid]).fetchall()}
+
+    def to_set(ids: set[int], status: str) -> list[int]:
+        return sorted(i for i in ids if i in on_server and on_server[i] != status
+                      and (on_server[i] is None or on_server[i] == ours.get(i)))
+
     written = 0
-    if quarantined:
-        written += client.set_validation_statuses(asset_uid, quarantined, ON_HOLD)
-    if clean:
-        written += client.set_validation_statuses(asset_uid, clean, APPROVED)
+    for ids, status in ((to_set(quarantined, ON_HOLD), ON_HOLD), (to_set(clean, APPROVED), APPROVED)):
+        for start in range(0, len(ids), client.page_size):  # each chunk recorded once the server took it
+            chunk = ids[start:start + client.page_size]
+            written += client.set_validation_statuses(asset_uid, chunk, status)
+            with warehouse.transaction():
+                warehouse.con.execute(
+                    "INSERT OR REPLACE INTO meta.status_writes SELECT ?, unnest(CAST(? AS BIGINT[])), ?, ?",
+                    [asset_uid, chunk, status, _now()])
     return written
 
 

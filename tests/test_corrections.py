@@ -110,3 +110,24 @@ def test_write_back_puts_quarantined_on_hold_and_clean_approved(seeded, warehous
     assert summary.statuses_written == len(asset.submissions)
     assert {i for i, st in statuses.items() if st == "validation_status_on_hold"} == quarantined
     assert {i for i, st in statuses.items() if st == "validation_status_approved"} == set(statuses) - quarantined
+
+
+def test_write_back_leaves_alone_a_status_a_supervisor_set(seeded, warehouse_path) -> None:
+    """Statuses change on the server without the submission changing: the write-back reads
+    them there, and changes only those nobody set or that Terrain set itself."""
+    asset = seeded.assets["household_survey"]
+    settings = SyncSettings(download_attachments=False, write_back=True)
+    with KoboClient(seeded.server.url, seeded.token) as client, Warehouse(warehouse_path) as warehouse:
+        sync_asset(client, warehouse, asset.uid, settings=settings)
+        quarantined = sorted(r[0] for r in warehouse.con.execute("select submission_id from quality.quarantine").fetchall())
+        clean = sorted(r[0] for r in warehouse.con.execute("select submission_id from households").fetchall())
+        decisions = {clean[0]: "validation_status_not_approved", clean[1]: "validation_status_on_hold",
+                     quarantined[0]: "validation_status_approved"}
+        for submission_id, status in decisions.items():
+            seeded.server.set_validation_status(asset.uid, submission_id, status, "superviseur")
+        seeded.server.set_validation_status(asset.uid, clean[2], None, "superviseur")  # cleared: Terrain's again
+        summary = sync_asset(client, warehouse, asset.uid, settings=settings)
+    statuses = {s["_id"]: (s.get("_validation_status") or {}).get("uid") for s in asset.submissions}
+    assert summary.statuses_written == 1
+    assert {i: statuses[i] for i in decisions} == decisions
+    assert statuses[clean[2]] == "validation_status_approved"

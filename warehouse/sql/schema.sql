@@ -72,6 +72,16 @@ CREATE TABLE IF NOT EXISTS meta.sync_runs (
     restored      BIGINT      -- marked deleted, then sent again unchanged: back in the clean tables
 );
 
+-- The validation status Terrain last set on each submission (sync --write-back): a status
+-- found on the server that is neither empty nor this one was set by a person, and stays.
+CREATE TABLE IF NOT EXISTS meta.status_writes (
+    asset_uid      VARCHAR     NOT NULL,
+    submission_id  BIGINT      NOT NULL,
+    status         VARCHAR     NOT NULL,
+    written_at     TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (asset_uid, submission_id)
+);
+
 -- Contract 4: one row per problem found in a submission.
 CREATE SEQUENCE IF NOT EXISTS quality.issue_ids;
 CREATE TABLE IF NOT EXISTS quality.issues (
