@@ -136,3 +136,22 @@ def test_kpi_content_shapes_sync(tmp_path: Path, shape: str) -> None:
         server.add_submissions(asset.uid, [{"wells": "3"}])
         assert sync(server, path).status == "ok"
     assert rows(path, "select wells from tiny") == [(3,)]
+
+
+@pytest.mark.parametrize("key", ["_version_", "_version__001"])
+def test_an_old_submission_with_an_older_version_key_is_typed_with_its_version(tmp_path: Path, key: str) -> None:
+    """Older KoboToolbox submissions carry the version uid as _version_ or _version__001
+    (kobo-api.md §4): typed with the deployed version instead, an answer to a question
+    it dropped would be missing from the clean table."""
+    asset = tiny_asset(content([{"type": "text", "name": "village"}, {"type": "integer", "name": "wells"}], "1"))
+    first_version = asset.version_uid
+    path = tmp_path / "w.duckdb"
+    with LocalKoboServer({TOKEN: "someone"}, [asset]) as server:
+        [old] = server.add_submissions(asset.uid, [{"village": "Kignan", "wells": "4"}])
+        legacy = {k: v for k, v in old.items() if k != "__version__"} | {key: first_version}
+        asset.replace(legacy)
+        redeploy(asset, content([{"type": "text", "name": "village"}], "2"))
+        server.add_submissions(asset.uid, [{"village": "Zégoua"}])
+        assert sync(server, path).new == 2
+    assert rows(path, "select village, wells, form_version from tiny order by submission_id") == [
+        ("Kignan", 4, first_version), ("Zégoua", None, asset.version_uid)]

@@ -36,9 +36,12 @@ CHOSEN_PREFIX = "__chosen__"  # a select_multiple's answer as a list of choice n
 REPEAT_PREFIX = "__repeat__"  # a repeat's entries as the JSON text of a list, in its parent's stage
 BATCH_DOCS = "batch_docs"
 PANDAS_DTYPES = {"BIGINT": "Int64", "DOUBLE": "Float64", "VARCHAR": "string", "BOOLEAN": "boolean"}
-MAIN_SYSTEM_KEYS = {  # column: JSON path of the submission's metadata
-    "uuid": "$._uuid", "form_version": "$.__version__", "submission_time": "$._submission_time",
-    "submitted_by": "$._submitted_by", "validation_status": "$._validation_status.uid",
+# The form version uid: older KoboToolbox submissions may carry it as _version_ or
+# _version__001 instead (kobo-api.md §4; the landing reads the same keys, land_raw.sql).
+VERSION_PATHS = ("$.__version__", "$._version_", "$._version__001")
+MAIN_SYSTEM_KEYS = {  # column: JSON paths of the submission's metadata, the first present taken
+    "uuid": ("$._uuid",), "form_version": VERSION_PATHS, "submission_time": ("$._submission_time",),
+    "submitted_by": ("$._submitted_by",), "validation_status": ("$._validation_status.uid",),
 }
 CASTABLE = {"integer", "decimal", "range", "date", "today", "dateTime", "start", "end", "time", "geopoint"}
 
@@ -202,7 +205,7 @@ class StagingPlan:
         # the submission's metadata, and the text of each repeat's list of entries.
         paths = [json_path(f.kobo_key) for f in table.fields]
         if not table.is_repeat:
-            paths += list(MAIN_SYSTEM_KEYS.values())
+            paths += [path for paths_of_column in MAIN_SYSTEM_KEYS.values() for path in paths_of_column]
         paths += [json_path(child.repeat_key) for child in children]
         texts = f"json_extract_string(item, [{', '.join(sql_literal(p) for p in paths)}])"
         raw_columns = [f"nullif(t[{i}], '') AS {quote(RAW_PREFIX + f.column)}" for i, f in enumerate(table.fields, 1)]
@@ -216,9 +219,10 @@ class StagingPlan:
                         for i, f in enumerate(table.fields, 1) if f.xlsform_type == "select_multiple"]
         position = len(table.fields)
         if not table.is_repeat:
-            for column in MAIN_SYSTEM_KEYS:
-                position += 1
-                text = f"scalar_text(t[{position}])"  # warehouse/sql/macros.sql
+            for column, column_paths in MAIN_SYSTEM_KEYS.items():
+                texts_of_column = [f"scalar_text(t[{position + i}])" for i in range(1, len(column_paths) + 1)]
+                position += len(column_paths)
+                text = texts_of_column[0] if len(texts_of_column) == 1 else f"coalesce({', '.join(texts_of_column)})"
                 if column == "submission_time":
                     text = f"TRY_CAST({text} AS TIMESTAMPTZ)"
                 raw_columns.append(f"{text} AS {quote(column)}")

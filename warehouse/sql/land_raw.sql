@@ -26,7 +26,8 @@ CREATE OR REPLACE TEMP TABLE page_documents (sequence BIGINT, doc JSON, is_objec
 -- name: page_documents_of_rows
 INSERT INTO page_documents
 SELECT sequence, doc, starts_with(doc, '{'),
-       json_extract_string(doc, ['$._id', '$."meta/rootUuid"', '$._uuid', '$.__version__', '$._submission_time']),
+       json_extract_string(doc, ['$._id', '$."meta/rootUuid"', '$._uuid', '$.__version__', '$._submission_time',
+                                 '$._version_', '$._version__001']),  -- older names of __version__ (staging.VERSION_PATHS)
        content_hash(doc)
 FROM page_results WHERE position > $done AND position <= $done + $rows;
 
@@ -36,7 +37,7 @@ FROM page_results WHERE position > $done AND position <= $done + $rows;
 CREATE OR REPLACE TEMP TABLE landing AS
 SELECT sequence, $asset_uid AS asset_uid, $form_id AS form_id, CAST(trim(k[1]) AS BIGINT) AS submission_id,
        coalesce(nullif(k[2], ''), 'uuid:' || coalesce(k[3], 'None')) AS root_uuid, coalesce(k[3], '') AS uuid,
-       scalar_text(k[4]) AS form_version,
+       coalesce(scalar_text(k[4]), scalar_text(k[6]), scalar_text(k[7])) AS form_version,
        TRY_CAST(k[5] AS TIMESTAMPTZ) AS submission_time,
        content_hash,
        doc AS payload,
