@@ -76,13 +76,15 @@ def cmd_forms_publish(args: argparse.Namespace) -> int:
 def cmd_forms_diff(args: argparse.Namespace) -> int:
     from forms.build import project_form
     from forms.diff import diff_dictionaries
-    from forms.dictionary import keep_columns
+    from forms.dictionary import distinct_tables, keep_columns
     from warehouse.store import Warehouse
 
     with Warehouse(args.warehouse, read_only=True) as warehouse:
         versions = {d.version: d for d in warehouse.all_dictionaries(args.form_id)}
-    if args.new is None:  # with the columns the warehouse will give it (keep_columns)
-        versions["source"] = keep_columns(project_form(args.form_id).dictionary, list(versions.values()))
+        taken = warehouse.tables_of_other_forms(args.form_id)
+    if args.new is None:  # with the tables and columns the warehouse will give it (as FormLoader does)
+        source = distinct_tables(project_form(args.form_id).dictionary, taken)
+        versions["source"] = keep_columns(source, list(versions.values()))
     missing = [v for v in (args.old, args.new or "source") if v not in versions]
     if missing:
         known = ", ".join(sorted(versions)) or "none"

@@ -268,7 +268,7 @@ def sync_asset(client: KoboClient, warehouse: Warehouse, asset_uid: str, progres
                                    f"unchanged: they are current again, and back in the clean tables")
         loader.run_warehouse_checks()
         if settings.write_back:
-            summary.statuses_written = write_back_statuses(client, warehouse, asset_uid, dictionary)
+            summary.statuses_written = write_back_statuses(client, warehouse, asset_uid, loader.dictionary)
         if settings.download_attachments:
             folder = settings.attachments_dir or warehouse.path.resolve().parent / "attachments"
             counts = fetch_pending_attachments(client, warehouse, AttachmentStore(folder), asset_uid)

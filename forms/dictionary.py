@@ -266,6 +266,40 @@ def distinct_version(dictionary: FieldDictionary, earlier: list[FieldDictionary]
     return replace(dictionary, version=f"{dictionary.version}+{suffix}" if dictionary.version else suffix)
 
 
+def distinct_tables(dictionary: FieldDictionary, taken: set[str]) -> FieldDictionary:
+    """The dictionary with none of its tables named like one of another form (``taken``):
+    two projects that each have a repeat ``members`` would otherwise fill one table with
+    rows of two different things. A repeat becomes ``<main table>__<repeat>``, a main
+    table ``<name>_2`` (or the next free number). The form first synced keeps its names."""
+    if not taken & set(dictionary.tables):
+        return dictionary
+    renamed: dict[str, str] = {}
+    used = taken | set(dictionary.tables)
+    main = dictionary.main_table.name
+    if main in taken:
+        number = 2
+        while f"{main}_{number}" in used:
+            number += 1
+        renamed[main] = f"{main}_{number}"
+        used.add(renamed[main])
+    for name in dictionary.tables:
+        if name != main and name in taken:
+            candidate = f"{renamed.get(main, main)}__{name}"[:MAX_COLUMN_LENGTH]
+            number = 2
+            while candidate in used:
+                candidate, number = f"{renamed.get(main, main)}__{name}_{number}"[:MAX_COLUMN_LENGTH], number + 1
+            renamed[name] = candidate
+            used.add(candidate)
+
+    def new(name: str | None) -> str | None:
+        return renamed.get(name, name) if name is not None else None
+
+    tables = {new(t.name): replace(t, name=new(t.name), parent=new(t.parent),
+                                   fields=[replace(f, table=new(f.table)) for f in t.fields])
+              for t in dictionary.tables.values()}
+    return replace(dictionary, tables=tables)
+
+
 def _content(dictionary: FieldDictionary) -> str:
     return replace(dictionary, version="").to_json()
 

@@ -155,3 +155,35 @@ def test_an_old_submission_with_an_older_version_key_is_typed_with_its_version(t
         assert sync(server, path).new == 2
     assert rows(path, "select village, wells, form_version from tiny order by submission_id") == [
         ("Kignan", 4, first_version), ("Zégoua", None, asset.version_uid)]
+
+
+def test_a_repeat_named_like_another_forms_table_gets_a_table_of_its_own(tmp_path: Path) -> None:
+    """Two projects each with a repeat "members": one table would hold rows of both, told
+    apart by nothing an analyst sees. The project synced second gets tiny__members."""
+    def with_members(form_id: str, question: str) -> dict[str, Any]:
+        return content([{"type": "text", "name": "head"}, {"type": "begin_repeat", "name": "members"},
+                        {"type": "text", "name": question}, {"type": "end_repeat", "name": ""}], "1", form_id=form_id)
+
+    first = ServedAsset(uid="aOtherProject000000001", name="Other", content=with_members("other", "member_name"),
+                        version_uid="vOtherFirst0000000000", formhub_uuid="e" * 32)
+    second = tiny_asset(with_members("tiny", "member_age"))
+    path = tmp_path / "w.duckdb"
+    with LocalKoboServer({TOKEN: "someone"}, [first, second]) as server:
+        server.add_submissions(first.uid, [{"head": "Awa", "members": [{"members/member_name": "Ali"}]}])
+        server.add_submissions(second.uid, [{"head": "Moussa", "members": [{"members/member_age": "7"}] * 2}])
+        with KoboClient(server.url, TOKEN) as client, Warehouse(path) as warehouse:
+            sync_asset(client, warehouse, first.uid, settings=CALM)
+        for _ in range(2):  # the second sync keeps the name the first gave
+            sync(server, path)
+        assert rows(path, "select count(*) from tiny__members") == [(2,)]
+        assert {r[0] for r in rows(path, "select table_name from information_schema.tables where table_schema = "
+                                         "'main' and table_type = 'BASE TABLE'")} == {
+            "attachments", "other", "members", "tiny", "tiny__members"}
+        server.delete_submission(second.uid, second.submissions[0]["_id"])
+        with KoboClient(server.url, TOKEN) as client, Warehouse(path) as warehouse:
+            assert sync_asset(client, warehouse, second.uid, settings=SyncSettings(
+                download_attachments=False, reconcile="always")).deleted == 1
+    assert rows(path, "select member_name from members") == [("Ali",)]
+    assert rows(path, "select count(*) from tiny__members") == [(0,)]
+    columns = {r[0] for r in rows(path, "select column_name from information_schema.columns where table_name = 'members'")}
+    assert "member_age" not in columns

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Iterator, Union
 
 import duckdb
 
-from forms.dictionary import FieldDictionary, distinct_version, keep_columns
+from forms.dictionary import FieldDictionary, distinct_tables, distinct_version, keep_columns
 from kobo.client import Page
 from validation.corrections import apply_corrections
 from validation.rules import QualitySettings, record_touched_groups, run_rules, run_table_rules
@@ -118,6 +118,7 @@ class FormLoader:
         self.version_lookup = version_lookup
         self._by_version: dict[str | None, _Version] = {}
         self._stored: list[FieldDictionary] | None = None  # every version of the form the warehouse holds
+        self._taken: set[str] = set()  # the tables of the other forms
         self.dictionary = self._register(deployed_version, dictionary).dictionary
 
     @property
@@ -128,7 +129,10 @@ class FormLoader:
     def _register(self, version_uid: str | None, dictionary: FieldDictionary) -> _Version:
         if self._stored is None:
             self._stored = self.warehouse.all_dictionaries(dictionary.form_id)
-        # Each question keeps the column earlier versions gave it (forms.dictionary.keep_columns).
+            self._taken = self.warehouse.tables_of_other_forms(dictionary.form_id)
+        # No table of another form's name, each question in the column earlier versions gave
+        # it, and a version name of its own (forms.dictionary).
+        dictionary = distinct_tables(dictionary, self._taken)
         dictionary = distinct_version(keep_columns(dictionary, self._stored), self._stored, version_uid)
         key = (dictionary.form_id, dictionary.version)
         known = next((v for v in self._by_version.values()

@@ -469,6 +469,12 @@ class Warehouse:
         ).fetchall()
         return [FieldDictionary.from_json(row[0]) for row in rows]
 
+    def tables_of_other_forms(self, form_id: str) -> set[str]:
+        """The clean tables the other forms' versions use (forms.dictionary.distinct_tables)."""
+        return {row[0] for row in self.con.execute(
+            "SELECT DISTINCT unnest(json_keys(dictionary, '$.tables')) FROM meta.form_versions WHERE form_id <> ?",
+            [form_id]).fetchall()}
+
     def all_dictionaries(self, form_id: str) -> list[FieldDictionary]:
         rows = self.con.execute("SELECT dictionary::VARCHAR FROM meta.form_versions WHERE form_id = ? ORDER BY first_seen",
                                 [form_id]).fetchall()
