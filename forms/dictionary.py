@@ -300,6 +300,30 @@ def distinct_tables(dictionary: FieldDictionary, taken: set[str]) -> FieldDictio
     return replace(dictionary, tables=tables)
 
 
+def merge_versions(versions: list[FieldDictionary]) -> FieldDictionary:
+    """One dictionary for what spans a form's versions (labelled views, analyst tables),
+    ``versions`` newest last: every table and column any version has, each column's field
+    as the newest version that has it says, personal if any version marked it so (a
+    version that drops a name question leaves its column full of names), and a
+    select_multiple with the choices of every version (each has its boolean column)."""
+    newest = versions[-1]
+    personal = {(f.table, f.column) for d in versions for f in d.fields() if f.pii}
+    tables: dict[str, Table] = {}
+    for version in versions:
+        for table in version.tables.values():
+            fields = {f.column: f for f in (tables[table.name].fields if table.name in tables else [])}
+            for f in table.fields:
+                earlier = fields.get(f.column)
+                if earlier is not None and f.xlsform_type == earlier.xlsform_type == "select_multiple":
+                    f = replace(f, choice_names=list(dict.fromkeys(earlier.choice_names + f.choice_names)))
+                fields[f.column] = f
+            tables[table.name] = replace(table, fields=[replace(f, pii=f.pii or (f.table, f.column) in personal)
+                                                        for f in fields.values()])
+    choices = {name: items for version in versions for name, items in version.choices.items()}
+    languages = list(dict.fromkeys(language for version in reversed(versions) for language in version.languages))
+    return replace(newest, tables=tables, choices=choices, languages=languages)
+
+
 def _content(dictionary: FieldDictionary) -> str:
     return replace(dictionary, version="").to_json()
 

@@ -187,3 +187,35 @@ def test_a_repeat_named_like_another_forms_table_gets_a_table_of_its_own(tmp_pat
     assert rows(path, "select count(*) from tiny__members") == [(0,)]
     columns = {r[0] for r in rows(path, "select column_name from information_schema.columns where table_name = 'members'")}
     assert "member_age" not in columns
+
+
+def test_analyst_tables_and_labelled_views_cover_every_version(tmp_path: Path, monkeypatch) -> None:
+    """A first sync meets the deployed version before the older one its first submissions
+    were collected with. Names and phones stay out of analyst tables whichever version
+    marked them (version 2 dropped the name question; only version 2 has the phone), and
+    the French view reads version 2's choices as labels."""
+    from warehouse.store import Warehouse as Store
+
+    monkeypatch.setenv("TERRAIN_PII_SALT", "sel-de-test")
+    first = content([{"type": "text", "name": "head_name", "terrain_pii": "yes"}], "1")
+    second = content([{"type": "text", "name": "head_phone", "terrain_pii": "yes"},
+                      {"type": "select_one yes_no", "name": "latrine"}], "2")
+    second["choices"] = [{"list_name": "yes_no", "name": "yes", "label": ["Oui"]},
+                         {"list_name": "yes_no", "name": "no", "label": ["Non"]}]
+    for served in (first, second):
+        served["translations"] = ["Français (fr)"]
+    asset = tiny_asset(first)
+    path = tmp_path / "w.duckdb"
+    with LocalKoboServer({TOKEN: "someone"}, [asset]) as server:
+        server.add_submissions(asset.uid, [{"head_name": "Assétou Maïga"}])
+        redeploy(asset, second)
+        server.add_submissions(asset.uid, [{"head_phone": "+223 76 12 34 56", "latrine": "yes"}])
+        sync(server, path)
+    with Store(path) as warehouse:
+        assert warehouse.latest_dictionaries()[0].version == "2"
+        warehouse.refresh_analyst_tables()
+        analyst = warehouse.con.execute("select head_name, head_phone from analyst.tiny order by submission_id").fetchall()
+        labelled = warehouse.con.execute("select latrine from fr.tiny where latrine is not null").fetchall()
+    assert analyst[0][0] is not None and analyst[1][1] is not None
+    assert "Assétou Maïga" not in analyst[0][0] and "+223" not in analyst[1][1] and len(analyst[0][0]) == 64
+    assert labelled == [("Oui",)]

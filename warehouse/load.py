@@ -120,6 +120,8 @@ class FormLoader:
         self._stored: list[FieldDictionary] | None = None  # every version of the form the warehouse holds
         self._taken: set[str] = set()  # the tables of the other forms
         self.dictionary = self._register(deployed_version, dictionary).dictionary
+        if deployed_version:
+            warehouse.mark_deployed(self.dictionary)
 
     @property
     def con(self) -> duckdb.DuckDBPyConnection:

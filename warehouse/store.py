@@ -23,7 +23,7 @@ from typing import Any, Iterator
 import duckdb
 import pandas as pd
 
-from forms.dictionary import FieldDictionary, Table
+from forms.dictionary import FieldDictionary, Table, merge_versions
 from forms.errors import TerrainError
 from warehouse.labels import create_labelled_views, store_labels
 from warehouse.typing import Issue, root_uuid_of
@@ -75,6 +75,8 @@ STORED_COLUMNS = ("SELECT sum(column_count) FROM duckdb_tables() WHERE database_
                   "AND schema_name = 'main'")
 REOPEN_WAIT_SECONDS, REOPEN_POLL_SECONDS = 600.0, 0.5
 COMMIT_OUT_OF_MEMORY = re.compile(r"(failed to pin|could not allocate) block")
+# The newest version of a form: deployed last; one never found deployed comes before.
+NEWEST_VERSION_ORDER = "(last_deployed IS NOT NULL, coalesce(last_deployed, first_seen))"
 _TYPE_NAMES: dict[str, str] = {}  # a dictionary's type -> DuckDB's name of it (Warehouse._type_name)
 DATABASE_INVALIDATED = "has been invalidated"  # DuckDB stopped the database (a failed checkpoint)
 # glibc serves a freed large block's size from its heap from then on (its mmap threshold
@@ -430,14 +432,20 @@ class Warehouse:
         if known and all(self._table_exists(t.name) for t in dictionary.tables.values()):
             return
         self.con.execute(
-            "INSERT INTO meta.form_versions VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            "INSERT INTO meta.form_versions (form_id, version, dictionary, first_seen) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT DO NOTHING",
             [dictionary.form_id, dictionary.version, dictionary.to_json(), dt.datetime.now(dt.timezone.utc)],
         )
         for table in dictionary.tables.values():
             self._ensure_table(table)
         store_labels(self.con, dictionary)
-        create_labelled_views(self.con, dictionary)
+        create_labelled_views(self.con, merge_versions(self.all_dictionaries(dictionary.form_id, newest_last=True)))
         self.create_marts()
+
+    def mark_deployed(self, dictionary: FieldDictionary) -> None:
+        """Notes that a sync found this version deployed (meta.form_versions.last_deployed)."""
+        self.con.execute("UPDATE meta.form_versions SET last_deployed = ? WHERE form_id = ? AND version = ?",
+                         [dt.datetime.now(dt.timezone.utc), dictionary.form_id, dictionary.version])
 
     def register_asset_version(self, asset_uid: str, version_uid: str, dictionary: FieldDictionary) -> None:
         self.con.execute("INSERT INTO meta.asset_versions VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
@@ -465,8 +473,8 @@ class Warehouse:
     def latest_dictionaries(self) -> list[FieldDictionary]:
         """The newest field dictionary of every form in the warehouse."""
         rows = self.con.execute(
-            "SELECT arg_max(dictionary, first_seen)::VARCHAR FROM meta.form_versions GROUP BY form_id ORDER BY form_id"
-        ).fetchall()
+            f"SELECT arg_max(dictionary, {NEWEST_VERSION_ORDER})::VARCHAR FROM meta.form_versions "
+            f"GROUP BY form_id ORDER BY form_id").fetchall()
         return [FieldDictionary.from_json(row[0]) for row in rows]
 
     def tables_of_other_forms(self, form_id: str) -> set[str]:
@@ -475,17 +483,24 @@ class Warehouse:
             "SELECT DISTINCT unnest(json_keys(dictionary, '$.tables')) FROM meta.form_versions WHERE form_id <> ?",
             [form_id]).fetchall()}
 
-    def all_dictionaries(self, form_id: str) -> list[FieldDictionary]:
-        rows = self.con.execute("SELECT dictionary::VARCHAR FROM meta.form_versions WHERE form_id = ? ORDER BY first_seen",
+    def all_dictionaries(self, form_id: str, newest_last: bool = False) -> list[FieldDictionary]:
+        """Every version of the form, in the order they were first seen (keep_columns: the
+        first to use a column owns it), or ``newest_last`` (the one deployed last, last)."""
+        order = NEWEST_VERSION_ORDER if newest_last else "first_seen"
+        rows = self.con.execute(f"SELECT dictionary::VARCHAR FROM meta.form_versions WHERE form_id = ? ORDER BY {order}",
                                 [form_id]).fetchall()
         return [FieldDictionary.from_json(row[0]) for row in rows]
 
     def refresh_analyst_tables(self) -> list[str]:
-        """Rebuilds the analyst schema (clean tables without personal data)."""
+        """Rebuilds the analyst schema (clean tables without personal data): a column is
+        left out or hashed if any version of its form marks it personal."""
         from warehouse.exports import pii_salt, refresh_analyst_tables
 
+        forms = [row[0] for row in self.con.execute(
+            "SELECT DISTINCT form_id FROM meta.form_versions ORDER BY 1").fetchall()]
         with self.transaction():
-            return refresh_analyst_tables(self.con, self.latest_dictionaries(), pii_salt(self.path))
+            return refresh_analyst_tables(self.con, [merge_versions(self.all_dictionaries(form, newest_last=True))
+                                                     for form in forms], pii_salt(self.path))
 
     def _table_exists(self, name: str) -> bool:
         return bool(self.con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'main' "

@@ -42,6 +42,10 @@ CREATE TABLE IF NOT EXISTS meta.form_versions (
     version     VARCHAR     NOT NULL,
     dictionary  JSON        NOT NULL,
     first_seen  TIMESTAMPTZ NOT NULL,
+    -- The last sync that found this version deployed: the newest version is the one
+    -- deployed last, not the one first seen (a first sync meets the deployed version
+    -- before the older ones its submissions were collected with).
+    last_deployed TIMESTAMPTZ,
     PRIMARY KEY (form_id, version)
 );
 
