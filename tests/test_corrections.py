@@ -12,6 +12,7 @@ import openpyxl
 
 from flows.sync import SyncSettings, sync_asset
 from kobo.client import KoboClient
+from validation.report import corrections_template_rows
 from warehouse.rebuild import apply_corrections_file
 from warehouse.store import Warehouse
 
@@ -62,9 +63,18 @@ def test_a_correction_applied_then_reverted(seeded, warehouse_path, tmp_path: Pa
         assert value in warehouse.con.execute("select payload::varchar from raw.submissions where root_uuid = ?",
                                               [root]).fetchone()[0]
 
-        reverted = write_csv(tmp_path / "reverted.csv", [])
-        apply_corrections_file(warehouse, reverted)
+        # Tomorrow's file, without that line, undoes nothing; "(annuler)" does.
+        tomorrow = write_csv(tmp_path / "tomorrow.csv", [])
+        apply_corrections_file(warehouse, tomorrow)
+        assert not in_quarantine(warehouse, root)
+        assert warehouse.con.execute("select status from meta.corrections where root_uuid = ?", [root]).fetchone() == (
+            "applied",)
+        cancelled = write_csv(tmp_path / "cancelled.csv", [
+            {"root_uuid": root, "field": column, "row_key": row_key or "", "new_value": "(annuler)",
+             "reason": "", "author": "Mariam"}])
+        apply_corrections_file(warehouse, cancelled)
         assert in_quarantine(warehouse, root)
+        assert warehouse.con.execute("select count(*) from meta.corrections where root_uuid = ?", [root]).fetchone() == (0,)
 
 
 def test_corrections_from_xlsx_through_the_command_line(seeded, warehouse_path, tmp_path: Path) -> None:
@@ -131,3 +141,60 @@ def test_write_back_leaves_alone_a_status_a_supervisor_set(seeded, warehouse_pat
     assert summary.statuses_written == 1
     assert {i: statuses[i] for i in decisions} == decisions
     assert statuses[clean[2]] == "validation_status_approved"
+
+
+def test_a_correction_is_not_applied_to_an_answer_that_changed_under_it(seeded, warehouse_path, tmp_path: Path) -> None:
+    """row_key is a position: when a member is removed on the server, the next members
+    move up. The correction of member 3 must not land on whoever is third now."""
+    asset = seeded.assets["household_survey"]
+    with KoboClient(seeded.server.url, seeded.token) as client, Warehouse(warehouse_path) as warehouse:
+        sync_asset(client, warehouse, asset.uid, settings=NO_FILES)
+        submission = next(s for s in asset.submissions if len(s.get("members", [])) >= 4
+                          and not in_quarantine(warehouse, s["meta/rootUuid"]))
+        root = submission["meta/rootUuid"]
+        third_age = int(submission["members"][2]["members/member_age"])
+        corrected = str(third_age + 1)
+        apply_corrections_file(warehouse, write_csv(tmp_path / "c.csv", [
+            {"root_uuid": root, "field": "member_age", "row_key": "3", "new_value": corrected,
+             "reason": "Vérifié", "author": "Mariam"}]))
+        ages = "select member_age from household_members where root_uuid = ? order by position"
+        assert warehouse.con.execute(ages, [root]).fetchall()[2] == (third_age + 1,)
+        members = [m for i, m in enumerate(submission["members"]) if i != 1]  # the second member removed
+        seeded.server.edit_submission(asset.uid, submission["_id"], {"members": members})
+        sync_asset(client, warehouse, asset.uid, settings=SyncSettings(download_attachments=False, reconcile="always"))
+        now_third = int(members[2]["members/member_age"])
+        assert warehouse.con.execute(ages, [root]).fetchall()[2] == (now_third,)
+        status, problem = warehouse.con.execute("select status, problem from meta.corrections").fetchone()
+        template = corrections_template_rows(warehouse.con)
+    assert status == "outdated" and "changed on the server" in problem
+    assert [(r["root_uuid"], r["row_key"]) for r in template if r["check"] == "correction_outdated"] == [(root, "3")]
+
+
+def test_corrections_csv_from_french_excel(seeded, warehouse_path, tmp_path: Path) -> None:
+    """Excel's "CSV (séparateur: point-virgule)": Windows-1252 text, semicolons."""
+    with KoboClient(seeded.server.url, seeded.token) as client, Warehouse(warehouse_path) as warehouse:
+        sync_asset(client, warehouse, seeded.assets["household_survey"].uid, settings=NO_FILES)
+        root, column, row_key, value = quarantined_for(warehouse, "constraint")
+        path = tmp_path / "corrections.csv"
+        path.write_bytes(("root_uuid;field;row_key;new_value;reason;author\r\n"
+                          f"{root};{column};{row_key or ''};{int(value) // 10};Confirmé;Mariam Traoré\r\n").encode("cp1252"))
+        apply_corrections_file(warehouse, path)
+        assert not in_quarantine(warehouse, root)
+        assert warehouse.con.execute("select author from meta.corrections").fetchone() == ("Mariam Traoré",)
+
+
+def test_an_interrupted_corrections_run_is_finished_by_running_it_again(seeded, warehouse_path, tmp_path: Path) -> None:
+    import datetime as dt
+
+    from validation.corrections import import_corrections, read_corrections
+
+    with KoboClient(seeded.server.url, seeded.token) as client, Warehouse(warehouse_path) as warehouse:
+        sync_asset(client, warehouse, seeded.assets["household_survey"].uid, settings=NO_FILES)
+        root, column, row_key, value = quarantined_for(warehouse, "constraint")
+        path = write_csv(tmp_path / "c.csv", [{"root_uuid": root, "field": column, "row_key": row_key or "",
+                                              "new_value": str(int(value) // 10), "reason": "", "author": "Mariam"}])
+        with warehouse.transaction():  # the import committed, then the run stopped before retyping
+            import_corrections(warehouse.con, read_corrections(path), str(path), dt.datetime.now(dt.timezone.utc))
+        assert in_quarantine(warehouse, root)
+        apply_corrections_file(warehouse, path)
+        assert not in_quarantine(warehouse, root)

@@ -1,12 +1,17 @@
 """Corrections: data managers fix answers in a file (XLSX or CSV with the columns
 root_uuid, field, row_key (for repeat rows, e.g. "2"), new_value, reason, author),
 and every build applies them. A row without a new value is ignored; "(vide)" or
-"(empty)" as the new value erases the answer.
+"(empty)" as the new value erases the answer; "(annuler)" or "(undo)" cancels the
+correction recorded for that answer.
 
-A correction changes the answer before typing and validation, so a corrected
-submission leaves the quarantine only if it now passes every check; removing the
-correction from the file puts it back. Each correction is recorded with who, when
-and why, and one that targets nothing (unknown submission, field or row) is reported.
+Each file adds to the corrections already recorded (a line for the same answer replaces
+the earlier one): the template of a new day, which lists only the open errors, does not
+undo the corrections of the day before. A correction changes the answer before typing
+and validation, so a corrected submission leaves the quarantine only if it now passes
+every check. Each correction is recorded with who, when and why, and with the answer it
+first replaced: when the server's answer changes under it (an edit; a repeat row removed,
+which moves the next rows up), it is not applied ("outdated") and is reported. One that
+targets nothing (unknown submission, field or row) is reported too.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from __future__ import annotations
 import copy
 import csv
 import datetime as dt
+import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +33,7 @@ from warehouse.typing import root_uuid_of
 
 COLUMNS = ("root_uuid", "field", "row_key", "new_value", "reason", "author")
 ERASE = {"(vide)", "(empty)"}  # new_value that removes an answer
+UNDO = {"(annuler)", "(undo)"}  # new_value that cancels the recorded correction
 
 
 class CorrectionsError(TerrainError):
@@ -44,8 +52,11 @@ def read_corrections(path: Path) -> list[dict[str, str]]:
     if not path.exists():
         raise CorrectionsError(f"no corrections file at {path}")
     if path.suffix.lower() == ".csv":
-        with path.open(encoding="utf-8-sig", newline="") as handle:
-            rows = list(csv.DictReader(handle))
+        text = _csv_text(path)
+        header = text.partition("\n")[0]
+        # French Excel saves "CSV (séparateur: point-virgule)" with semicolons.
+        rows = list(csv.DictReader(io.StringIO(text, newline=""),
+                                   delimiter=";" if header.count(";") > header.count(",") else ","))
     elif path.suffix.lower() in (".xlsx", ".xlsm"):
         import openpyxl
 
@@ -68,31 +79,52 @@ def read_corrections(path: Path) -> list[dict[str, str]]:
     return cleaned
 
 
+def _csv_text(path: Path) -> str:
+    """A CSV file's text: UTF-8, else the Windows encoding Excel saves "CSV" in by default."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        pass
+    try:
+        return data.decode("cp1252")
+    except UnicodeDecodeError:
+        raise CorrectionsError(f"{path.name}: the file is neither UTF-8 nor Windows text; in Excel, save it as "
+                               f"'CSV UTF-8' (or as .xlsx) and try again") from None
+
+
 def import_corrections(con, rows: list[dict[str, str]], source: str, now: dt.datetime) -> CorrectionsResult:
-    """Makes meta.corrections equal to the file; returns the submissions whose corrections changed."""
+    """Adds the file's corrections to meta.corrections (replacing those of the same answers,
+    cancelling those marked UNDO); returns the submissions to type again: those whose
+    corrections changed, and those with a correction not yet applied (an earlier run
+    stopped before it retyped them)."""
     before = {(r[0], r[1], r[2]): r[3] for r in con.execute(
         "SELECT root_uuid, field, row_key, new_value FROM meta.corrections").fetchall()}
-    after = {(r["root_uuid"], r["field"], r["row_key"]): r["new_value"] for r in rows}
-    changed = {key[0] for key in before.keys() ^ after.keys()} | {
-        key[0] for key in before.keys() & after.keys() if before[key] != after[key]}
-    con.execute("DELETE FROM meta.corrections")
-    if rows:
-        frame = pd.DataFrame(rows, columns=list(COLUMNS)).drop_duplicates(["root_uuid", "field", "row_key"], keep="last")
+    after = {(r["root_uuid"], r["field"], r["row_key"]): r for r in rows}  # the last line of an answer wins
+    undone = [key for key, row in after.items() if row["new_value"].lower() in UNDO]
+    changed = [row for key, row in after.items() if key not in undone and before.get(key) != row["new_value"]]
+    for root, name, row_key in undone:
+        con.execute("DELETE FROM meta.corrections WHERE root_uuid = ? AND field = ? AND row_key = ?", [root, name, row_key])
+    if changed:
+        frame = pd.DataFrame(changed, columns=list(COLUMNS))
         frame["source_file"], frame["imported_at"] = source, now
         con.register("correction_rows", frame)
         try:
-            con.execute("INSERT INTO meta.corrections (root_uuid, field, row_key, new_value, reason, author, source_file, "
-                        "imported_at) SELECT * FROM correction_rows")
+            con.execute("DELETE FROM meta.corrections WHERE (root_uuid, field, row_key) IN "
+                        "(SELECT (root_uuid, field, row_key) FROM correction_rows)")
+            con.execute("INSERT INTO meta.corrections (root_uuid, field, row_key, new_value, reason, author, "
+                        "source_file, imported_at) SELECT * FROM correction_rows")
         finally:
             con.unregister("correction_rows")
-        unknown = con.execute("SELECT root_uuid, field FROM meta.corrections c WHERE NOT EXISTS "
-                              "(SELECT 1 FROM raw.submissions r WHERE r.root_uuid = c.root_uuid)").fetchall()
-        for root, field_name in unknown:
-            con.execute("UPDATE meta.corrections SET status = 'no_target', problem = ? WHERE root_uuid = ? AND field = ?",
-                        ["no submission with this root_uuid in the warehouse", root, field_name])
+        con.execute("UPDATE meta.corrections c SET status = 'no_target', problem = ? WHERE status = 'pending' AND NOT "
+                    "EXISTS (SELECT 1 FROM raw.submissions r WHERE r.root_uuid = c.root_uuid)",
+                    ["no submission with this root_uuid in the warehouse"])
+    pending = {row[0] for row in con.execute("SELECT root_uuid FROM meta.corrections WHERE status = 'pending'").fetchall()}
     problems = [f"{root} {field_name}: {problem}" for root, field_name, problem in con.execute(
         "SELECT root_uuid, field, problem FROM meta.corrections WHERE status = 'no_target'").fetchall()]
-    return CorrectionsResult(imported=len(rows), changed_roots=changed, problems=problems)
+    return CorrectionsResult(imported=len(changed) + len(undone),
+                             changed_roots={key[0] for key in undone if key in before} | {r["root_uuid"] for r in changed}
+                             | pending, problems=problems)
 
 
 def _target(dictionary: FieldDictionary, name: str):
@@ -110,7 +142,7 @@ def apply_corrections(con, dictionary: FieldDictionary, submissions: list[dict[s
         return submissions
     con.register("correction_roots", pd.DataFrame({"root_uuid": roots}))
     try:
-        rows = con.execute("SELECT root_uuid, field, row_key, new_value FROM meta.corrections "
+        rows = con.execute("SELECT root_uuid, field, row_key, new_value, original_value FROM meta.corrections "
                            "WHERE root_uuid IN (SELECT root_uuid FROM correction_roots)").fetchall()
     finally:
         con.unregister("correction_roots")
@@ -126,24 +158,27 @@ def apply_corrections(con, dictionary: FieldDictionary, submissions: list[dict[s
             corrected.append(submission)
             continue
         submission = copy.deepcopy(submission)
-        for root, name, row_key, value in todo:
-            status, problem = _apply_one(dictionary, submission, name, row_key, value)
-            con.execute("UPDATE meta.corrections SET status = ?, problem = ? WHERE root_uuid = ? AND field = ? "
-                        "AND row_key = ?", [status, problem, root, name, row_key])
+        for root, name, row_key, value, original in todo:
+            status, problem, found = _apply_one(dictionary, submission, name, row_key, value, original)
+            con.execute("UPDATE meta.corrections SET status = ?, problem = ?, original_value = coalesce(original_value, ?) "
+                        "WHERE root_uuid = ? AND field = ? AND row_key = ?",
+                        [status, problem, found, root, name, row_key])
         corrected.append(submission)
     return corrected
 
 
 def _apply_one(dictionary: FieldDictionary, submission: dict[str, Any], name: str, row_key: str,
-               value: str | None) -> tuple[str, str | None]:
+               value: str | None, original: str | None) -> tuple[str, str | None, str | None]:
+    """Applies one correction to the submission: its status, the problem if any, and the
+    answer it found there (JSON), to be kept as the one the correction replaced."""
     f = _target(dictionary, name)
     if f is None:
-        return "no_target", f"the form has no field '{name}'"
+        return "no_target", f"the form has no field '{name}'", None
     table = dictionary.tables[f.table]
     container: dict[str, Any] | None = submission
     if table.is_repeat:
         if not row_key:
-            return "no_target", f"'{name}' is in a repeat group: give the row_key (e.g. 2)"
+            return "no_target", f"'{name}' is in a repeat group: give the row_key (e.g. 2)", None
         chain = []
         current = table
         while current.is_repeat:
@@ -151,18 +186,22 @@ def _apply_one(dictionary: FieldDictionary, submission: dict[str, Any], name: st
             current = dictionary.tables[current.parent]
         positions = row_key.split(".")
         if len(positions) != len(chain):
-            return "no_target", f"row_key '{row_key}' does not fit the repeat group of '{name}'"
+            return "no_target", f"row_key '{row_key}' does not fit the repeat group of '{name}'", None
         for repeat, position in zip(chain, positions):
             items = (container or {}).get(repeat.repeat_key) or []
             index = int(position) - 1 if position.isdigit() else -1
             if not 0 <= index < len(items):
-                return "no_target", f"no row {row_key} in '{repeat.repeat_key}'"
+                return "no_target", f"no row {row_key} in '{repeat.repeat_key}'", None
             container = items[index]
+    found = json.dumps(container.get(f.kobo_key), ensure_ascii=False)
+    if original is not None and found != original:
+        return ("outdated", f"the answer changed on the server since this correction (it was {json.loads(original)!r}, "
+                f"it is {json.loads(found)!r}): check it, then write the correction again or cancel it", found)
     if value is None or value.strip().lower() in ERASE:
         container.pop(f.kobo_key, None)
     else:
         container[f.kobo_key] = value
-    return "applied", None
+    return "applied", None, found
 
 
 def corrections_log(con) -> list[tuple]:

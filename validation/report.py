@@ -827,8 +827,24 @@ def write_report(warehouse_path: str | Path, out_path: str | Path,
 
 # -- corrections template -----------------------------------------------------------------
 def corrections_template_rows(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
-    """One row per open error, ready for a data manager to fill new_value, reason and author."""
-    return list(_template_rows(con))
+    """One row per open error, ready for a data manager to fill new_value, reason and author,
+    then one per recorded correction that is not applied (outdated, or targeting nothing)."""
+    return list(_template_rows(con)) + list(_unapplied_corrections(con))
+
+
+def _unapplied_corrections(con: duckdb.DuckDBPyConnection) -> Iterator[dict[str, Any]]:
+    rows = con.execute(
+        "SELECT c.root_uuid, c.field, c.row_key, c.status, c.problem, c.new_value, r.form_id, r.submission_id "
+        "FROM meta.corrections c LEFT JOIN raw.submissions r ON r.root_uuid = c.root_uuid AND r.is_current "
+        "WHERE c.status IN ('outdated', 'no_target') ORDER BY ALL").fetchall()
+    for root, name, row_key, status, problem, value, form_id, submission_id in rows:
+        yield {
+            "root_uuid": root, "field": name, "row_key": row_key, "new_value": "", "reason": "", "author": "",
+            "form_id": form_id or "", "table": "", "submission_id": submission_id, "enumerator": "",
+            "check": f"correction_{status}", "current_value": "",
+            "message": f"Correction non appliquée ({value}) : réécrivez-la ou écrivez (annuler) / "
+                       f"Correction not applied ({value}): {problem}",
+        }
 
 
 def _template_rows(con: duckdb.DuckDBPyConnection) -> Iterator[dict[str, Any]]:
@@ -847,8 +863,9 @@ TEMPLATE_HELP = [
     ("", False),
     ("1. Remplissez new_value, reason et author sur les lignes à corriger (colonnes jaunes). / Fill in new_value, "
      "reason and author on the rows to correct (yellow columns).", False),
-    ("2. Supprimez les lignes que vous ne corrigez pas : une ligne gardée avec new_value vide efface la réponse. / "
-     "Delete the rows you do not correct: a row kept with an empty new_value erases the answer.", False),
+    ("2. Une ligne dont new_value est vide est ignorée. Pour effacer une réponse, écrivez (vide) ; pour annuler une "
+     "correction déjà faite, (annuler). / A row with an empty new_value is skipped. To erase an answer, write "
+     "(empty); to cancel a correction made before, (undo).", False),
     ("3. new_value est la réponse telle que le formulaire l'enregistre (le code du choix, pas son libellé ; "
      "plusieurs choix séparés par des espaces ; dates AAAA-MM-JJ). / new_value is the answer as the form stores "
      "it (the choice's code, not its label; several choices separated by spaces; dates YYYY-MM-DD).", False),
@@ -859,6 +876,11 @@ TEMPLATE_HELP = [
     ("6. Une correction passe à la prochaine construction ; la soumission sort de la quarantaine si elle passe "
      "alors tous les contrôles. / A correction applies on the next build; the submission leaves the quarantine "
      "if it then passes every check.", False),
+    ("7. Chaque fichier s'ajoute aux corrections déjà enregistrées : ce modèle ne liste que les erreurs ouvertes, "
+     "les corrections d'hier restent. Si la réponse change sur le serveur après une correction, celle-ci n'est "
+     "plus appliquée et est signalée. / Each file adds to the corrections already recorded: this template lists "
+     "the open errors only, yesterday's corrections stay. If the answer changes on the server after a correction, "
+     "the correction is no longer applied and is reported.", False),
 ]
 
 

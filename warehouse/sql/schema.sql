@@ -194,7 +194,8 @@ CREATE TABLE IF NOT EXISTS meta.asset_versions (
 );
 
 -- Corrections made by data managers (from their corrections file), applied on every
--- build, and what became of each: applied, or reported because it targets nothing.
+-- build, and what became of each: applied, or reported because it targets nothing or
+-- the answer changed under it (outdated).
 CREATE TABLE IF NOT EXISTS meta.corrections (
     root_uuid    VARCHAR NOT NULL,
     field        VARCHAR NOT NULL,
@@ -204,7 +205,10 @@ CREATE TABLE IF NOT EXISTS meta.corrections (
     author       VARCHAR,
     source_file  VARCHAR,
     imported_at  TIMESTAMPTZ NOT NULL,
-    status       VARCHAR NOT NULL DEFAULT 'pending',
+    status       VARCHAR NOT NULL DEFAULT 'pending',  -- pending, applied, no_target, outdated
     problem      VARCHAR,
+    -- The answer the correction first replaced (JSON; 'null': there was none), NULL until
+    -- it is first applied: a different answer later means the submission changed under it.
+    original_value VARCHAR,
     PRIMARY KEY (root_uuid, field, row_key)
 );
