@@ -116,12 +116,17 @@ def test_marts_on_a_small_hand_made_data_set(household, tmp_path: Path) -> None:
     place = {"place/region": "sikasso", "place/cercle": "sikasso", "place/commune": "dembela", "place/village": "kafana"}
     base_wp = {**place, "water_point_type": "borehole_handpump", "location": "11.42 -5.64 300 5",
                "status/users_per_day": "200", "committee/committee_exists": "no", "committee/fee_fcfa_per_month": "500",
-               "maintenance/repaired_before": "no", "quality/quality_tested": "no", "today": "2026-10-05"}
+               "maintenance/repaired_before": "no", "quality/quality_tested": "no", "today": "2026-10-05",
+               "_submission_time": "2026-10-05T12:00:00"}
     inspections = [
         {**base_wp, "water_point_id": "WP-0001", "status/functional_status": "functional"},
         {**base_wp, "water_point_id": "WP-0002", "status/functional_status": "functional"},
         {**base_wp, "water_point_id": "WP-0003", "status/functional_status": "not_functional", "status/broken_since": "2026-08-01"},
         {**base_wp, "water_point_id": "WP-0004", "status/functional_status": "partially_functional"},
+        # An earlier inspection of WP-0001, uploaded later by a phone that was offline: the
+        # month counts the latest inspection, not the latest upload.
+        {**base_wp, "water_point_id": "WP-0001", "status/functional_status": "not_functional",
+         "status/broken_since": "2026-10-01", "today": "2026-10-03", "_submission_time": "2026-10-25T09:00:00"},
     ]
     ident = {"identification/region": "sikasso", "identification/cercle": "sikasso", "identification/commune": "tella",
              "identification/village": "tella", "identification/head_name": "Awa Traoré", "identification/head_sex": "female",

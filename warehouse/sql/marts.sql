@@ -3,11 +3,12 @@
 
 -- name: water_point_functionality
 -- Water point functionality rate by commune and month (one inspection per water
--- point and month counts: the latest).
+-- point and month counts: the latest by the date it was made, not by its upload: a
+-- phone offline for weeks uploads old inspections after newer ones).
 CREATE OR REPLACE VIEW marts.water_point_functionality AS
 WITH latest AS (
     SELECT commune, date_trunc('month', today) AS month, water_point_id,
-           arg_max(functional_status, submission_time) AS status
+           arg_max(functional_status, (today, coalesce("start", submission_time), submission_time)) AS status
     FROM main.water_points
     GROUP BY ALL
 ), rates AS (
