@@ -134,3 +134,18 @@ def test_today_is_read_when_validating(dated, monkeypatch) -> None:
     monkeypatch.setattr(forms.expressions, "today", lambda: TODAY + dt.timedelta(days=1))
     assert validator.validate(batch.tables) == []
     assert is_true(". <= today()", {}.get, current=tomorrow)
+
+
+@pytest.mark.parametrize("text", ["NaN", "Infinity", "-inf"])
+def test_a_decimal_that_is_not_a_number_is_a_type_error(text: str) -> None:
+    """Python and DuckDB read these as floats; no form records them, and a NaN would pass
+    every range check (and then break the XLSX export)."""
+    from forms.build import project_form
+
+    form = project_form("water_point_inspection")
+    deployment = Deployment("aWater0000000000000000", "vWater000000000000000", "2" * 32)
+    [submission] = generate_submissions(form.dictionary, deployment, 1, seed=8, mistake_rate=0.0)
+    submission["quality/quality_tested"] = "yes"
+    submission["quality/free_chlorine_mg_l"] = text
+    staged = type_submissions(form.dictionary, [submission])
+    assert [(i.check_code, i.column_name) for i in staged.issues] == [("type", "free_chlorine_mg_l")]

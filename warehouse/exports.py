@@ -8,6 +8,7 @@ same hash, so counts and joins still work), and a GPS point is rounded to 0.01°
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 from dataclasses import dataclass
@@ -155,6 +156,8 @@ def _write_cell(sheet, row: int, column: int, value, date_format, stamp_format) 
     if isinstance(value, bool):
         sheet.write_boolean(row, column, value)
     elif isinstance(value, (int, float)):
+        if isinstance(value, float) and not math.isfinite(value):
+            return  # Excel has no NaN or infinity (a value from an older warehouse)
         sheet.write_number(row, column, value)
     elif isinstance(value, dt.datetime):
         sheet.write_datetime(row, column, value.replace(tzinfo=None) if value.tzinfo is None else

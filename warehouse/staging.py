@@ -70,8 +70,9 @@ def _typed(f: Field, raw: str) -> list[tuple[str, str]]:
     if kind == "integer":
         number = f"TRY_CAST({raw} AS DOUBLE)"
         return [(f.column, f"TRY_CAST(CASE WHEN {number} = trunc({number}) THEN {number} END AS BIGINT)")]
-    if kind in ("decimal", "range"):
-        return [(f.column, f"TRY_CAST({raw} AS DOUBLE)")]
+    if kind in ("decimal", "range"):  # 'NaN' and 'Infinity' read as numbers, and are not answers
+        number = f"TRY_CAST({raw} AS DOUBLE)"
+        return [(f.column, f"CASE WHEN isfinite({number}) THEN {number} END")]
     if kind in ("date", "today"):
         return [(f.column, f"TRY_CAST(left({raw}, 10) AS DATE)")]
     if kind in ("dateTime", "start", "end"):
