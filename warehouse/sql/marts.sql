@@ -61,7 +61,8 @@ SELECT t.topic, p.participant_sex AS sex,
             WHEN p.participant_age < 25 THEN '15-24'
             WHEN p.participant_age < 35 THEN '25-34'
             WHEN p.participant_age < 50 THEN '35-49'
-            ELSE '50 and over' END AS age_group,
+            WHEN p.participant_age >= 50 THEN '50 and over'
+            ELSE 'unknown' END AS age_group,
        count(*) AS participants,
        round(avg(p.pre_test_score), 2) AS mean_pre_test,
        round(avg(p.post_test_score), 2) AS mean_post_test,
