@@ -96,6 +96,7 @@ def cmd_forms_diff(args: argparse.Namespace) -> int:
 
 def cmd_sync(args: argparse.Namespace) -> int:
     from flows.pipeline import sync_flow
+    from flows.serve import temporary_api_apart_from_ctrl_c
     from flows.sync import resolve_token
     from kobo.client import KoboClient
 
@@ -107,6 +108,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
         if not args.asset:
             client.list_assets()
 
+    temporary_api_apart_from_ctrl_c()
     summaries = sync_flow(base_url=args.url, asset_uids=args.asset or None, warehouse_path=args.warehouse,
                           page_size=args.page_size, parallel=args.parallel, reconcile=args.reconcile,
                           download_attachments=not args.no_attachments, attachments_dir=args.attachments,
@@ -182,6 +184,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """Local server with generated submissions -> the real Prefect flow -> a real DuckDB file."""
     from flows.pipeline import sync_flow
+    from flows.serve import temporary_api_apart_from_ctrl_c
     from forms.build import BUILD_DIR, project_forms, write_build
     from kobo.seed import seeded_server
     from warehouse.store import Warehouse
@@ -199,6 +202,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         with seeded.server as server:
             print(f"Serving on {server.url}; syncing into {args.warehouse} with the Prefect flow...")
+            temporary_api_apart_from_ctrl_c()
             summaries = sync_flow(base_url=server.url, warehouse_path=args.warehouse)
     finally:
         if previous_token is None:
@@ -206,6 +210,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         else:
             os.environ["KOBO_TOKEN"] = previous_token
     with Warehouse(args.warehouse) as warehouse:
+        warehouse.refresh_analyst_tables()  # as the daily report does: the analyst views to look at
+        # Written out of the log into the file itself: the demo's warehouse is one file to copy.
+        warehouse.con.execute("CHECKPOINT")
         counts = warehouse.table_counts()
         quarantined = {s["asset_uid"]: warehouse.quarantined_count(s["asset_uid"]) for s in summaries}
     print("\nTerrain demo summary")
@@ -221,11 +228,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a port (1 to 65535)")
+    return int(text)
+
+
 def cmd_kobo_server(args: argparse.Namespace) -> int:
     from forms.build import project_forms
     from kobo.seed import seeded_server
 
-    seeded = seeded_server(list(project_forms().values()), args.submissions, seed=args.seed, port=args.port)
+    try:
+        seeded = seeded_server(list(project_forms().values()), args.submissions, seed=args.seed, port=args.port)
+    except OSError as error:
+        raise TerrainError(f"cannot listen on 127.0.0.1:{args.port} ({error.strerror}): another program uses "
+                           f"it? Choose another --port") from None
     server = seeded.server
     print(f"Local KoboToolbox-compatible server on {server.url}")
     print("Token: export KOBO_TOKEN=<the token shown once below>")
@@ -321,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     server = sub.add_parser("kobo-server", help="run the local KoboToolbox-compatible server in the foreground")
-    server.add_argument("--port", type=int, default=8000)
+    server.add_argument("--port", type=_port, default=8000)
     server.add_argument("--submissions", type=int, default=DEMO_SUBMISSIONS)
     server.add_argument("--seed", type=int, default=2026)
     server.set_defaults(func=cmd_kobo_server)
@@ -338,6 +355,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TerrainError as error:
         print(f"terrain: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("terrain: interrupted; what was committed before is kept (a sync resumes from its last batch)",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -126,6 +126,14 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
         pass
 
 
+# A Prefect server child runs in a session of its own: Ctrl+C in a terminal signals the
+# whole foreground process group, and the server stopped at once while the runs still
+# reporting to it retried for over a minute. It is stopped by its parent, or by the
+# kernel when the parent dies (PR_SET_PDEATHSIG).
+APART_FROM_CTRL_C: dict[str, Any] = ({"start_new_session": True, "preexec_fn": _die_with_parent}
+                                     if sys.platform.startswith("linux") else {"start_new_session": True})
+
+
 @contextlib.contextmanager
 def local_prefect_server(port: int, host: str = "127.0.0.1", env: dict[str, str] | None = None,
                          log_path: Path | None = None, timeout: float = STARTUP_TIMEOUT) -> Iterator[str]:
@@ -144,7 +152,7 @@ def local_prefect_server(port: int, host: str = "127.0.0.1", env: dict[str, str]
     with open(log_path, "ab") as log:
         process = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", host,
                                     "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=environment,
-                                   preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+                                   **APART_FROM_CTRL_C)
     try:
         deadline = time.monotonic() + timeout
         while not _healthy(url, timeout=1.0):
@@ -161,6 +169,28 @@ def local_prefect_server(port: int, host: str = "127.0.0.1", env: dict[str, str]
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def temporary_api_apart_from_ctrl_c() -> None:
+    """Starts Prefect's temporary API server (which a flow run starts when no
+    PREFECT_API_URL is set) apart from Ctrl+C, as ``terrain serve`` starts its own: Ctrl+C
+    then stops the run alone, which reports its end to the server still up, and stops
+    the server as it exits."""
+    from prefect.server.api import server as prefect_server
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        return
+    popen = prefect_server.subprocess.Popen
+
+    def apart(*args: Any, **kwargs: Any) -> subprocess.Popen:
+        return popen(*args, **{**APART_FROM_CTRL_C, **kwargs})
+
+    prefect_server.subprocess.Popen = apart  # only while it starts the server: Prefect has no option for it
+    try:
+        prefect_server.SubprocessASGIServer().start()  # the one instance Prefect's client then uses
+    finally:
+        prefect_server.subprocess.Popen = popen
 
 
 def serve(settings: Settings, deployments: list[Any] | None = None) -> None:

@@ -19,6 +19,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
+import duckdb
+
 from forms.build import dictionary_from_sheets, project_forms
 from forms.dictionary import FieldDictionary
 from kobo.client import KoboClient, Page
@@ -276,13 +278,20 @@ def sync_asset(client: KoboClient, warehouse: Warehouse, asset_uid: str, progres
             if counts.failed and progress:
                 progress.note(summary, f"{counts.failed} attachments could not be downloaded; the next sync retries them")
     except BaseException as error:
-        summary.status, summary.error = "failed", str(error)
+        # Ctrl+C during a DuckDB query comes out of it as RuntimeError("Query interrupted"):
+        # the whole run stops (a KeyboardInterrupt), the other projects are not synced.
+        interrupted = isinstance(error, KeyboardInterrupt) or (
+            isinstance(error, (RuntimeError, duckdb.InterruptException)) and str(error) == DUCKDB_INTERRUPTED)
+        summary.status = "interrupted" if interrupted else "failed"
+        summary.error = "interrupted (Ctrl+C)" if interrupted else str(error)
         summary.seconds = round(time.monotonic() - started, 2)
         try:
-            warehouse.finish_run(run_id, "failed", summary.as_dict(), _now())
+            warehouse.finish_run(run_id, summary.status, summary.as_dict(), _now())
         except Exception:  # noqa: BLE001 - the warehouse itself failed (e.g. it could not be reopened):
             # the run stays 'running' (the next sync marks it interrupted); the error that matters is raised
             log.warning("could not record the failed run in %s", warehouse.path)
+        if interrupted and not isinstance(error, KeyboardInterrupt):
+            raise KeyboardInterrupt from error
         raise
     finally:
         if progress:
@@ -296,6 +305,7 @@ def sync_asset(client: KoboClient, warehouse: Warehouse, asset_uid: str, progres
 # 1,000,000 households, 8 ranges, 200 ms a request: with 3, a peak of 405 MB (the target is
 # 400); with 2, 386 and 388 MB, in the same time (316-336 s against 325 s).
 RANGE_DEPTH = 2
+DUCKDB_INTERRUPTED = "Query interrupted"  # DuckDB 1.5's RuntimeError when SIGINT stops a query
 
 
 def _new_pages(client: KoboClient, asset_uid: str, after: int | None,

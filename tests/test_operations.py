@@ -185,6 +185,44 @@ def test_two_syncs_at_once_only_one_writes(prefect_server, household, tmp_path) 
     assert lock_holder(warehouse) is None
 
 
+def test_ctrl_c_stops_a_sync_at_once_and_the_next_one_resumes(prefect_server, household, tmp_path) -> None:
+    """Ctrl+C in a terminal signals the whole process group, Prefect's temporary server
+    included: the sync used to go on, then retry the dead server for minutes. It stops
+    now, says so in one line, records the run as interrupted, and the next sync ends the
+    work with nothing lost or twice."""
+    api_url, home = prefect_server
+    slow = seeded_server([household], 400, seed=12, faults=FaultPlan(latency_seconds=0.1))
+    warehouse = tmp_path / "terrain.duckdb"
+    command = [str(BIN / "terrain"), "sync", "--url", slow.server.url, "--warehouse", str(warehouse),
+               "--page-size", "20", "--no-attachments"]
+    log = tmp_path / "sync.log"
+    with slow.server:
+        with log.open("w") as handle:  # no PREFECT_API_URL: the temporary server of a terminal user
+            sync = subprocess.Popen(command, cwd=tmp_path, env=base_env(home, KOBO_TOKEN=slow.token),
+                                    stdout=handle, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 90
+            while "page 3," not in log.read_text():
+                assert sync.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(0.1)
+            os.killpg(sync.pid, signal.SIGINT)
+            sync.wait(timeout=30)
+        finally:
+            if sync.poll() is None:
+                os.killpg(sync.pid, signal.SIGKILL)
+        output = log.read_text()
+        assert sync.returncode == 130, output[-3000:]
+        assert "terrain: interrupted; what was committed before is kept" in output
+        assert "Traceback" not in output
+        with duckdb.connect(str(warehouse), read_only=True) as con:
+            assert con.execute("select status from meta.sync_runs").fetchall() == [("interrupted",)]
+        slow.server.faults = FaultPlan()
+        again = run(command, base_env(home, PREFECT_API_URL=api_url, KOBO_TOKEN=slow.token), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    got = counts(warehouse)
+    assert got["households"] + got["quarantine"] == 400 == got["raw"]
+
+
 def test_writer_lock_waits_then_fails_clearly_and_is_reentrant(tmp_path) -> None:
     warehouse = tmp_path / "terrain.duckdb"
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom warehouse.lock import WriterLock\n"
