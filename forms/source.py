@@ -74,6 +74,38 @@ def read_markdown_sheets(text: str, origin: str = "form") -> dict[str, Sheet]:
     return sheets
 
 
+def read_xlsx_sheets(path: Path) -> dict[str, Sheet]:
+    """The sheets of an XLSForm workbook (.xlsx), as the markdown source gives them: a
+    partner's form is checked and built like our own."""
+    import openpyxl
+
+    try:
+        workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    except OSError as error:
+        raise FormError(f"cannot read the form {path}: {error.strerror or error}") from error
+    except Exception as error:  # noqa: BLE001 - openpyxl's many ways of saying "not a workbook"
+        raise FormError(f"{path.name} is not an XLSForm workbook that can be read: {error}") from None
+
+    def text(value: object) -> str:
+        if value is None:
+            return ""
+        if isinstance(value, float) and value.is_integer():
+            return str(int(value))
+        return str(value).strip()
+
+    sheets: dict[str, Sheet] = {}
+    for worksheet in workbook.worksheets:
+        rows = [[text(v) for v in row] for row in worksheet.iter_rows(values_only=True)]
+        rows = [row for row in rows if any(row)]
+        if rows:
+            header, width = rows[0], len(rows[0])
+            sheets[worksheet.title.strip().lower()] = Sheet(
+                name=worksheet.title.strip().lower(), header=header,
+                rows=[(row + [""] * width)[:width] for row in rows[1:]])
+    workbook.close()
+    return sheets
+
+
 def read_admin_units(path: Path = ADMIN_UNITS_CSV) -> list[dict[str, str]]:
     with path.open(encoding="utf-8", newline="") as handle:
         return list(csv.DictReader(handle))
@@ -100,16 +132,21 @@ def admin_unit_choices(units: list[dict[str, str]]) -> list[dict[str, str]]:
 def load_source(path: Path, admin_units: Path = ADMIN_UNITS_CSV) -> FormSource:
     """Reads a form's markdown source; if it uses the administrative cascade, appends
     the units from the shared CSV so every form offers the same, extendable list."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise FormError(f"cannot read the form source {path}: {error.strerror}") from error
-    sheets = read_markdown_sheets(text, origin=path.name)
+    if path.suffix.lower() in (".xlsx", ".xlsm"):
+        sheets = read_xlsx_sheets(path)
+    else:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as error:
+            raise FormError(f"cannot read the form source {path}: {error.strerror}") from error
+        except UnicodeDecodeError:
+            raise FormError(f"{path.name} is not a markdown form source (UTF-8 text), nor an XLSForm (.xlsx)") from None
+        sheets = read_markdown_sheets(text, origin=path.name)
     if "survey" not in sheets:
         raise FormError(f"{path.name}: no 'survey' sheet found")
     survey_types = {r.get("type", "") for r in sheets["survey"].records()}
     uses_admin = any(t.split()[-1] in ADMIN_LEVELS for t in survey_types if t.startswith("select_one "))
-    if uses_admin:
+    if uses_admin and path.suffix.lower() == ".md":  # a workbook carries its own choices
         choices = sheets.setdefault("choices", Sheet("choices", ["list_name", "name", "label"], []))
         label_columns = [h for h in choices.header if h == "label" or h.startswith("label::")]
         for level in ADMIN_LEVELS[:-1]:

@@ -57,6 +57,16 @@ def test_demo_twice_then_sql(tmp_path: Path) -> None:
         tables_before = con.execute("select (select count(*) from households), (select count(*) from household_members), "
                                     "(select count(*) from raw.submissions), (select count(*) from quality.issues)").fetchone()
     assert households + quarantined == generated == 150
+    # The demo leaves one file (no log beside it) with its analyst tables made.
+    assert not Path(f"{warehouse}.wal").exists()
+    analyst = run("sql", "select count(*) from analyst.households", "--warehouse", str(warehouse))
+    assert analyst.returncode == 0 and int(analyst.stdout.splitlines()[2].strip()) == households, analyst.stderr
+    for args, message in ((["sql", ""], "no query given"),
+                          (["export", "--format", "csv", "--table", "menages"], "no table menages to export"),
+                          (["export", "--format", "xlsx", "--language", "de"], "no labels in the language 'de'")):
+        refused = run(*args, "--warehouse", str(warehouse), "--out", str(tmp_path / "exports")) if args[0] == "export" \
+            else run(*args, "--warehouse", str(warehouse))
+        assert refused.returncode == 1 and message in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
     assert synced_forms == {"household_survey", "training_attendance", "water_point_inspection"}
     second = run("demo", "--submissions", "150", "--warehouse", str(warehouse))
     assert second.returncode == 0, second.stderr[-2000:]

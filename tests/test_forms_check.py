@@ -427,3 +427,20 @@ def test_terrain_forms_check_command(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "broken.md, sheet survey, row 3, column type: [TF103]" in result.stdout
     assert "'water_source'" in result.stdout
+
+
+def test_an_xlsform_workbook_is_checked_like_a_source(tmp_path: Path) -> None:
+    """A partner's XLSForm (.xlsx): the same checks, at the workbook's own rows."""
+    source = write_form(tmp_path, """
+| survey |
+| | type | name | label::Français (fr) | label::English (en) | relevant |
+| | integer | household_size | Taille | Size | |
+| | integer | children | Enfants | Children | ${houshold_size} > 1 |
+""")
+    workbook = tmp_path / "partner.xlsx"
+    workbook.write_bytes(write_xlsx(load_source(source)))
+    problems = check_source(workbook)
+    assert [(p.code, p.sheet, p.row, p.column) for p in problems] == [("TF102", "survey", 3, "relevant")]
+    not_a_workbook = tmp_path / "notes.xlsx"
+    not_a_workbook.write_text("pas un classeur", encoding="utf-8")
+    assert [p.code for p in check_source(not_a_workbook)] == ["TF106"]

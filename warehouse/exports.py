@@ -94,6 +94,14 @@ def export_tables(con: duckdb.DuckDBPyConnection, tables: list[str], out_dir: Pa
     XLSX workbook with a sheet per table and the column labels in ``language``."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format '{fmt}': use one of {', '.join(FORMATS)}")
+    known = [row[0] for row in con.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = ? ORDER BY 1", [ANALYST_SCHEMA]).fetchall()]
+    unknown = [t for t in tables if t not in known]
+    if unknown:
+        raise ExportError(f"no table {', '.join(unknown)} to export; the tables are: {', '.join(known) or 'none yet'}")
+    languages = [row[0] for row in con.execute("SELECT DISTINCT language FROM meta.field_labels ORDER BY 1").fetchall()]
+    if fmt == "xlsx" and language not in languages:
+        raise ExportError(f"no labels in the language '{language}': the forms have {', '.join(languages) or 'none'}")
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = {t: con.execute(f'SELECT count(*) FROM {ANALYST_SCHEMA}."{t}"').fetchone()[0] for t in tables}
     if fmt in ("parquet", "csv"):

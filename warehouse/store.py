@@ -709,6 +709,8 @@ class Warehouse:
 
     # -- reading ------------------------------------------------------------------------
     def query(self, sql: str, parameters: list[Any] | None = None) -> tuple[list[str], list[tuple]]:
+        if not sql.strip().strip(";").strip():
+            raise WarehouseError("no query given: write one, e.g. terrain sql \"select count(*) from households\"")
         try:
             cursor = self.con.execute(sql, parameters or [])
         except duckdb.Error as error:
