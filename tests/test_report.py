@@ -376,6 +376,10 @@ def test_corrections_template(con, synced: Synced, tmp_path: Path) -> None:
     filled.save(path)
     read = read_corrections(path)
     assert [(r["root_uuid"], r["field"], r["new_value"]) for r in read] == [(rows[0]["root_uuid"], rows[0]["field"], "42")]
+    # Tomorrow's report does not write over that filled file, not applied yet: beside it.
+    beside = write_corrections_template(synced.path, path)
+    assert beside != path and beside.parent == path.parent and beside.name.startswith("corrections_")
+    assert read_corrections(path) == read
 
 
 def test_errors_beyond_excels_rows_stay_out_of_the_template_and_are_counted(

@@ -884,11 +884,34 @@ TEMPLATE_HELP = [
 ]
 
 
+def _not_over_unapplied_corrections(con: duckdb.DuckDBPyConnection, path: Path) -> Path:
+    """Where the template goes: ``path``, unless the file there holds corrections a data
+    manager wrote and did not apply yet (yesterday's template, filled in); then beside it,
+    with the date and time in its name, so that work is not written over."""
+    from validation.corrections import CorrectionsError, read_corrections
+
+    if not path.exists():
+        return path
+    try:
+        written = read_corrections(path)
+    except CorrectionsError:
+        written = []
+    recorded = set(con.execute("SELECT root_uuid, field, row_key, new_value FROM meta.corrections").fetchall())
+    unapplied = [r for r in written if (r["root_uuid"], r["field"], r["row_key"], r["new_value"]) not in recorded]
+    if not unapplied:
+        return path
+    beside = path.with_name(f"{path.stem}_{dt.datetime.now():%Y-%m-%d_%H%M%S}{path.suffix}")
+    log.warning("%s holds %d correction(s) not applied yet: it is left as it is, and the new template is %s "
+                "(apply it with: terrain corrections %s)", path, len(unapplied), beside, path)
+    return beside
+
+
 def write_corrections_template(warehouse_path: str | Path, out_path: str | Path) -> Path:
     """A corrections file (XLSX) with one row per open error; its first sheet is read back
     as is by validation/corrections.py. The rows are written as the query gives them."""
     path = Path(out_path)
     with _reading(warehouse_path) as warehouse:
+        path = _not_over_unapplied_corrections(warehouse.con, path)
         path.parent.mkdir(parents=True, exist_ok=True)
         workbook = _new_workbook(path)
         formats = _Formats(workbook)
