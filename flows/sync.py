@@ -273,7 +273,8 @@ def sync_asset(client: KoboClient, warehouse: Warehouse, asset_uid: str, progres
             summary.statuses_written = write_back_statuses(client, warehouse, asset_uid, loader.dictionary)
         if settings.download_attachments:
             folder = settings.attachments_dir or warehouse.path.resolve().parent / "attachments"
-            counts = fetch_pending_attachments(client, warehouse, AttachmentStore(folder), asset_uid)
+            counts = fetch_pending_attachments(client, warehouse, AttachmentStore(folder), asset_uid,
+                                               note=(lambda message: progress.note(summary, message)) if progress else None)
             summary.attachments = counts.downloaded
             if counts.failed and progress:
                 progress.note(summary, f"{counts.failed} attachments could not be downloaded; the next sync retries them")

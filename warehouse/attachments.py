@@ -11,14 +11,19 @@ import datetime as dt
 import hashlib
 import logging
 import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 from warehouse.store import Warehouse, named_queries
 
 log = logging.getLogger(__name__)
 DEFAULT_DIR = Path("attachments")
+DOWNLOAD_WORKERS = 4  # downloads at once: each mostly waits for the server
+PROGRESS_SECONDS = 10.0
 
 
 class Downloader(Protocol):
@@ -65,26 +70,47 @@ class AttachmentStore:
 
 
 def fetch_pending_attachments(client: Downloader, warehouse: Warehouse, store: AttachmentStore,
-                              asset_uid: str) -> AttachmentCounts:
-    """Downloads every attachment the current submissions list and the warehouse lacks.
-    Each stored file is recorded at once, so a killed run loses at most the file in flight
-    (and even that one resumes from its partial download)."""
+                              asset_uid: str, note: Callable[[str], None] | None = None,
+                              workers: int = DOWNLOAD_WORKERS) -> AttachmentCounts:
+    """Downloads every attachment the current submissions list and the warehouse lacks,
+    ``workers`` at a time (one after the other, each waits a round trip: some minutes for
+    a few thousand photos on a slow link), saying how far it is every PROGRESS_SECONDS.
+    Each stored file is recorded at once, so a killed run loses at most the files in
+    flight (and even those resume from their partial downloads)."""
     counts = AttachmentCounts()
     pending = warehouse.con.execute(named_queries("land_raw.sql")["pending_attachments"],
                                     {"asset_uid": asset_uid}).fetchall()
-    for root_uuid, submission_id, attachment_uid, url, xpath, file_name, mimetype in pending:
-        if not url:
-            counts.failed += 1
-            continue
-        try:
-            sha256, size, path = store.fetch(client, url, asset_uid, attachment_uid)
-        except Exception as error:  # noqa: BLE001 - one missing file must not stop the sync
-            log.warning("attachment %s of submission %s could not be downloaded: %s", file_name, submission_id, error)
-            counts.failed += 1
-            continue
-        counts.downloaded += 1
-        warehouse.con.execute(
-            "INSERT INTO attachments VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            [asset_uid, attachment_uid, root_uuid, submission_id, xpath, file_name, mimetype, sha256, size,
-             str(path), dt.datetime.now(dt.timezone.utc)])
+    pending = list({row[2]: row for row in pending}.values())  # one download per attachment
+    counts.failed = sum(1 for row in pending if not row[3])
+    wanted = [row for row in pending if row[3]]
+    if not wanted:
+        return counts
+    if note:
+        note(f"{len(wanted)} attachments to download")
+    local = threading.local()
+
+    def fetch(row: tuple) -> tuple[str, int, Path]:
+        if not hasattr(local, "client"):  # a session of its own per thread
+            local.client = client.copy() if hasattr(client, "copy") else client
+        return store.fetch(local.client, row[3], asset_uid, row[2])
+
+    said = time.monotonic()
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="attachment") as pool:
+        futures = {pool.submit(fetch, row): row for row in wanted}
+        for future in as_completed(futures):
+            root_uuid, submission_id, attachment_uid, url, xpath, file_name, mimetype = futures[future]
+            try:
+                sha256, size, path = future.result()
+            except Exception as error:  # noqa: BLE001 - one missing file must not stop the sync
+                log.warning("attachment %s of submission %s could not be downloaded: %s", file_name, submission_id, error)
+                counts.failed += 1
+                continue
+            counts.downloaded += 1
+            warehouse.con.execute(
+                "INSERT INTO attachments VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                [asset_uid, attachment_uid, root_uuid, submission_id, xpath, file_name, mimetype, sha256, size,
+                 str(path), dt.datetime.now(dt.timezone.utc)])
+            if note and time.monotonic() - said >= PROGRESS_SECONDS:
+                note(f"attachments: {counts.downloaded + counts.failed} of {len(wanted)} done")
+                said = time.monotonic()
     return counts
