@@ -61,6 +61,10 @@ def test_demo_twice_then_sql(tmp_path: Path) -> None:
     assert not Path(f"{warehouse}.wal").exists()
     analyst = run("sql", "select count(*) from analyst.households", "--warehouse", str(warehouse))
     assert analyst.returncode == 0 and int(analyst.stdout.splitlines()[2].strip()) == households, analyst.stderr
+    whole = run("sql", "select root_uuid, repeat('é', 100) as long from households limit 1", "--warehouse",
+                str(warehouse))
+    assert re.search(r"uuid:[0-9a-f-]{36} ", whole.stdout) and "é" * 100 not in whole.stdout  # copyable, long cut
+    assert "é" * 100 in run("sql", "select repeat('é', 100)", "--full", "--warehouse", str(warehouse)).stdout
     for args, message in ((["sql", ""], "no query given"),
                           (["export", "--format", "csv", "--table", "menages"], "no table menages to export"),
                           (["export", "--format", "xlsx", "--language", "de"], "no labels in the language 'de'")):
