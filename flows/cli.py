@@ -153,6 +153,9 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     return 0
 
 
+SHOWN_STILL_QUARANTINED = 10
+
+
 def cmd_corrections(args: argparse.Namespace) -> int:
     from warehouse.rebuild import apply_corrections_file
     from warehouse.store import Warehouse
@@ -160,8 +163,16 @@ def cmd_corrections(args: argparse.Namespace) -> int:
     with Warehouse(args.warehouse) as warehouse:
         rebuilt, problems = apply_corrections_file(warehouse, Path(args.file))
         applied = warehouse.con.execute("SELECT count(*) FROM meta.corrections WHERE status = 'applied'").fetchone()[0]
+        # The corrected submissions still kept out, and why (another error than the one fixed?).
+        still = warehouse.con.execute(
+            "SELECT q.root_uuid, q.submission_id, q.reasons FROM quality.quarantine q WHERE q.root_uuid IN "
+            "(SELECT root_uuid FROM meta.corrections WHERE status = 'applied') ORDER BY q.submission_id").fetchall()
     print(f"{applied} corrections applied; {sum(r.submissions for r in rebuilt)} submissions checked again, "
           f"{sum(r.quarantined for r in rebuilt)} of them still in quarantine")
+    for root, submission_id, reasons in still[:SHOWN_STILL_QUARANTINED]:
+        print(f"  still in quarantine / toujours en quarantaine: {root} (_id {submission_id}): {reasons}")
+    if len(still) > SHOWN_STILL_QUARANTINED:
+        print(f"  ... and {len(still) - SHOWN_STILL_QUARANTINED} more (terrain report lists them all)")
     for problem in problems:
         print(f"  not applied: {problem}")
     return 1 if problems else 0

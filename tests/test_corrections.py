@@ -81,18 +81,22 @@ def test_corrections_from_xlsx_through_the_command_line(seeded, warehouse_path, 
     with KoboClient(seeded.server.url, seeded.token) as client, Warehouse(warehouse_path) as warehouse:
         sync_asset(client, warehouse, seeded.assets["household_survey"].uid, settings=NO_FILES)
         root, column, row_key, value = quarantined_for(warehouse, "required")
+        other, other_column, other_row_key, _ = quarantined_for(warehouse, "constraint")
     workbook = openpyxl.Workbook()
     sheet = workbook.active
     sheet.append(["root_uuid", "field", "row_key", "new_value", "reason", "author"])
     sheet.append([root, column, row_key or "", "SIK-0001" if column == "household_id" else "Awa Traoré",
                   "Retrouvé sur la fiche papier", "Issa"])
     sheet.append([root, "no_such_field", "", "x", "test", "Issa"])
+    sheet.append([other, other_column, other_row_key or "", "-1", "mauvaise saisie", "Issa"])  # still wrong
     workbook.save(tmp_path / "corrections.xlsx")
     result = subprocess.run([sys.executable, "-m", "flows.cli", "corrections", str(tmp_path / "corrections.xlsx"),
                              "--warehouse", str(warehouse_path)], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 1  # one correction targets nothing
-    assert "1 corrections applied" in result.stdout
+    assert "2 corrections applied" in result.stdout
     assert "no_such_field" in result.stdout and "the form has no field" in result.stdout
+    [still] = [line for line in result.stdout.splitlines() if "still in quarantine /" in line]
+    assert other in still and "= -1" in still  # with the reason it is still kept out
     with Warehouse(warehouse_path) as warehouse:
         assert not in_quarantine(warehouse, root)
 
