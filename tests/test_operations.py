@@ -153,7 +153,9 @@ def test_two_syncs_at_once_only_one_writes(prefect_server, household, tmp_path) 
                                  text=True)
         try:
             deadline = time.monotonic() + 60
-            while lock_holder(warehouse) is None:
+            # The lock is taken, then its holder written: a look in between finds it held by
+            # someone unknown yet ({}), so this waits for the holder's record.
+            while not (lock_holder(warehouse) or {}).get("pid"):
                 assert first.poll() is None and time.monotonic() < deadline, first.communicate()
                 time.sleep(0.1)
             holder = lock_holder(warehouse)
