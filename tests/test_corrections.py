@@ -170,8 +170,14 @@ def test_a_correction_is_not_applied_to_an_answer_that_changed_under_it(seeded, 
         assert warehouse.con.execute(ages, [root]).fetchall()[2] == (now_third,)
         status, problem = warehouse.con.execute("select status, problem from meta.corrections").fetchone()
         template = corrections_template_rows(warehouse.con)
-    assert status == "outdated" and "changed on the server" in problem
-    assert [(r["root_uuid"], r["row_key"]) for r in template if r["check"] == "correction_outdated"] == [(root, "3")]
+        assert status == "outdated" and "changed on the server" in problem
+        assert [(r["root_uuid"], r["row_key"]) for r in template if r["check"] == "correction_outdated"] == [(root, "3")]
+        # Checked, and written again as it was: it applies to the answer as it is now.
+        apply_corrections_file(warehouse, write_csv(tmp_path / "again.csv", [
+            {"root_uuid": root, "field": "member_age", "row_key": "3", "new_value": corrected,
+             "reason": "Vérifié de nouveau", "author": "Mariam"}]))
+        assert warehouse.con.execute("select status from meta.corrections").fetchone() == ("applied",)
+        assert warehouse.con.execute(ages, [root]).fetchall()[2] == (third_age + 1,)
 
 
 def test_corrections_csv_from_french_excel(seeded, warehouse_path, tmp_path: Path) -> None:

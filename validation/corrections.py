@@ -98,8 +98,11 @@ def import_corrections(con, rows: list[dict[str, str]], source: str, now: dt.dat
     cancelling those marked UNDO); returns the submissions to type again: those whose
     corrections changed, and those with a correction not yet applied (an earlier run
     stopped before it retyped them)."""
+    # A line as recorded and applied stays as it is; one written again after it was not
+    # applied (outdated, or targeting nothing) is taken afresh.
     before = {(r[0], r[1], r[2]): r[3] for r in con.execute(
-        "SELECT root_uuid, field, row_key, new_value FROM meta.corrections").fetchall()}
+        "SELECT root_uuid, field, row_key, new_value FROM meta.corrections "
+        "WHERE status NOT IN ('outdated', 'no_target')").fetchall()}
     after = {(r["root_uuid"], r["field"], r["row_key"]): r for r in rows}  # the last line of an answer wins
     undone = [key for key, row in after.items() if row["new_value"].lower() in UNDO]
     changed = [row for key, row in after.items() if key not in undone and before.get(key) != row["new_value"]]
@@ -123,8 +126,8 @@ def import_corrections(con, rows: list[dict[str, str]], source: str, now: dt.dat
     problems = [f"{root} {field_name}: {problem}" for root, field_name, problem in con.execute(
         "SELECT root_uuid, field, problem FROM meta.corrections WHERE status = 'no_target'").fetchall()]
     return CorrectionsResult(imported=len(changed) + len(undone),
-                             changed_roots={key[0] for key in undone if key in before} | {r["root_uuid"] for r in changed}
-                             | pending, problems=problems)
+                             changed_roots={key[0] for key in undone} | {r["root_uuid"] for r in changed} | pending,
+                             problems=problems)
 
 
 def _target(dictionary: FieldDictionary, name: str):
