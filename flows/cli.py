@@ -16,8 +16,11 @@ DEFAULT_WAREHOUSE = "terrain.duckdb"
 DEMO_SUBMISSIONS = 1000
 
 
-def _format_table(columns: list[str], rows: list[tuple], max_width: int | None = 60) -> str:
-    """A text table; cells cut at ``max_width`` characters (a root_uuid, 41, fits), or not."""
+CELL_WIDTH = 60  # terrain sql cuts cells there (a root_uuid, 41 characters, fits); --full does not
+
+
+def _format_table(columns: list[str], rows: list[tuple], max_width: int | None = CELL_WIDTH) -> str:
+    """A text table; cells cut at ``max_width`` characters, or not (None)."""
     def text(value: Any) -> str:
         shown = "NULL" if value is None else str(value)
         return shown if max_width is None or len(shown) <= max_width else shown[: max_width - 1] + "…"
@@ -125,7 +128,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
     with Warehouse(args.warehouse, read_only=True) as warehouse:
         columns, rows = warehouse.query(args.query)
-    print(_format_table(columns, rows, max_width=None if args.full else 60))
+    print(_format_table(columns, rows, max_width=None if args.full else CELL_WIDTH))
     return 0
 
 
@@ -318,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sql = sub.add_parser("sql", help="run one SQL query on the warehouse and print a table")
     sql.add_argument("query")
-    sql.add_argument("--full", action="store_true", help="show whole values (cells are cut at 60 characters)")
+    sql.add_argument("--full", action="store_true", help=f"show whole values (cells are cut at {CELL_WIDTH} characters)")
     sql.add_argument("--warehouse", default=DEFAULT_WAREHOUSE)
     sql.set_defaults(func=cmd_sql)
 

@@ -119,7 +119,8 @@ class KoboClient:
         if not token:
             raise TokenRejected("no KoboToolbox token: set the KOBO_TOKEN environment variable "
                                 "(Account Settings > Security > API key in KoboToolbox)")
-        if urlsplit(base_url).scheme not in ("http", "https") or not urlsplit(base_url).netloc:
+        address = urlsplit(base_url)
+        if address.scheme not in ("http", "https") or not address.netloc:
             raise KoboError(f"'{base_url}' is not a server address: write it in full, e.g. "
                             f"https://kf.kobotoolbox.org or http://127.0.0.1:8000")
         self.base_url = base_url.rstrip("/") + "/"

@@ -443,7 +443,7 @@ class Warehouse:
         for table in dictionary.tables.values():
             self._ensure_table(table)
         store_labels(self.con, dictionary)
-        create_labelled_views(self.con, merge_versions(self.all_dictionaries(dictionary.form_id, newest_last=True)))
+        create_labelled_views(self.con, self.every_version(dictionary.form_id))
         self.create_marts()
 
     def mark_deployed(self, dictionary: FieldDictionary) -> None:
@@ -495,6 +495,10 @@ class Warehouse:
                                 [form_id]).fetchall()
         return [FieldDictionary.from_json(row[0]) for row in rows]
 
+    def every_version(self, form_id: str) -> FieldDictionary:
+        """One dictionary covering every version of the form (forms.dictionary.merge_versions)."""
+        return merge_versions(self.all_dictionaries(form_id, newest_last=True))
+
     def refresh_analyst_tables(self) -> list[str]:
         """Rebuilds the analyst schema (clean tables without personal data): a column is
         left out or hashed if any version of its form marks it personal."""
@@ -503,8 +507,7 @@ class Warehouse:
         forms = [row[0] for row in self.con.execute(
             "SELECT DISTINCT form_id FROM meta.form_versions ORDER BY 1").fetchall()]
         with self.transaction():
-            return refresh_analyst_tables(self.con, [merge_versions(self.all_dictionaries(form, newest_last=True))
-                                                     for form in forms], pii_salt(self.path))
+            return refresh_analyst_tables(self.con, [self.every_version(form) for form in forms], pii_salt(self.path))
 
     def _table_exists(self, name: str) -> bool:
         return bool(self.con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'main' "
@@ -524,8 +527,8 @@ class Warehouse:
             # a table another form (or project) made under the same name.
             column, held, given = clashes[0]
             raise WarehouseError(
-                f"the table {table.name} of {self.path} has a column {column} of type {held}, and form "
-                f"{table.name!r}'s version gives that column the type {given}: is a table of another form or "
+                f"the table {table.name} of {self.path} has a column {column} of type {held}, and a form "
+                f"version gives that column the type {given}: is a table of another form or "
                 f"project named {table.name} too? Give one of them another table name (the terrain_table "
                 f"setting of its XLSForm); nothing was written")
         if not existing:
