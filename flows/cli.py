@@ -19,6 +19,11 @@ DEMO_SUBMISSIONS = 1000
 CELL_WIDTH = 60  # terrain sql cuts cells there (a root_uuid, 41 characters, fits); --full does not
 
 
+def _say(fr: str, en: str) -> None:
+    """A line for the data manager: French first, the English beside it (indented below)."""
+    print(f"{fr}\n    {en}")
+
+
 def _format_table(columns: list[str], rows: list[tuple], max_width: int | None = CELL_WIDTH) -> str:
     """A text table; cells cut at ``max_width`` characters, or not (None)."""
     def text(value: Any) -> str:
@@ -44,7 +49,7 @@ def cmd_forms_build(args: argparse.Namespace) -> int:
     recorded = recorded_versions()
     problems = [p for p in (version_problem(built, recorded) for built in forms) if p]
     if problems:
-        raise FormError("; ".join(problems))
+        raise FormError("; ".join(p.fr for p in problems), "; ".join(p.en for p in problems))
     for built in forms:
         written = write_build(built, out)
         print(f"{built.form_id} (version {built.version}): " + ", ".join(str(p) for p in written))
@@ -68,12 +73,15 @@ def cmd_forms_publish(args: argparse.Namespace) -> int:
 
     form_ids = args.form or sorted(project_forms())
     if args.asset and len(form_ids) != 1:
-        raise TerrainError("--asset needs exactly one --form: a project holds one form")
+        raise TerrainError("--asset demande exactement un --form : un projet contient un seul formulaire",
+                           "--asset needs exactly one --form: a project holds one form")
     with KoboClient(args.url, resolve_token()) as client:
         for form_id in form_ids:
             result = publish_form(client, project_form(form_id), existing_uid=args.asset)
-            action = "created and deployed" if result.created else "redeployed"
-            print(f"{form_id}: {action} as project {result.asset_uid}, version {result.version_id}")
+            action_fr, action_en = ("créé et déployé", "created and deployed") if result.created \
+                else ("redéployé", "redeployed")
+            _say(f"{form_id} : {action_fr} dans le projet {result.asset_uid}, version {result.version_id}",
+                 f"{form_id}: {action_en} as project {result.asset_uid}, version {result.version_id}")
     return 0
 
 
@@ -92,9 +100,10 @@ def cmd_forms_diff(args: argparse.Namespace) -> int:
     missing = [v for v in (args.old, args.new or "source") if v not in versions]
     if missing:
         known = ", ".join(sorted(versions)) or "none"
-        raise TerrainError(f"{args.form_id}: no version {', '.join(missing)} in the warehouse (known: {known})")
+        raise TerrainError(f"{args.form_id} : pas de version {', '.join(missing)} dans l'entrepôt (connues : {known})",
+                           f"{args.form_id}: no version {', '.join(missing)} in the warehouse (known: {known})")
     lines = diff_dictionaries(versions[args.old], versions[args.new or "source"])
-    print("\n".join(lines) if lines else "No difference.")
+    print("\n".join(lines) if lines else "Aucune différence. / No difference.")
     return 0
 
 
@@ -118,8 +127,10 @@ def cmd_sync(args: argparse.Namespace) -> int:
                           download_attachments=not args.no_attachments, attachments_dir=args.attachments,
                           write_back=args.write_back)
     for s in summaries:
-        print(f"{s['form_id']} ({s['asset_uid']}): pulled {s['pulled']}: new {s['new']}, edited {s['edited']}, "
-              f"deleted {s['deleted']}, quarantined {s['quarantined']}, {s['seconds']} s")
+        _say(f"{s['form_id']} ({s['asset_uid']}) : {s['pulled']} reçues : {s['new']} nouvelles, {s['edited']} "
+             f"modifiées, {s['deleted']} supprimées, {s['quarantined']} en quarantaine, {s['seconds']} s",
+             f"pulled {s['pulled']}: new {s['new']}, edited {s['edited']}, deleted {s['deleted']}, "
+             f"quarantined {s['quarantined']}")
     return 0
 
 
@@ -141,7 +152,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         result = export_tables(warehouse.con, args.table or tables, Path(args.out), args.format, args.language)
     for path in result.files:
         print(path)
-    print(", ".join(f"{table} {rows} rows" for table, rows in result.rows.items()))
+    print(", ".join(f"{table} {rows} lignes / rows" for table, rows in result.rows.items()))
     return 0
 
 
@@ -151,8 +162,9 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
 
     with Warehouse(args.warehouse) as warehouse:
         for result in rebuild_all(warehouse):
-            print(f"{result.form_id} ({result.asset_uid}): {result.submissions} submissions retyped, "
-                  f"{result.quarantined} in quarantine")
+            _say(f"{result.form_id} ({result.asset_uid}) : {result.submissions} soumissions retypées, "
+                 f"{result.quarantined} en quarantaine",
+                 f"{result.submissions} submissions retyped, {result.quarantined} in quarantine")
     return 0
 
 
@@ -170,14 +182,18 @@ def cmd_corrections(args: argparse.Namespace) -> int:
         still = warehouse.con.execute(
             "SELECT q.root_uuid, q.submission_id, q.reasons FROM quality.quarantine q WHERE q.root_uuid IN "
             "(SELECT root_uuid FROM meta.corrections WHERE status = 'applied') ORDER BY q.submission_id").fetchall()
-    print(f"{applied} corrections applied; {sum(r.submissions for r in rebuilt)} submissions checked again, "
-          f"{sum(r.quarantined for r in rebuilt)} of them still in quarantine")
+    checked, kept = sum(r.submissions for r in rebuilt), sum(r.quarantined for r in rebuilt)
+    _say(f"{applied} corrections appliquées ; {checked} soumissions vérifiées de nouveau, dont {kept} encore en "
+         f"quarantaine",
+         f"{applied} corrections applied; {checked} submissions checked again, {kept} of them still in quarantine")
     for root, submission_id, reasons in still[:SHOWN_STILL_QUARANTINED]:
-        print(f"  still in quarantine / toujours en quarantaine: {root} (_id {submission_id}): {reasons}")
+        print(f"  toujours en quarantaine / still in quarantine : {root} (_id {submission_id}) : {reasons}")
     if len(still) > SHOWN_STILL_QUARANTINED:
-        print(f"  ... and {len(still) - SHOWN_STILL_QUARANTINED} more (terrain report lists them all)")
+        more = len(still) - SHOWN_STILL_QUARANTINED
+        print(f"  ... et {more} de plus (terrain report les liste toutes) / and {more} more (terrain report lists "
+              f"them all)")
     for problem in problems:
-        print(f"  not applied: {problem}")
+        print(f"  non appliquée / not applied : {problem}")
     return 1 if problems else 0
 
 
@@ -210,13 +226,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
         write_build(built, BUILD_DIR)
     seeded = seeded_server(forms, args.submissions, seed=args.seed)
     generated = {form_id: len(asset.submissions) for form_id, asset in seeded.assets.items()}
-    print(f"Local KoboToolbox-compatible server: {sum(generated.values())} generated submissions "
-          f"({', '.join(f'{k}: {v}' for k, v in generated.items())})")
+    each = ", ".join(f"{k}: {v}" for k, v in generated.items())
+    _say(f"Serveur local compatible KoboToolbox : {sum(generated.values())} soumissions générées ({each})",
+         f"Local KoboToolbox-compatible server: {sum(generated.values())} generated submissions ({each})")
     previous_token = os.environ.get("KOBO_TOKEN")
     os.environ["KOBO_TOKEN"] = seeded.token
     try:
         with seeded.server as server:
-            print(f"Serving on {server.url}; syncing into {args.warehouse} with the Prefect flow...")
+            _say(f"Serveur sur {server.url} ; synchronisation dans {args.warehouse} par le flow Prefect...",
+                 f"Serving on {server.url}; syncing into {args.warehouse} with the Prefect flow...")
             temporary_api_apart_from_ctrl_c()
             summaries = sync_flow(base_url=server.url, warehouse_path=args.warehouse)
     finally:
@@ -230,16 +248,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
         warehouse.con.execute("CHECKPOINT")
         counts = warehouse.table_counts()
         quarantined = {s["asset_uid"]: warehouse.quarantined_count(s["asset_uid"]) for s in summaries}
-    print("\nTerrain demo summary")
-    print("--------------------")
+    print("\nRésumé de la démo Terrain / Terrain demo summary")
+    print("------------------------------------------------")
     for s in summaries:
-        print(f"{s['form_id']}: pulled {s['pulled']} this run: new {s['new']}, edited {s['edited']}, "
-              f"deleted {s['deleted']}, unchanged {s['unchanged']}"
-              + (f", restored {s['restored']}" if s.get("restored") else "")
-              + f"; quarantined in total {quarantined[s['asset_uid']]}")
-    print("Rows per table: " + ", ".join(f"{name} {count}" for name, count in counts.items()))
-    print(f"Seconds taken: {time.monotonic() - started:.1f}")
-    print(f"Try: .venv/bin/terrain sql \"select region, count(*) from households group by region\"")
+        restored = s.get("restored")
+        _say(f"{s['form_id']} : {s['pulled']} reçues cette fois : {s['new']} nouvelles, {s['edited']} modifiées, "
+             f"{s['deleted']} supprimées, {s['unchanged']} inchangées"
+             + (f", {restored} rétablies" if restored else "")
+             + f" ; en quarantaine au total {quarantined[s['asset_uid']]}",
+             f"pulled {s['pulled']} this run: new {s['new']}, edited {s['edited']}, deleted {s['deleted']}, "
+             f"unchanged {s['unchanged']}" + (f", restored {restored}" if restored else "")
+             + f"; quarantined in total {quarantined[s['asset_uid']]}")
+    rows = ", ".join(f"{name} {count}" for name, count in counts.items())
+    print(f"Lignes par table / Rows per table: {rows}")
+    print(f"Durée en secondes / Seconds taken: {time.monotonic() - started:.1f}")
+    print('Essayez / Try: .venv/bin/terrain sql "select region, count(*) from households group by region"')
     return 0
 
 
@@ -256,7 +279,9 @@ def cmd_kobo_server(args: argparse.Namespace) -> int:
     try:
         seeded = seeded_server(list(project_forms().values()), args.submissions, seed=args.seed, port=args.port)
     except OSError as error:
-        raise TerrainError(f"cannot listen on 127.0.0.1:{args.port} ({error.strerror}): another program uses "
+        raise TerrainError(f"impossible d'écouter sur 127.0.0.1:{args.port} ({error.strerror}) : un autre "
+                           f"programme l'utilise ? Choisissez un autre --port",
+                           f"cannot listen on 127.0.0.1:{args.port} ({error.strerror}): another program uses "
                            f"it? Choose another --port") from None
     server = seeded.server
     print(f"Local KoboToolbox-compatible server on {server.url}")
@@ -369,11 +394,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except TerrainError as error:
-        print(f"terrain: {error}", file=sys.stderr)
+        print(f"terrain: {error.fr}\nterrain: {error.en}", file=sys.stderr)  # French first, English beside
         return 1
     except KeyboardInterrupt:
-        print("terrain: interrupted; what was committed before is kept (a sync resumes from its last batch)",
-              file=sys.stderr)
+        print("terrain: interrompu ; ce qui a été enregistré avant est gardé (une synchronisation reprend à son "
+              "dernier lot)\nterrain: interrupted; what was committed before is kept (a sync resumes from its last "
+              "batch)", file=sys.stderr)
         return 130
 
 

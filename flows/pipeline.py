@@ -51,11 +51,32 @@ from warehouse.store import Warehouse  # noqa: E402
 
 RETRIES = 2
 RETRY_DELAYS = [10, 60]  # seconds; the client already retried each request a few times
-SUMMARY_COLUMNS = ("form", "project", "pulled", "new", "edited", "deleted", "quarantined", "seconds", "status")
+SUMMARY_COLUMNS = ("formulaire / form", "projet / project", "reçues / pulled", "nouvelles / new",
+                   "modifiées / edited", "supprimées / deleted", "en quarantaine / quarantined", "secondes / seconds",
+                   "état / status")
 
 
 class RunFailed(TerrainError):
     """Some forms of a run failed; the others went through (see the run's summary)."""
+
+
+def error_texts(error: BaseException | None, fallback: str = "failed") -> dict[str, str]:
+    """A failure as a summary keeps it: the bilingual text, and each language apart (to
+    compose a run's message in French, then in English)."""
+    if isinstance(error, TerrainError):
+        return {"error": str(error), "error_fr": error.fr, "error_en": error.en}
+    text = str(error) if isinstance(error, BaseException) else fallback
+    return {"error": text, "error_fr": text, "error_en": text}
+
+
+def run_failed(failed: list[dict[str, Any]], total: int, what_fr: str, what_en: str) -> RunFailed:
+    """One error for a run whose forms failed in part, naming each failure in both languages."""
+    def name(s: dict[str, Any]) -> str:
+        return s["form_id"] + (f" ({s['asset_uid']})" if s.get("asset_uid") not in (None, "?") else "")
+    return RunFailed(f"{len(failed)} formulaire(s) sur {total} {what_fr} : "
+                     + " ; ".join(f"{name(s)} : {s.get('error_fr', s['error'])}" for s in failed),
+                     f"{len(failed)} of {total} form(s) {what_en}: "
+                     + "; ".join(f"{name(s)}: {s.get('error_en', s['error'])}" for s in failed))
 
 
 # -- retries only for transient errors ---------------------------------------------------
@@ -235,7 +256,8 @@ def publish_quality_summary(warehouse_path: str) -> None:
     except (TerrainError, duckdb.Error) as error:
         # The forms' data is committed by now: a summary that cannot be made must not fail
         # the run (the daily quality-report flow shows the same error in full).
-        get_run_logger().warning("no data-quality summary (the synced data is kept): %s",
+        get_run_logger().warning("pas de résumé de qualité des données (les données synchronisées sont gardées) / "
+                                 "no data-quality summary (the synced data is kept): %s",
                                  (str(error).splitlines() or [type(error).__name__])[0])
         return
     publish_summary("data-quality", "Qualité des données / Data quality", markdown)
@@ -246,7 +268,7 @@ def _failed_summary(asset_uid: str, state: Any) -> dict[str, Any]:
     recorded = getattr(error, "terrain_summary", None)
     summary = dict(recorded) if recorded else SyncSummary(form_id="?", asset_uid=asset_uid).as_dict()
     summary["status"] = "failed"
-    summary["error"] = str(error) if isinstance(error, BaseException) else (state.message or "failed")
+    summary.update(error_texts(error if isinstance(error, BaseException) else None, state.message or "failed"))
     return summary
 
 
@@ -258,28 +280,33 @@ def _sync(settings: Settings, asset_uids: Iterable[str], title: str) -> list[dic
     try:
         uids = list(asset_uids) or list_projects(settings)
     except TerrainError as error:
-        publish_summary("sync-summary", f"{title}: did not run", f"The projects could not be listed: {error}")
+        publish_summary("sync-summary", f"{title} : pas lancée / did not run",
+                        f"Les projets n'ont pas pu être listés : {error.fr}\n\nThe projects could not be listed: {error.en}")
         raise
-    logger.info("%s: %d project(s) from %s into %s", title, len(uids), settings.kobo_url, settings.warehouse_path)
+    logger.info("%s : %d projet(s) de %s vers %s / %d project(s) from %s into %s", title, len(uids),
+                settings.kobo_url, settings.warehouse_path, len(uids), settings.kobo_url, settings.warehouse_path)
     summaries: list[dict[str, Any]] = []
     try:
         with WriterLock(settings.warehouse_path, settings.lock_timeout_seconds, purpose="sync") as lock:
             if lock.waited >= 1:
-                logger.info("waited %.0f s for another run to finish writing the warehouse", lock.waited)
+                logger.info("attendu %.0f s qu'un autre processus finisse d'écrire l'entrepôt / waited %.0f s for "
+                            "another run to finish writing the warehouse", lock.waited, lock.waited)
             for uid in uids:
                 state = sync_form_task(settings, uid, return_state=True)
                 summaries.append(state.result() if state.is_completed() else _failed_summary(uid, state))
             publish_quality_summary(settings.warehouse_path)
     except WarehouseBusy as error:
-        publish_summary("sync-summary", f"{title}: did not run", f"The warehouse was busy: {error}")
+        publish_summary("sync-summary", f"{title} : pas lancée / did not run",
+                        f"L'entrepôt était occupé : {error.fr}\n\nThe warehouse was busy: {error.en}")
         raise
     total = round(time.monotonic() - started, 1)
     failed = [s for s in summaries if s.get("status") != "ok"]
-    publish_summary("sync-summary", f"{title}: {len(summaries) - len(failed)} of {len(summaries)} form(s) synced "
-                    f"in {total} s", markdown_table(SUMMARY_COLUMNS, summary_rows(summaries)))
+    done = len(summaries) - len(failed)
+    publish_summary("sync-summary", f"{title} : {done} formulaire(s) sur {len(summaries)} synchronisé(s) en {total} s"
+                    f" / {done} of {len(summaries)} form(s) synced in {total} s",
+                    markdown_table(SUMMARY_COLUMNS, summary_rows(summaries)))
     if failed:
-        raise RunFailed(f"{len(failed)} of {len(summaries)} form(s) failed: "
-                        + "; ".join(f"{s['form_id']} ({s['asset_uid']}): {s['error']}" for s in failed))
+        raise run_failed(failed, len(summaries), "en échec", "failed")
     return summaries
 
 
@@ -330,16 +357,17 @@ def publish_forms(settings_path: str | None = None, kobo_url: str | None = None,
         else:
             error = state.result(raise_on_failure=False)
             results.append({"form_id": form_id, "asset_uid": "?", "version_id": "", "created": False,
-                            "seconds": 0, "status": "failed", "error": str(error)})
+                            "seconds": 0, "status": "failed", **error_texts(error)})
     failed = [r for r in results if r["status"] != "ok"]
-    rows = [[r["form_id"], r["asset_uid"], r["version_id"], "created" if r["created"] else "redeployed",
-             r["seconds"], r["status"] if r["status"] == "ok" else f"failed: {r['error']}"] for r in results]
-    publish_summary("publish-summary", f"publish-forms: {len(results) - len(failed)} of {len(results)} form(s) "
-                    f"published to {settings.kobo_url}",
-                    markdown_table(("form", "project", "version", "action", "seconds", "status"), rows))
+    rows = [[r["form_id"], r["asset_uid"], r["version_id"], "créé / created" if r["created"] else "redéployé / redeployed",
+             r["seconds"], r["status"] if r["status"] == "ok" else f"échec / failed: {r['error']}"] for r in results]
+    done = len(results) - len(failed)
+    publish_summary("publish-summary", f"publish-forms : {done} formulaire(s) sur {len(results)} publié(s) sur "
+                    f"{settings.kobo_url} / {done} of {len(results)} form(s) published",
+                    markdown_table(("formulaire / form", "projet / project", "version", "action", "secondes / seconds",
+                                    "état / status"), rows))
     if failed:
-        raise RunFailed(f"{len(failed)} of {len(results)} form(s) could not be published: "
-                        + "; ".join(f"{r['form_id']}: {r['error']}" for r in failed))
+        raise run_failed(failed, len(results), "non publié(s)", "could not be published")
     return results
 
 
@@ -354,16 +382,19 @@ def quality_report(settings_path: str | None = None, warehouse_path: str | None 
         tables = refresh_analyst_tables_task(settings)
         counts = quarantine_counts_task(settings)
         report = write_report_task(settings)
-    by_form = markdown_table(("form", "submissions", "in quarantine", "share"),
+    by_form = markdown_table(("formulaire / form", "soumissions / submissions", "en quarantaine / in quarantine",
+                              "part / share"),
                              [[r["form_id"], r["submissions"], r["quarantined"],
                                f"{(r['quarantined'] / r['submissions'] if r['submissions'] else 0):.1%}"]
                               for r in counts["by_form"]])
-    by_check = markdown_table(("form", "check", "submissions in quarantine", "open errors"),
+    by_check = markdown_table(("formulaire / form", "contrôle / check", "soumissions en quarantaine / submissions "
+                               "in quarantine", "erreurs ouvertes / open errors"),
                               [[r["form_id"], r["check_code"], r["submissions"], r["issues"]]
                                for r in counts["by_check"]])
-    markdown = (f"### Per form\n\n{by_form}\n\n### Per form and check\n\n{by_check}\n\n"
-                f"Analyst tables refreshed: {len(tables)}." + (f" Report: `{report}`." if report else ""))
-    publish_summary("quality-report", f"quality-report of {Path(settings.warehouse_path).name} on "
+    markdown = (f"### Par formulaire / Per form\n\n{by_form}\n\n### Par formulaire et contrôle / Per form and "
+                f"check\n\n{by_check}\n\nTables d'analyse actualisées / Analyst tables refreshed: {len(tables)}."
+                + (f" Rapport / Report: `{report}`." if report else ""))
+    publish_summary("quality-report", f"quality-report : {Path(settings.warehouse_path).name}, "
                     f"{dt.date.today():%Y-%m-%d}", markdown)
     return {"tables": tables, "report": report, **counts}
 
@@ -375,8 +406,10 @@ def rebuild(settings_path: str | None = None, warehouse_path: str | None = None,
     settings = load_settings(settings_path, warehouse_path=warehouse_path, lock_timeout_seconds=lock_timeout_seconds)
     results = rebuild_task(settings)
     rows = [[r.get("form_id"), r.get("asset_uid"), r.get("submissions"), r.get("quarantined")] for r in results]
-    publish_summary("rebuild-summary", f"rebuild of {Path(settings.warehouse_path).name}: {len(results)} form(s)",
-                    markdown_table(("form", "project", "submissions retyped", "in quarantine"), rows))
+    publish_summary("rebuild-summary", f"rebuild : {Path(settings.warehouse_path).name}, {len(results)} "
+                    f"formulaire(s) / form(s)",
+                    markdown_table(("formulaire / form", "projet / project", "soumissions retypées / submissions "
+                                    "retyped", "en quarantaine / in quarantine"), rows))
     return results
 
 

@@ -65,7 +65,8 @@ def read_deployments(path: Path = PREFECT_YAML) -> list[ScheduledDeployment]:
     import yaml
 
     if not path.is_file():
-        raise ServeError(f"{path} is missing: `terrain serve` reads its schedules from the repository's prefect.yaml")
+        raise ServeError(f"{path} manque : `terrain serve` lit ses horaires dans le prefect.yaml du dépôt",
+                         f"{path} is missing: `terrain serve` reads its schedules from the repository's prefect.yaml")
     document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     found = []
     for entry in document.get("deployments") or []:
@@ -158,7 +159,8 @@ def local_prefect_server(port: int, host: str = "127.0.0.1", env: dict[str, str]
         while not _healthy(url, timeout=1.0):
             if process.poll() is not None or time.monotonic() > deadline:
                 tail = log_path.read_text(encoding="utf-8", errors="replace")[-2000:]
-                raise ServeError(f"the local Prefect server on {host}:{port} did not start (see {log_path}):\n{tail}")
+                raise ServeError(f"le serveur Prefect local sur {host}:{port} n'a pas démarré (voir {log_path})",
+                                 f"the local Prefect server on {host}:{port} did not start (see {log_path}):\n{tail}")
             time.sleep(0.3)
         yield url
     finally:
@@ -201,12 +203,12 @@ def serve(settings: Settings, deployments: list[Any] | None = None) -> None:
     deployments = deployments if deployments is not None else build_deployments(settings.source)
     api = PREFECT_API_URL.value()
     if api:
-        print(f"terrain serve: using the Prefect API at {api}", flush=True)
+        print(f"terrain serve: API Prefect utilisée / using the Prefect API at {api}", flush=True)
         prefect.serve(*deployments, print_starting_message=True)
         return
     with local_prefect_server(settings.prefect_port) as url:
         dashboard = url.removesuffix("/api")
-        print(f"terrain serve: Prefect API and dashboard on {dashboard}", flush=True)
+        print(f"terrain serve: API et tableau de bord Prefect / Prefect API and dashboard on {dashboard}", flush=True)
         with temporary_settings(updates={PREFECT_API_URL: url}):
             prefect.serve(*deployments, print_starting_message=True)
 
@@ -216,7 +218,7 @@ def describe(deployments: list[Any]) -> list[str]:
     for d in deployments:
         whens = [f"{s.schedule.cron} ({s.schedule.timezone})" if hasattr(s.schedule, "cron") else str(s.schedule)
                  for s in d.schedules or []]
-        lines.append(f"  {d.flow_name}/{d.name}: {', '.join(whens) or 'on demand (dashboard or prefect deployment run)'}")
+        lines.append(f"  {d.flow_name}/{d.name}: {', '.join(whens) or 'à la demande / on demand (dashboard or prefect deployment run)'}")
     return lines
 
 
@@ -225,10 +227,10 @@ def serve_main(settings_path: str | None = None) -> int:
     chosen = settings_file(settings_path)
     settings = load_settings(chosen)
     deployments = build_deployments(str(chosen) if chosen else None)
-    print("terrain serve: running these schedules until Ctrl+C:", flush=True)
+    print("terrain serve: ces horaires tournent jusqu'à Ctrl+C / running these schedules until Ctrl+C:", flush=True)
     print("\n".join(describe(deployments)), flush=True)
-    print(f"  warehouse {settings.warehouse_path}, KoboToolbox {settings.kobo_url}, settings "
-          f"{settings.source or '(defaults and environment)'}", flush=True)
+    print(f"  entrepôt / warehouse {settings.warehouse_path}, KoboToolbox {settings.kobo_url}, réglages / settings "
+          f"{settings.source or '(défauts et environnement / defaults and environment)'}", flush=True)
     serve(settings, deployments)
     return 0
 

@@ -97,7 +97,9 @@ def settings_file(path: str | os.PathLike[str] | None = None, environ: Mapping[s
         default = Path(SETTINGS_FILE)
         return default if default.is_file() else None
     if not chosen.is_file():
-        raise SettingsError(f"the settings file {chosen} ({why}) does not exist; copy terrain.toml from the "
+        raise SettingsError(f"le fichier de réglages {chosen} ({why}) n'existe pas ; copiez terrain.toml du "
+                            f"dépôt et modifiez-le",
+                            f"the settings file {chosen} ({why}) does not exist; copy terrain.toml from the "
                             f"repository and edit it")
     return chosen
 
@@ -106,14 +108,18 @@ def read_settings_file(path: Path) -> dict[str, Any]:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as error:
-        raise SettingsError(f"{path} is not valid TOML: {error}") from None
+        raise SettingsError(f"{path} n'est pas un TOML valide : {error}", f"{path} is not valid TOML: {error}") from None
     secret = [k for k in data if k.lower() in FORBIDDEN_KEYS]
     if secret:
-        raise SettingsError(f"{path} holds '{secret[0]}': never put the KoboToolbox token in a file; set KOBO_TOKEN "
+        raise SettingsError(f"{path} contient '{secret[0]}' : ne mettez jamais le jeton KoboToolbox dans un "
+                            f"fichier ; utilisez KOBO_TOKEN ou le bloc Secret Prefect 'kobo-token'",
+                            f"{path} holds '{secret[0]}': never put the KoboToolbox token in a file; set KOBO_TOKEN "
                             f"or the Prefect Secret block 'kobo-token'")
     unknown = sorted(set(data) - set(KEYS))
     if unknown:
-        raise SettingsError(f"{path}: unknown setting {', '.join(repr(k) for k in unknown)}; known: {', '.join(KEYS)}")
+        names = ", ".join(repr(k) for k in unknown)
+        raise SettingsError(f"{path} : réglage inconnu {names} ; réglages connus : {', '.join(KEYS)}",
+                            f"{path}: unknown setting {names}; known: {', '.join(KEYS)}")
     base = path.resolve().parent
     for key in PATH_KEYS:
         value = data.get(key)
@@ -137,30 +143,32 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
 
 def _coerce(key: str, value: Any, origin: str) -> Any:
     """Checks and converts one value; ``origin`` says where it came from, for the message."""
-    def fail(expected: str) -> SettingsError:
-        return SettingsError(f"{key} = {value!r} ({origin}): expected {expected}")
+    def fail(expected_fr: str, expected_en: str) -> SettingsError:
+        return SettingsError(f"{key} = {value!r} ({origin}) : attendu {expected_fr}",
+                             f"{key} = {value!r} ({origin}): expected {expected_en}")
 
     if key == "forms":
         if isinstance(value, str):
             value = [part for part in value.replace(",", " ").split() if part]
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            raise fail("a list of project (asset) uids")
+            raise fail("une liste d'uid de projets (assets)", "a list of project (asset) uids")
         return tuple(v.strip() for v in value if v.strip())
     if key in ("page_size", "parallel", "prefect_port"):
         try:
             number = int(value)
         except (TypeError, ValueError):
-            raise fail("a whole number") from None
+            raise fail("un nombre entier", "a whole number") from None
         if isinstance(value, bool) or number < 1 or (key == "page_size" and number > 30000):
-            raise fail("a whole number of at least 1" + (" and at most 30000" if key == "page_size" else ""))
+            raise fail("un nombre entier d'au moins 1" + (" et d'au plus 30000" if key == "page_size" else ""),
+                       "a whole number of at least 1" + (" and at most 30000" if key == "page_size" else ""))
         return number
     if key == "lock_timeout_seconds":
         try:
             number = float(value)
         except (TypeError, ValueError):
-            raise fail("a number of seconds") from None
+            raise fail("un nombre de secondes", "a number of seconds") from None
         if isinstance(value, bool) or number < 0:
-            raise fail("a number of seconds, 0 or more")
+            raise fail("un nombre de secondes, 0 ou plus", "a number of seconds, 0 or more")
         return number
     if key in ("download_attachments", "write_back", "verify_tls"):
         if isinstance(value, bool):
@@ -170,16 +178,16 @@ def _coerce(key: str, value: Any, origin: str) -> Any:
             return True
         if text in ("0", "false", "no", "off"):
             return False
-        raise fail("true or false")
+        raise fail("true ou false", "true or false")
     if key == "reconcile":
         if value not in RECONCILE_CHOICES:
-            raise fail(" or ".join(RECONCILE_CHOICES))
+            raise fail(" ou ".join(RECONCILE_CHOICES), " or ".join(RECONCILE_CHOICES))
         return value
     if key == "attachments_dir":
         return str(value) if value not in (None, "") else None
     if key in ("kobo_url", "warehouse_path", "report_dir"):
         if not isinstance(value, str) or not value.strip():
-            raise fail("a non-empty string")
+            raise fail("un texte non vide", "a non-empty string")
         return value.strip()
     return value
 
@@ -191,7 +199,8 @@ def load_settings(path: str | os.PathLike[str] | None = None, environ: Mapping[s
     environ = os.environ if environ is None else environ
     unknown = sorted(set(overrides) - set(KEYS))
     if unknown:
-        raise SettingsError(f"unknown setting {', '.join(unknown)}; known: {', '.join(KEYS)}")
+        raise SettingsError(f"réglage inconnu {', '.join(unknown)} ; réglages connus : {', '.join(KEYS)}",
+                            f"unknown setting {', '.join(unknown)}; known: {', '.join(KEYS)}")
     values: dict[str, Any] = {}
     chosen = settings_file(path, environ)
     if chosen is not None:

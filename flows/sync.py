@@ -93,17 +93,20 @@ class Progress:
     report: Callable[[str], None] = field(default=lambda message: log.info(message))
 
     def start(self, summary: SyncSummary, total: int | None) -> None:
-        self.report(f"{summary.form_id}: {total if total is not None else 'unknown number of'} submissions to pull")
+        if total is None:
+            self.report(f"{summary.form_id} : soumissions à recevoir, nombre inconnu / unknown number of submissions to pull")
+        else:
+            self.report(f"{summary.form_id} : {total} soumissions à recevoir / {total} submissions to pull")
 
     def page(self, summary: SyncSummary, remaining: int, started: float) -> None:
         elapsed = max(time.monotonic() - started, 1e-6)
         rate = summary.pulled / elapsed
         left = (remaining / rate) if rate else 0.0
-        self.report(f"{summary.form_id}: page {summary.pages}, {summary.pulled} submissions, "
-                    f"{rate:,.0f}/s, about {left:,.0f} s left")
+        self.report(f"{summary.form_id} : page {summary.pages}, {summary.pulled} soumissions, {rate:.0f}/s, "
+                    f"environ {left:.0f} s restantes / {summary.pulled} submissions, about {left:.0f} s left")
 
     def note(self, summary: SyncSummary, message: str) -> None:
-        self.report(f"{summary.form_id}: {message}")
+        self.report(f"{summary.form_id} : {message}")
 
     def finish(self, summary: SyncSummary) -> None:
         pass
@@ -148,8 +151,10 @@ def version_lookup(client: KoboClient, warehouse: Warehouse, asset: dict[str, An
         try:
             version = client.get_json(f"api/v2/assets/{asset['uid']}/versions/{version_uid}/")
         except ProjectNotFound:
-            log.warning("form version %s of project %s is unknown to the server; its submissions are typed "
-                        "with the deployed version", version_uid, asset["uid"])
+            log.warning("la version %s du formulaire du projet %s est inconnue du serveur : ses soumissions sont "
+                        "typées avec la version déployée / form version %s of project %s is unknown to the server; "
+                        "its submissions are typed with the deployed version", version_uid, asset["uid"],
+                        version_uid, asset["uid"])
             return None
         return dictionary_for_asset({"uid": asset["uid"], "content": version.get("content") or {}})
 
@@ -226,7 +231,9 @@ def reconcile(client: KoboClient, warehouse: Warehouse, loader: FormLoader, asse
     summary.deleted += len(deleted)
     summary.reconciled = True
     if progress:
-        progress.note(summary, f"reconciled: {len(changed_ids)} changed or late, {len(deleted)} deleted on the server")
+        progress.note(summary, f"rapprochement : {len(changed_ids)} modifiée(s) ou en retard, {len(deleted)} "
+                               f"supprimée(s) sur le serveur / reconciled: {len(changed_ids)} changed or late, "
+                               f"{len(deleted)} deleted on the server")
 
 
 def sync_asset(client: KoboClient, warehouse: Warehouse, asset_uid: str, progress: Progress | None = None,
@@ -266,8 +273,10 @@ def sync_asset(client: KoboClient, warehouse: Warehouse, asset_uid: str, progres
         if reconciliation_due(warehouse, asset_uid, total, settings):
             reconcile(client, warehouse, loader, asset_uid, summary, progress)
         if summary.restored and progress:
-            progress.note(summary, f"{summary.restored} submission(s) marked deleted were sent again by the server, "
-                                   f"unchanged: they are current again, and back in the clean tables")
+            progress.note(summary, f"{summary.restored} soumission(s) marquée(s) supprimée(s) renvoyée(s) telles "
+                                   f"quelles par le serveur : de nouveau actuelles, et de retour dans les tables "
+                                   f"propres / {summary.restored} submission(s) marked deleted were sent again by the "
+                                   f"server, unchanged: they are current again, and back in the clean tables")
         loader.run_warehouse_checks()
         if settings.write_back:
             summary.statuses_written = write_back_statuses(client, warehouse, asset_uid, loader.dictionary)
@@ -277,20 +286,23 @@ def sync_asset(client: KoboClient, warehouse: Warehouse, asset_uid: str, progres
                                                note=(lambda message: progress.note(summary, message)) if progress else None)
             summary.attachments = counts.downloaded
             if counts.failed and progress:
-                progress.note(summary, f"{counts.failed} attachments could not be downloaded; the next sync retries them")
+                progress.note(summary, f"{counts.failed} pièce(s) jointe(s) non téléchargée(s) : la prochaine "
+                                       f"synchronisation réessaie / {counts.failed} attachments could not be "
+                                       f"downloaded; the next sync retries them")
     except BaseException as error:
         # Ctrl+C during a DuckDB query comes out of it as RuntimeError("Query interrupted"):
         # the whole run stops (a KeyboardInterrupt), the other projects are not synced.
         interrupted = isinstance(error, KeyboardInterrupt) or (
             isinstance(error, (RuntimeError, duckdb.InterruptException)) and str(error) == DUCKDB_INTERRUPTED)
         summary.status = "interrupted" if interrupted else "failed"
-        summary.error = "interrupted (Ctrl+C)" if interrupted else str(error)
+        summary.error = "interrompue (Ctrl+C) / interrupted (Ctrl+C)" if interrupted else str(error)
         summary.seconds = round(time.monotonic() - started, 2)
         try:
             warehouse.finish_run(run_id, summary.status, summary.as_dict(), _now())
         except Exception:  # noqa: BLE001 - the warehouse itself failed (e.g. it could not be reopened):
             # the run stays 'running' (the next sync marks it interrupted); the error that matters is raised
-            log.warning("could not record the failed run in %s", warehouse.path)
+            log.warning("impossible d'enregistrer l'échec dans %s / could not record the failed run in %s",
+                        warehouse.path, warehouse.path)
         if interrupted and not isinstance(error, KeyboardInterrupt):
             raise KeyboardInterrupt from error
         raise

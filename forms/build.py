@@ -62,7 +62,7 @@ def compile_xlsx(xlsx: bytes, form_id: str, origin: str) -> tuple[str, dict, lis
         result = convert(io.BytesIO(xlsx), warnings=warnings, file_type=".xlsx", form_name=form_id,
                          pretty_print=True)
     except PyXFormError as error:
-        raise FormError(f"{origin}: {error}") from error
+        raise FormError(f"{origin} : pyxform refuse le formulaire : {error}", f"{origin}: {error}") from error
     return result.xform, result._pyxform, warnings
 
 
@@ -95,7 +95,8 @@ def project_forms() -> dict[str, BuiltForm]:
 def project_form(form_id: str) -> BuiltForm:
     forms = project_forms()
     if form_id not in forms:
-        raise FormError(f"no form '{form_id}' in forms/sources (known: {', '.join(sorted(forms))})")
+        raise FormError(f"pas de formulaire '{form_id}' dans forms/sources (connus : {', '.join(sorted(forms))})",
+                        f"no form '{form_id}' in forms/sources (known: {', '.join(sorted(forms))})")
     return forms[form_id]
 
 
@@ -104,7 +105,7 @@ def dictionary_from_sheets(sheets: dict[str, list[dict[str, str]]], origin: str,
     try:
         result = convert(dict(sheets), form_name=form_name)
     except PyXFormError as error:
-        raise FormError(f"{origin}: {error}") from error
+        raise FormError(f"{origin} : pyxform refuse le formulaire : {error}", f"{origin}: {error}") from error
     return build_dictionary(result._pyxform)
 
 
@@ -128,7 +129,7 @@ def recorded_versions(path: Path = VERSIONS_FILE) -> dict[str, dict[str, str]]:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
 
-def version_problem(built: BuiltForm, recorded: dict[str, dict[str, str]]) -> str | None:
+def version_problem(built: BuiltForm, recorded: dict[str, dict[str, str]]) -> FormError | None:
     """Every change to a form must raise its settings version (ODK Collect and KoboToolbox
     tell form versions apart by it); None when the form is consistent with the record."""
     previous = recorded.get(built.form_id)
@@ -137,12 +138,18 @@ def version_problem(built: BuiltForm, recorded: dict[str, dict[str, str]]) -> st
     fingerprint = source_fingerprint(built)
     if fingerprint == previous["fingerprint"]:
         if built.version != previous["version"]:
-            return (f"{built.form_id}: version changed from {previous['version']} to {built.version} "
-                    f"but the form did not; run `terrain forms build` to record it")
+            return FormError(f"{built.form_id} : la version est passée de {previous['version']} à {built.version} "
+                             f"mais le formulaire n'a pas changé ; lancez `terrain forms build` pour l'enregistrer",
+                             f"{built.form_id}: version changed from {previous['version']} to {built.version} "
+                             f"but the form did not; run `terrain forms build` to record it")
         return None
     if not built.version.isdigit() or not previous["version"].isdigit() or int(built.version) <= int(previous["version"]):
-        return (f"{built.form_id}: the form changed since version {previous['version']} was recorded; "
-                f"raise 'version' in its settings sheet (e.g. to {int(previous['version']) + 1 if previous['version'].isdigit() else 'a higher number'})")
+        higher = int(previous["version"]) + 1 if previous["version"].isdigit() else None
+        return FormError(f"{built.form_id} : le formulaire a changé depuis l'enregistrement de la version "
+                         f"{previous['version']} ; augmentez 'version' dans sa feuille settings (par exemple à "
+                         f"{higher or 'un nombre plus grand'})",
+                         f"{built.form_id}: the form changed since version {previous['version']} was recorded; "
+                         f"raise 'version' in its settings sheet (e.g. to {higher or 'a higher number'})")
     return None
 
 

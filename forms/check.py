@@ -232,7 +232,7 @@ def _read_expression(text: str) -> _Reading:
     except ExpressionError as error:
         if _PATHS in unsupported:
             return _Reading(None, None, unsupported)
-        return _Reading(None, _plain_reason(str(error)), unsupported)
+        return _Reading(None, _plain_reason(error.en), unsupported)  # the check speaks pyxform's English
 
 
 def _plain_reason(message: str) -> str:
@@ -401,7 +401,7 @@ def check_source(path: Path) -> list[Problem]:
     try:
         source = load_source(path)
     except FormError as error:
-        findings.add("TF106", None, None, None, detail=_without_origin(str(error), path))
+        findings.add("TF106", None, None, None, detail=_without_origin(error.en, path))
         return findings.problems
     for check in CHECKS:
         check(source, findings)
@@ -409,7 +409,7 @@ def check_source(path: Path) -> list[Problem]:
         try:
             built = build_form(path)
         except FormError as error:
-            _add_pyxform(findings, "TF100", _without_origin(str(error), path))
+            _add_pyxform(findings, "TF100", _without_origin(error.en, path))
         else:
             for warning in built.warnings:
                 _add_pyxform(findings, "TF190", warning)

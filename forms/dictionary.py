@@ -370,7 +370,8 @@ def build_dictionary(compiled: dict[str, Any]) -> FieldDictionary:
     """Derives the field dictionary from pyxform's compiled survey (ConvertResult._pyxform)."""
     form_id = compiled.get("id_string") or compiled.get("name")
     if not form_id:
-        raise FormError("the form has no form_id in its settings sheet")
+        raise FormError("le formulaire n'a pas de form_id dans sa feuille settings",
+                        "the form has no form_id in its settings sheet")
     default_language = compiled.get("default_language") or "default"
     main_table_name = compiled.get("terrain_table") or snake_case(form_id)
     languages: list[str] = []

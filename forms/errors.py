@@ -1,15 +1,25 @@
 """Terrain's error hierarchy.
 
 Every error a user can meet derives from TerrainError and carries a message a data
-manager can act on: what happened, where, and what to do next. The rooms subclass
-these (forms: FormError; kobo: KoboError; warehouse: WarehouseError).
+manager can act on: what happened, where, and what to do next. Data managers work in
+French, so a message is given in French first and complete in English beside it
+(``str(error)`` is "français / English"; the command line prints them on two lines).
+The rooms subclass these (forms: FormError; kobo: KoboError; warehouse: WarehouseError).
 """
 
 from __future__ import annotations
 
 
 class TerrainError(Exception):
-    """Base of every error Terrain reports to a person."""
+    """Base of every error Terrain reports to a person: ``TerrainError(fr, en)``."""
+
+    def __init__(self, fr: str, en: str) -> None:
+        super().__init__(fr, en)  # both in args: the error survives pickling (Prefect task results)
+        self.fr = fr
+        self.en = en
+
+    def __str__(self) -> str:
+        return f"{self.fr} / {self.en}"
 
 
 class FormError(TerrainError):

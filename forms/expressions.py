@@ -54,7 +54,8 @@ def _tokenize(text: str) -> list[tuple[str, str]]:
     while pos < len(text):
         match = _TOKEN.match(text, pos)
         if not match or match.end() == pos:
-            raise ExpressionError(f"cannot read the expression near '{text[pos:pos + 20]}'")
+            raise ExpressionError(f"expression illisible près de '{text[pos:pos + 20]}'",
+                                  f"cannot read the expression near '{text[pos:pos + 20]}'")
         kind = match.lastgroup or ""
         tokens.append((kind, match.group(kind)))
         pos = match.end()
@@ -77,19 +78,22 @@ class _Parser:
     def take(self) -> tuple[str, str]:
         token = self.peek()
         if token is None:
-            raise ExpressionError(f"the expression '{self.text}' ends too early")
+            raise ExpressionError(f"l'expression '{self.text}' s'arrête trop tôt",
+                                  f"the expression '{self.text}' ends too early")
         self.pos += 1
         return token
 
     def expect(self, op: str) -> None:
         kind, value = self.take()
         if value != op:
-            raise ExpressionError(f"expected '{op}' but found '{value}' in '{self.text}'")
+            raise ExpressionError(f"'{op}' attendu mais '{value}' trouvé dans '{self.text}'",
+                                  f"expected '{op}' but found '{value}' in '{self.text}'")
 
     def parse(self) -> Node:
         node = self.binary(0)
         if self.peek() is not None:
-            raise ExpressionError(f"unexpected '{self.peek()[1]}' in '{self.text}'")
+            raise ExpressionError(f"'{self.peek()[1]}' inattendu dans '{self.text}'",
+                                  f"unexpected '{self.peek()[1]}' in '{self.text}'")
         return node
 
     LEVELS = (("or",), ("and",), ("=", "!=", "<", "<=", ">", ">="), ("+", "-"), ("*", "div", "mod"))
@@ -135,11 +139,12 @@ class _Parser:
                         args.append(self.binary(0))
                 self.expect(")")
                 if value not in FUNCTIONS:
-                    raise ExpressionError(f"the function {value}() is not supported in '{self.text}'")
+                    raise ExpressionError(f"la fonction {value}() n'est pas prise en charge dans '{self.text}'",
+                                          f"the function {value}() is not supported in '{self.text}'")
                 return Node("call", value, tuple(args))
             # A bare name is a column of a choice list (in choice_filter expressions).
             return Node("name", value)
-        raise ExpressionError(f"unexpected '{value}' in '{self.text}'")
+        raise ExpressionError(f"'{value}' inattendu dans '{self.text}'", f"unexpected '{value}' in '{self.text}'")
 
 
 @lru_cache(maxsize=4096)
@@ -267,7 +272,8 @@ def evaluate(expression: str, resolve: Resolver, current: Any = None, choice: di
             return current
         if node.kind == "name":
             if choice is None:
-                raise ExpressionError(f"'{node.value}' is not a question reference in '{expression}'")
+                raise ExpressionError(f"'{node.value}' n'est pas une référence à une question dans '{expression}'",
+                                      f"'{node.value}' is not a question reference in '{expression}'")
             return choice.get(node.value)
         if node.kind == "neg":
             return -_number(run(node.args[0]))

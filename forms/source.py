@@ -66,7 +66,8 @@ def read_markdown_sheets(text: str, origin: str = "form") -> dict[str, Sheet]:
                 current.header = cells[1:]
             continue
         if current is None:
-            raise FormError(f"{origin}, line {number}: a table row comes before any sheet name")
+            raise FormError(f"{origin}, ligne {number} : une ligne de tableau vient avant tout nom de feuille",
+                            f"{origin}, line {number}: a table row comes before any sheet name")
         if not current.header:
             current.header = cells[1:]
         elif any(cells[1:]):
@@ -82,9 +83,11 @@ def read_xlsx_sheets(path: Path) -> dict[str, Sheet]:
     try:
         workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
     except OSError as error:
-        raise FormError(f"cannot read the form {path}: {error.strerror or error}") from error
+        raise FormError(f"impossible de lire le formulaire {path} : {error.strerror or error}",
+                        f"cannot read the form {path}: {error.strerror or error}") from error
     except Exception as error:  # noqa: BLE001 - openpyxl's many ways of saying "not a workbook"
-        raise FormError(f"{path.name} is not an XLSForm workbook that can be read: {error}") from None
+        raise FormError(f"{path.name} n'est pas un classeur XLSForm lisible : {error}",
+                        f"{path.name} is not an XLSForm workbook that can be read: {error}") from None
 
     def text(value: object) -> str:
         if value is None:
@@ -138,12 +141,14 @@ def load_source(path: Path, admin_units: Path = ADMIN_UNITS_CSV) -> FormSource:
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as error:
-            raise FormError(f"cannot read the form source {path}: {error.strerror}") from error
+            raise FormError(f"impossible de lire la source du formulaire {path} : {error.strerror}",
+                            f"cannot read the form source {path}: {error.strerror}") from error
         except UnicodeDecodeError:
-            raise FormError(f"{path.name} is not a markdown form source (UTF-8 text), nor an XLSForm (.xlsx)") from None
+            raise FormError(f"{path.name} n'est ni une source de formulaire markdown (texte UTF-8), ni un XLSForm (.xlsx)",
+                            f"{path.name} is not a markdown form source (UTF-8 text), nor an XLSForm (.xlsx)") from None
         sheets = read_markdown_sheets(text, origin=path.name)
     if "survey" not in sheets:
-        raise FormError(f"{path.name}: no 'survey' sheet found")
+        raise FormError(f"{path.name} : aucune feuille 'survey'", f"{path.name}: no 'survey' sheet found")
     survey_types = {r.get("type", "") for r in sheets["survey"].records()}
     uses_admin = any(t.split()[-1] in ADMIN_LEVELS for t in survey_types if t.startswith("select_one "))
     if uses_admin and path.suffix.lower() == ".md":  # a workbook carries its own choices

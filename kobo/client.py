@@ -117,11 +117,15 @@ class KoboClient:
                  timeout: tuple[float, float] = (10.0, 130.0), retries: int = 5, backoff: float = 0.5,
                  max_backoff: float = 30.0, verify_tls: bool = True):
         if not token:
-            raise TokenRejected("no KoboToolbox token: set the KOBO_TOKEN environment variable "
+            raise TokenRejected("pas de jeton KoboToolbox : définissez la variable d'environnement KOBO_TOKEN "
+                                "(Paramètres du compte > Sécurité > Clé API dans KoboToolbox)",
+                                "no KoboToolbox token: set the KOBO_TOKEN environment variable "
                                 "(Account Settings > Security > API key in KoboToolbox)")
         address = urlsplit(base_url)
         if address.scheme not in ("http", "https") or not address.netloc:
-            raise KoboError(f"'{base_url}' is not a server address: write it in full, e.g. "
+            raise KoboError(f"'{base_url}' n'est pas une adresse de serveur : écrivez-la en entier, par exemple "
+                            f"https://kf.kobotoolbox.org ou http://127.0.0.1:8000",
+                            f"'{base_url}' is not a server address: write it in full, e.g. "
                             f"https://kf.kobotoolbox.org or http://127.0.0.1:8000")
         self.base_url = base_url.rstrip("/") + "/"
         self.page_size = page_size
@@ -136,7 +140,9 @@ class KoboClient:
         # override a session's verify=False (psf/requests#3829), but not a request's.
         self.session.verify = verify_tls
         if not verify_tls:
-            log.warning("TLS certificate verification is OFF for %s: use only on a trusted network", self.base_url)
+            log.warning("la vérification des certificats TLS est DÉSACTIVÉE pour %s : seulement sur un réseau de "
+                        "confiance / TLS certificate verification is OFF for %s: use only on a trusted network",
+                        self.base_url, self.base_url)
 
     def copy(self) -> "KoboClient":
         """A client with its own session (sessions are not shared between threads)."""
@@ -187,12 +193,14 @@ class KoboClient:
                 if not retryable(error):
                     raise
                 if attempt == self.retries:
-                    raise ServerUnavailable(f"{error} (gave up after {self.retries + 1} attempts)") from None
+                    raise ServerUnavailable(f"{error.fr} (abandon après {self.retries + 1} essais)",
+                                            f"{error.en} (gave up after {self.retries + 1} attempts)") from None
                 delay = getattr(error, "retry_after", None)
                 if delay is None:
                     delay = min(self.max_backoff, self.backoff * 2 ** attempt) * random.uniform(0.5, 1.0)
-                log.warning("KoboToolbox: %s; retrying the %s in %.1f s (attempt %d of %d)", error, what, delay,
-                            attempt + 2, self.retries + 1)
+                log.warning("KoboToolbox : %s ; nouvel essai dans %.1f s (essai %d sur %d) / %s; retrying the %s "
+                            "in %.1f s (attempt %d of %d)", error.fr, delay, attempt + 2, self.retries + 1,
+                            error.en, what, delay, attempt + 2, self.retries + 1)
                 time.sleep(delay)
         raise AssertionError("unreachable")
 
@@ -216,19 +224,20 @@ class KoboClient:
                 return read(response.content)
             return response.json()
         except requests.ConnectTimeout:
-            raise _unsent(f"could not connect to {where} in time") from None
+            raise _unsent(f"connexion à {where} impossible dans le délai", f"could not connect to {where} in time") from None
         except requests.Timeout:
-            raise ServerUnavailable(f"no answer from {where} in time") from None
+            raise ServerUnavailable(f"pas de réponse de {where} dans le délai", f"no answer from {where} in time") from None
         except requests.ConnectionError as error:
             if refused := _certificate_refused(error, where):
                 raise refused from None
             if _connection_never_opened(error):
-                raise _unsent(f"could not connect to {where}") from None
-            raise ServerUnavailable(f"the connection to {where} was cut") from None
+                raise _unsent(f"connexion à {where} impossible", f"could not connect to {where}") from None
+            raise ServerUnavailable(f"la connexion à {where} a été coupée", f"the connection to {where} was cut") from None
         except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError):
-            raise ServerUnavailable(f"the answer from {where} was cut short") from None
+            raise ServerUnavailable(f"la réponse de {where} a été tronquée", f"the answer from {where} was cut short") from None
         except ValueError:
-            raise ServerUnavailable(f"the answer from {where} was not complete JSON") from None
+            raise ServerUnavailable(f"la réponse de {where} n'était pas un JSON complet",
+                                    f"the answer from {where} was not complete JSON") from None
 
     # -- writes -------------------------------------------------------------------------
     # Retry policy for POST and PATCH: a write is retried only when it certainly never
@@ -282,14 +291,17 @@ class KoboClient:
                             handle.write(chunk)
                             written += len(chunk)
                     if 0 <= expected != written:
-                        raise ServerUnavailable(f"the download of {where} was cut short")
+                        raise ServerUnavailable(f"le téléchargement de {where} a été tronqué",
+                                                f"the download of {where} was cut short")
                     return (have if resumed else 0) + written
             except requests.Timeout:
-                raise ServerUnavailable(f"no answer from {where} in time") from None
+                raise ServerUnavailable(f"pas de réponse de {where} dans le délai",
+                                        f"no answer from {where} in time") from None
             except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as error:
                 if refused := _certificate_refused(error, where):
                     raise refused from None
-                raise ServerUnavailable(f"the download of {where} was cut") from None
+                raise ServerUnavailable(f"le téléchargement de {where} a été coupé",
+                                        f"the download of {where} was cut") from None
 
         return self._retrying(once, lambda e: True, "download")
 
@@ -353,7 +365,8 @@ class KoboClient:
                 params["fields"] = json.dumps(fields)
             page = self.get_json(f"api/v2/assets/{uid}/data/", params, read=read_page)
             if page is None:
-                raise ServerUnavailable(f"the data page of project {uid} has no 'results' list")
+                raise ServerUnavailable(f"la page de données du projet {uid} n'a pas de liste 'results'",
+                                        f"the data page of project {uid} has no 'results' list")
             if page.size:
                 fitting = max(1, min(self.page_size, page.size * PAGE_BYTES // max(1, len(page.body))))
                 if len(page.body) > 2 * PAGE_BYTES and fitting < page.size:
@@ -368,12 +381,13 @@ class KoboClient:
             if not page.size or not page.more:
                 return
             if last == previous:  # a page without one usable _id: paging on would repeat it forever
-                log.warning("KoboToolbox: a page of project %s has no usable _id; stopping there", uid)
+                log.warning("KoboToolbox : une page du projet %s n'a pas d'_id utilisable ; arrêt ici / a page of "
+                            "project %s has no usable _id; stopping there", uid, uid)
                 return
 
 
-def _unsent(message: str) -> ServerUnavailable:
-    error = ServerUnavailable(message)
+def _unsent(fr: str, en: str) -> ServerUnavailable:
+    error = ServerUnavailable(fr, en)
     error.not_sent = True  # the request never reached the server: safe to send again
     return error
 
@@ -401,10 +415,13 @@ def _certificate_refused(error: Exception, where: str) -> KoboError | None:
         seen.add(id(cause))
         if isinstance(cause, ssl.SSLCertVerificationError):
             host = urlsplit(where).netloc
-            return KoboError(f"the TLS certificate of {host} could not be verified "
-                             f"({cause.verify_message or cause.reason}): check the server address; if the "
-                             f"server uses a certificate authority of its own, set REQUESTS_CA_BUNDLE to that "
-                             f"authority's certificate file (PEM)")
+            why = cause.verify_message or cause.reason
+            return KoboError(f"le certificat TLS de {host} n'a pas pu être vérifié ({why}) : vérifiez l'adresse "
+                             f"du serveur ; si le serveur a sa propre autorité de certification, donnez à "
+                             f"REQUESTS_CA_BUNDLE le fichier de certificat (PEM) de cette autorité",
+                             f"the TLS certificate of {host} could not be verified ({why}): check the server "
+                             f"address; if the server uses a certificate authority of its own, set "
+                             f"REQUESTS_CA_BUNDLE to that authority's certificate file (PEM)")
         pending += [getattr(cause, "reason", None), cause.__cause__, cause.__context__,
                     *(a for a in getattr(cause, "args", ()) if isinstance(a, BaseException))]
     return None
@@ -413,14 +430,18 @@ def _certificate_refused(error: Exception, where: str) -> KoboError | None:
 def _raise_for_status(response: requests.Response, method: str, where: str, idempotent: bool) -> None:
     status = response.status_code
     if status == 429:
-        error = _unsent(f"the server answered 429 (too many requests) for {where}")
+        error = _unsent(f"le serveur a répondu 429 (trop de requêtes) pour {where}",
+                        f"the server answered 429 (too many requests) for {where}")
         retry_after = response.headers.get("Retry-After", "")
         error.retry_after = float(retry_after) if retry_after.replace(".", "", 1).isdigit() else None
         raise error
     if status >= 500:
         if method in ("GET", "HEAD") or idempotent:
-            raise ServerUnavailable(f"the server answered {status} for {where}")
-        raise ServerUnavailable(f"the server answered {status} for a {method} to {where}: it may have "
+            raise ServerUnavailable(f"le serveur a répondu {status} pour {where}",
+                                    f"the server answered {status} for {where}")
+        raise ServerUnavailable(f"le serveur a répondu {status} à un {method} vers {where} : la requête a pu "
+                                f"être traitée en partie, elle n'a donc pas été renvoyée",
+                                f"the server answered {status} for a {method} to {where}: it may have "
                                 f"been processed in part, so it was not retried")
     if status >= 400:
         raise _terminal_error(status, _detail(response), where)
@@ -438,16 +459,25 @@ def _detail(response: requests.Response) -> str:
 
 def _terminal_error(status: int, detail: str, where: str) -> KoboError:
     if status == 401:
-        return TokenRejected("KoboToolbox rejected the token (401): check KOBO_TOKEN and that it belongs "
+        return TokenRejected("KoboToolbox refuse le jeton (401) : vérifiez KOBO_TOKEN, et qu'il appartient à un "
+                             "compte de ce serveur",
+                             "KoboToolbox rejected the token (401): check KOBO_TOKEN and that it belongs "
                              "to an account on this server")
     if status == 403:
-        return PermissionDenied(f"the account may not do this on {where} (403): ask the project owner for "
+        return PermissionDenied(f"le compte n'a pas le droit de faire cela sur {where} (403) : demandez la "
+                                f"permission au propriétaire du projet. Le serveur dit : {detail}",
+                                f"the account may not do this on {where} (403): ask the project owner for "
                                 f"the permission. Server said: {detail}")
     if status == 404:
-        return ProjectNotFound(f"project not found at {where} (404): check the project uid, or share the "
+        return ProjectNotFound(f"projet introuvable à {where} (404) : vérifiez l'uid du projet, ou partagez le "
+                               f"projet avec le compte du jeton",
+                               f"project not found at {where} (404): check the project uid, or share the "
                                f"project with the token's account")
     if status == 410:
-        return ApiGone(f"{where} was removed from KoboToolbox (410): {detail}")
+        return ApiGone(f"{where} a été retiré de KoboToolbox (410) : {detail}",
+                       f"{where} was removed from KoboToolbox (410): {detail}")
     if status == 400 and "not been deployed" in detail:
-        return NotDeployed(f"the project at {where} is not deployed (400): deploy it in KoboToolbox first")
-    return BadRequest(f"KoboToolbox refused the request to {where} ({status}): {detail}")
+        return NotDeployed(f"le projet à {where} n'est pas déployé (400) : déployez-le d'abord dans KoboToolbox",
+                           f"the project at {where} is not deployed (400): deploy it in KoboToolbox first")
+    return BadRequest(f"KoboToolbox refuse la requête vers {where} ({status}) : {detail}",
+                      f"KoboToolbox refused the request to {where} ({status}): {detail}")

@@ -254,7 +254,8 @@ class SubmissionGenerator:
                 if value is None or not f.constraint or is_true(f.constraint, context.resolve, current=value):
                     break
             else:
-                raise FormError(f"cannot generate a value of '{f.name}' that meets its constraint {f.constraint}")
+                raise FormError(f"impossible de générer pour '{f.name}' une valeur qui respecte sa contrainte {f.constraint}",
+                                f"cannot generate a value of '{f.name}' that meets its constraint {f.constraint}")
             if value is None:
                 continue
             target[f.kobo_key] = value

@@ -61,11 +61,16 @@ def find_asset(client: KoboClient, form_id: str, existing_uid: str | None = None
         try:
             asset = client.get_asset(existing_uid)
         except ProjectNotFound:
-            raise PublishError(f"cannot publish form '{form_id}' to project {existing_uid}: no such project "
+            raise PublishError(f"impossible de publier le formulaire '{form_id}' dans le projet {existing_uid} : "
+                               f"ce projet n'existe pas sur {client.base_url} (ou n'est pas partagé avec le compte "
+                               f"du jeton)",
+                               f"cannot publish form '{form_id}' to project {existing_uid}: no such project "
                                f"on {client.base_url} (or it is not shared with the token's account)") from None
         held = form_id_of(asset.get("content"))
         if held and held != form_id:
-            raise PublishError(f"project {existing_uid} holds form '{held}', not '{form_id}': publishing would "
+            raise PublishError(f"le projet {existing_uid} contient le formulaire '{held}', pas '{form_id}' : "
+                               f"publier remplacerait un autre formulaire ; vérifiez l'uid du projet",
+                               f"project {existing_uid} holds form '{held}', not '{form_id}': publishing would "
                                f"replace another form; check the project uid")
         return asset
     matches = []
@@ -82,42 +87,57 @@ def find_asset(client: KoboClient, form_id: str, existing_uid: str | None = None
         url, params = page.get("next"), None
     if len(matches) > 1:
         uids = ", ".join(m["uid"] for m in matches)
-        raise PublishError(f"several projects hold form '{form_id}' ({uids}): say which one to update "
-                           f"(pass the project uid as existing_uid)")
+        raise PublishError(f"plusieurs projets contiennent le formulaire '{form_id}' ({uids}) : dites lequel "
+                           f"mettre à jour (--asset avec l'uid du projet)",
+                           f"several projects hold form '{form_id}' ({uids}): say which one to update "
+                           f"(--asset with the project uid)")
     return matches[0] if matches else None
 
 
 def publish_form(client: KoboClient, built: BuiltForm, *, poll_interval: float = 1.0, timeout: float = 300,
                  existing_uid: str | None = None) -> PublishResult:
     """Imports ``built.xlsx`` into KoboToolbox and deploys it (see the module docstring)."""
-    label = f"form '{built.form_id}' (version {built.version})"
+    label = f"'{built.form_id}' (version {built.version})"  # the form's name in both languages
     asset = find_asset(client, built.form_id, existing_uid)
     if asset is None:
-        log.info("Publishing %s: no project holds it yet, creating one", label)
+        log.info("Publication de %s : aucun projet ne le contient, création d'un projet / publishing %s: no "
+                 "project holds it yet, creating one", label, label)
     else:
-        log.info("Publishing %s: updating project %s (deployed version %s)", label, asset["uid"],
-                 asset.get("deployed_version_id") or "none")
+        deployed = asset.get("deployed_version_id") or "-"
+        log.info("Publication de %s : mise à jour du projet %s (version déployée %s) / publishing %s: updating "
+                 "project %s (deployed version %s)", label, asset["uid"], deployed, label, asset["uid"], deployed)
         settings = (asset.get("content") or {}).get("settings")
         if asset.get("has_deployment") and isinstance(settings, dict) and str(settings.get("version")) == built.version:
-            log.warning("Project %s already holds version %s of form '%s': it is redeployed as is; bump the "
-                        "settings version when the form changes, so devices see a new form", asset["uid"],
-                        built.version, built.form_id)
+            log.warning("le projet %s contient déjà la version %s du formulaire '%s' : il est redéployé tel quel ; "
+                        "augmentez la version (feuille settings) quand le formulaire change, pour que les "
+                        "téléphones voient un nouveau formulaire / project %s already holds version %s of form "
+                        "'%s': it is redeployed as is; bump the settings version when the form changes, so devices "
+                        "see a new form", asset["uid"], built.version, built.form_id, asset["uid"], built.version,
+                        built.form_id)
 
     imported_uid = _import(client, built, label, asset, poll_interval, timeout)
     if asset is not None and imported_uid != asset["uid"]:
-        raise PublishError(f"KoboToolbox imported {label} into project {imported_uid}, not into "
+        raise PublishError(f"KoboToolbox a importé {label} dans le projet {imported_uid}, pas dans "
+                           f"{asset['uid']} comme demandé",
+                           f"KoboToolbox imported {label} into project {imported_uid}, not into "
                            f"{asset['uid']} as asked")
     detail = client.get_asset(imported_uid)
     if detail.get("asset_type") != "survey":
-        raise PublishError(f"KoboToolbox imported {label} as a {detail.get('asset_type')!r} (project "
-                           f"{imported_uid}), not a survey: it cannot be deployed")
+        kind = detail.get("asset_type")
+        raise PublishError(f"KoboToolbox a importé {label} comme {kind!r} (projet {imported_uid}), pas comme "
+                           f"formulaire (survey) : impossible de le déployer",
+                           f"KoboToolbox imported {label} as a {kind!r} (project {imported_uid}), not a survey: "
+                           f"it cannot be deployed")
     version_id = detail["version_id"]
     deployment, redeploy = _deploy(client, imported_uid, version_id, bool(detail.get("has_deployment")), label)
     if deployment.get("version_id") != version_id or not deployment.get("active"):
-        raise PublishError(f"KoboToolbox did not deploy version {version_id} of {label} (project "
-                           f"{imported_uid}): it reports version {deployment.get('version_id')}, "
-                           f"active={deployment.get('active')}")
-    log.info("Published %s: project %s, version %s %s", label, imported_uid, version_id,
+        reported = f"version {deployment.get('version_id')}, active={deployment.get('active')}"
+        raise PublishError(f"KoboToolbox n'a pas déployé la version {version_id} de {label} (projet "
+                           f"{imported_uid}) : il indique {reported}",
+                           f"KoboToolbox did not deploy version {version_id} of {label} (project "
+                           f"{imported_uid}): it reports {reported}")
+    log.info("%s publié : projet %s, version %s %s / published %s: project %s, version %s %s", label,
+             imported_uid, version_id, "redéployée" if redeploy else "déployée", label, imported_uid, version_id,
              "redeployed" if redeploy else "deployed")
     return PublishResult(asset_uid=imported_uid, version_id=version_id, created=asset is None,
                          redeployed=redeploy)
@@ -133,9 +153,9 @@ def _import(client: KoboClient, built: BuiltForm, label: str, asset: dict[str, A
         task = client.post_multipart("api/v2/imports/", fields,
                                      {"file": (f"{built.form_id}.xlsx", built.xlsx, XLSX_TYPE)})
     except KoboError as error:
-        raise type(error)(f"cannot import {label}: {error}") from error
+        raise type(error)(f"impossible d'importer {label} : {error.fr}", f"cannot import {label}: {error.en}") from error
     task_uid = task["uid"]
-    log.info("Importing %s: import task %s", label, task_uid)
+    log.info("Import de %s : tâche %s / importing %s: import task %s", label, task_uid, label, task_uid)
     deadline = time.monotonic() + timeout
     while True:
         task = client.get_json(f"api/v2/imports/{task_uid}/")
@@ -144,14 +164,20 @@ def _import(client: KoboClient, built: BuiltForm, label: str, asset: dict[str, A
         if status == "complete":
             done = (messages.get("updated") or messages.get("created") or [{}])[0]
             if not done.get("uid"):
-                raise PublishError(f"the import of {label} (task {task_uid}) completed without naming "
+                raise PublishError(f"l'import de {label} (tâche {task_uid}) s'est terminé sans nommer le projet "
+                                   f"créé ou mis à jour : {messages}",
+                                   f"the import of {label} (task {task_uid}) completed without naming "
                                    f"the project it created or updated: {messages}")
             return str(done["uid"])
         if status == "error":
-            raise FormRejected(f"KoboToolbox could not import {label} (task {task_uid}): "
-                               f"{messages.get('error_type', 'error')}: {messages.get('error', 'no message')}")
+            said = f"{messages.get('error_type', 'error')}: {messages.get('error', 'no message')}"
+            raise FormRejected(f"KoboToolbox n'a pas pu importer {label} (tâche {task_uid}) : {said}",
+                               f"KoboToolbox could not import {label} (task {task_uid}): {said}")
         if time.monotonic() >= deadline:
-            raise PublishError(f"the import of {label} (task {task_uid}) is still '{status}' after {timeout:g} s; "
+            raise PublishError(f"l'import de {label} (tâche {task_uid}) est toujours '{status}' après "
+                               f"{timeout:g} s ; KoboToolbox est peut-être occupé : publiez de nouveau plus tard "
+                               f"(le même projet sera mis à jour)",
+                               f"the import of {label} (task {task_uid}) is still '{status}' after {timeout:g} s; "
                                f"KoboToolbox may be busy: publish again later (the same project is updated)")
         log.debug("Import task %s is %s; polling again in %.1f s", task_uid, status, poll_interval)
         time.sleep(poll_interval)
@@ -171,6 +197,8 @@ def _deploy(client: KoboClient, uid: str, version_id: str, has_deployment: bool,
         return client.patch_json(path, {"version_id": version_id, "active": True}), True
     except BadRequest as error:
         # pyxform/ODK validation failures come back as 400 {"error": "..."} (§6.3)
-        raise FormRejected(f"KoboToolbox could not deploy {label} (project {uid}): {error}") from error
+        raise FormRejected(f"KoboToolbox n'a pas pu déployer {label} (projet {uid}) : {error.fr}",
+                           f"KoboToolbox could not deploy {label} (project {uid}): {error.en}") from error
     except KoboError as error:
-        raise type(error)(f"cannot deploy {label} (project {uid}): {error}") from error
+        raise type(error)(f"impossible de déployer {label} (projet {uid}) : {error.fr}",
+                          f"cannot deploy {label} (project {uid}): {error.en}") from error

@@ -58,7 +58,8 @@ def test_a_correction_applied_then_reverted(seeded, warehouse_path, tmp_path: Pa
                                      [root, row_key] if row_key else [root]).fetchone()[0] == int(fixed)
         log = warehouse.con.execute("select author, reason, status from meta.corrections where root_uuid = ?", [root]).fetchone()
         assert log == ("Mariam (data manager)", "Confirmé par téléphone avec l'enquêteur", "applied")
-        assert problems == ["uuid:not-a-submission head_age (row -): no submission with this root_uuid in the warehouse"]
+        assert problems == ["uuid:not-a-submission head_age (ligne / row -) : aucune soumission avec ce root_uuid "
+                            "dans l'entrepôt / no submission with this root_uuid in the warehouse"]
         # The raw history keeps what the enumerator sent.
         assert value in warehouse.con.execute("select payload::varchar from raw.submissions where root_uuid = ?",
                                               [root]).fetchone()[0]
@@ -95,7 +96,7 @@ def test_corrections_from_xlsx_through_the_command_line(seeded, warehouse_path, 
     assert result.returncode == 1  # one correction targets nothing
     assert "2 corrections applied" in result.stdout
     assert "no_such_field" in result.stdout and "the form has no field" in result.stdout
-    [still] = [line for line in result.stdout.splitlines() if "still in quarantine /" in line]
+    [still] = [line for line in result.stdout.splitlines() if "toujours en quarantaine / still in quarantine" in line]
     assert other in still and "= -1" in still  # with the reason it is still kept out
     with Warehouse(warehouse_path) as warehouse:
         assert not in_quarantine(warehouse, root)

@@ -177,7 +177,7 @@ def test_a_change_without_a_new_version_is_refused(household, tmp_path: Path) ->
     changed.write_text(household.source.path.read_text(encoding="utf-8").replace(
         "Photo de la concession", "Photo de la maison"), encoding="utf-8")
     problem = version_problem(build_form(changed), recorded_versions())
-    assert problem is not None and "raise 'version'" in problem
+    assert problem is not None and "raise 'version'" in str(problem)
     bumped = tmp_path / "bumped" / "household_survey.md"
     bumped.parent.mkdir()
     bumped.write_text(changed.read_text(encoding="utf-8").replace("| household_survey | 2026112401 |",

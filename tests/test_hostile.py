@@ -78,7 +78,9 @@ def test_a_corrupted_warehouse_file_is_a_clear_error(tmp_path: Path) -> None:
         Warehouse(path)
     result = subprocess.run([sys.executable, "-m", "flows.cli", "sql", "select 1", "--warehouse", str(path)],
                             cwd=ROOT, capture_output=True, text=True)
-    assert result.returncode == 1 and result.stderr.count("\n") == 1 and "not a usable DuckDB warehouse" in result.stderr
+    french, english = result.stderr.strip().splitlines()  # one message in two languages, no traceback
+    assert result.returncode == 1 and "n'est pas un entrepôt DuckDB utilisable" in french
+    assert english.startswith("terrain: ") and "not a usable DuckDB warehouse" in english
 
 
 FULL_DISK = textwrap.dedent("""

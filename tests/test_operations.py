@@ -112,7 +112,7 @@ def test_prefect_yaml_deploys_and_a_worker_runs_sync_all(prefect_server, seeded,
             artifacts = client.read_artifacts()
             summary = next(a for a in artifacts if a.key == "sync-summary" and a.flow_run_id == flow_run.id)
             quality = next(a for a in artifacts if a.key == "data-quality" and a.flow_run_id == flow_run.id)
-    assert "| household_survey |" in summary.data and "| pulled | new | edited | deleted | quarantined |" in summary.data
+    assert "| household_survey |" in summary.data and "| reçues / pulled | nouvelles / new | modifiées / edited |" in summary.data
     assert "household_survey" in quality.data
     # The token appears in no parameter and no artifact of the run.
     assert seeded.token not in json.dumps(flow_run.parameters)
@@ -362,9 +362,9 @@ def test_retries_only_for_transient_errors() -> None:
     from kobo.errors import ServerUnavailable, TokenRejected
 
     assert sync_form_task.retries == 2 and sync_form_task.retry_condition_fn is transient_only
-    assert transient_only(None, None, Failed(data=ServerUnavailable("502 from the server")))
-    assert not transient_only(None, None, Failed(data=TokenRejected("401")))
-    assert not transient_only(None, None, Failed(data=WarehouseBusy("busy")))
+    assert transient_only(None, None, Failed(data=ServerUnavailable("502 du serveur", "502 from the server")))
+    assert not transient_only(None, None, Failed(data=TokenRejected("401", "401")))
+    assert not transient_only(None, None, Failed(data=WarehouseBusy("occupé", "busy")))
 
 
 def test_one_failing_form_does_not_stop_the_others(prefect_server, seeded, tmp_path) -> None:
@@ -386,7 +386,8 @@ def test_one_failing_form_does_not_stop_the_others(prefect_server, seeded, tmp_p
     done = run([sys.executable, "-c", script], base_env(home, PREFECT_API_URL=api_url, KOBO_TOKEN=seeded.token))
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["failed"] and result["error"].startswith("1 of 2 form(s) failed: ? (aNoSuchProjectXXXXXXXXX): ")
+    assert result["failed"] and result["error"].startswith("1 formulaire(s) sur 2 en échec : ? (aNoSuchProjectXXXXXXXXX) : ")
+    assert " / 1 of 2 form(s) failed: ? (aNoSuchProjectXXXXXXXXX): project not found" in result["error"]
     with temporary_settings(updates={PREFECT_API_URL: api_url}):
         with get_client(sync_client=True) as client:
             summary = next(a for a in client.read_artifacts()
@@ -413,6 +414,7 @@ def test_publish_forms_publishes_each_form_and_reports(prefect_server, tmp_path)
         assert done.returncode == 0, done.stderr[-3000:]
         deployed = [a for a in server.assets.values() if a.deployed]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["failed"] and result["error"].startswith("1 of 2 form(s) could not be published: no_such_form: ")
+    assert result["failed"] and result["error"].startswith("1 formulaire(s) sur 2 non publié(s) : no_such_form : pas de")
+    assert " / 1 of 2 form(s) could not be published: no_such_form: no form 'no_such_form'" in result["error"]
     assert len(deployed) == 1
-    assert "publish-forms: 1 of 2 form(s) published" in done.stderr + done.stdout
+    assert "1 of 2 form(s) published" in done.stderr + done.stdout

@@ -18,7 +18,8 @@ def test_log_lines_without_a_terminal(seeded, warehouse_path) -> None:
         sync_asset(client, w, seeded.assets["household_survey"].uid, progress, SyncSettings(download_attachments=False))
     pages = [line for line in lines if ": page " in line]
     assert len(pages) == 3 and "250 submissions to pull" in lines[0]
-    assert "page 3, 250 submissions" in pages[-1] and "/s" in pages[-1] and "s left" in pages[-1]
+    assert "page 3, 250 soumissions" in pages[-1] and "/s" in pages[-1] and "s restantes / 250 submissions" in pages[-1]
+    assert "s left" in pages[-1]
 
 
 def test_a_bar_on_a_terminal(seeded, warehouse_path) -> None:

@@ -111,7 +111,7 @@ def test_publish_creates_and_deploys_the_household_form(kobo: Kobo, household: B
     assert task.messages["created"][0]["uid"] == result.asset_uid
     listing = kobo.get("/api/v2/assets/", q="asset_type:survey AND _deployment_status:deployed").json()
     assert [a["uid"] for a in listing["results"]] == [result.asset_uid]
-    assert "Published form 'household_survey'" in caplog.text and task.uid in caplog.text
+    assert "published 'household_survey'" in caplog.text and task.uid in caplog.text
 
 
 def test_publishing_a_new_version_redeploys_the_same_project(kobo: Kobo, household: BuiltForm,
@@ -164,7 +164,7 @@ def test_an_unreadable_xlsx_is_a_clear_error_naming_the_form(kobo: Kobo, househo
     with kobo.client() as client, pytest.raises(FormRejected) as caught:
         publish_form(client, broken, **FAST)
     message = str(caught.value)
-    assert "form 'household_survey'" in message and "could not import" in message
+    assert "'household_survey'" in message and "could not import" in message
     assert "File is not a zip file" in message  # the server's own error, quoted
     assert isinstance(caught.value, FormError)
     (task,) = kobo.server.imports.values()
@@ -181,7 +181,7 @@ def test_a_form_pyxform_rejects_fails_at_deployment_as_on_kpi(kobo: Kobo, tmp_pa
         with pytest.raises(FormRejected) as caught:
             publish_form(client, broken, **FAST)
         message = str(caught.value)
-        assert "could not deploy form 'small_form'" in message
+        assert "could not deploy 'small_form'" in message
         assert "The survey element named 'q1' has no label or hint." in message
         # kpi imported the content (a draft project); the fixed form is deployed into it.
         (draft,) = kobo.get("/api/v2/assets/").json()["results"]
@@ -275,7 +275,7 @@ def test_publish_errors_name_the_form_and_the_cause(kobo: Kobo, household: Built
             publish_form(client, small, existing_uid="aNoSuchAsset0000000000", **FAST)
     slow = LocalKoboServer({kobo.token: "terrain_demo"}, import_polls=10 ** 6)
     with slow, KoboClient(slow.url, kobo.token) as client:
-        with pytest.raises(PublishError, match="form 'small_form' .* is still 'processing' after 0.2 s"):
+        with pytest.raises(PublishError, match="'small_form' .* is still 'processing' after 0.2 s"):
             publish_form(client, small, poll_interval=0.05, timeout=0.2)
 
 

@@ -396,7 +396,7 @@ def test_errors_beyond_excels_rows_stay_out_of_the_template_and_are_counted(
     assert [(r[0], r[1], r[2]) for r in body] == [(r["root_uuid"], r["field"] or None, r["row_key"] or None)
                                                  for r in rows[:3]]
     assert workbook.worksheets[1].cell(1, 1).value == template_overflow_note(3, len(rows) - 3)
-    assert f"{len(rows) - 3} more did not fit" in caplog.text
+    assert f"{len(rows) - 3} more do not fit" in caplog.text
 
 
 def test_a_missing_warehouse_is_a_clear_error(tmp_path: Path) -> None:

@@ -50,7 +50,7 @@ class CorrectionsResult:
 def read_corrections(path: Path) -> list[dict[str, str]]:
     """Rows of a corrections file (.csv or .xlsx), with the columns of COLUMNS."""
     if not path.exists():
-        raise CorrectionsError(f"no corrections file at {path}")
+        raise CorrectionsError(f"pas de fichier de corrections à {path}", f"no corrections file at {path}")
     if path.suffix.lower() == ".csv":
         text = _csv_text(path)
         header = text.partition("\n")[0]
@@ -65,10 +65,13 @@ def read_corrections(path: Path) -> list[dict[str, str]]:
         header = [str(h or "").strip() for h in values[0]] if values else []
         rows = [{h: ("" if v is None else str(v)) for h, v in zip(header, row)} for row in values[1:]]
     else:
-        raise CorrectionsError(f"{path.name}: a corrections file is .csv or .xlsx")
+        raise CorrectionsError(f"{path.name} : un fichier de corrections est en .csv ou .xlsx",
+                               f"{path.name}: a corrections file is .csv or .xlsx")
     missing = [c for c in ("root_uuid", "field", "new_value") if rows and c not in rows[0]]
     if missing:
-        raise CorrectionsError(f"{path.name}: the columns {', '.join(missing)} are missing (expected: {', '.join(COLUMNS)})")
+        raise CorrectionsError(f"{path.name} : il manque les colonnes {', '.join(missing)} (attendues : "
+                               f"{', '.join(COLUMNS)})",
+                               f"{path.name}: the columns {', '.join(missing)} are missing (expected: {', '.join(COLUMNS)})")
     cleaned = []
     for row in rows:
         row = {c: (row.get(c) or "").strip() for c in COLUMNS}
@@ -89,7 +92,9 @@ def _csv_text(path: Path) -> str:
     try:
         return data.decode("cp1252")
     except UnicodeDecodeError:
-        raise CorrectionsError(f"{path.name}: the file is neither UTF-8 nor Windows text; in Excel, save it as "
+        raise CorrectionsError(f"{path.name} : le fichier n'est ni en UTF-8 ni en texte Windows ; dans Excel, "
+                               f"enregistrez-le en 'CSV UTF-8' (ou en .xlsx) et réessayez",
+                               f"{path.name}: the file is neither UTF-8 nor Windows text; in Excel, save it as "
                                f"'CSV UTF-8' (or as .xlsx) and try again") from None
 
 
@@ -121,7 +126,8 @@ def import_corrections(con, rows: list[dict[str, str]], source: str, now: dt.dat
             con.unregister("correction_rows")
         con.execute("UPDATE meta.corrections c SET status = 'no_target', problem = ? WHERE status = 'pending' AND NOT "
                     "EXISTS (SELECT 1 FROM raw.submissions r WHERE r.root_uuid = c.root_uuid)",
-                    ["no submission with this root_uuid in the warehouse"])
+                    ["aucune soumission avec ce root_uuid dans l'entrepôt / no submission with this root_uuid in "
+                     "the warehouse"])
     pending = {row[0] for row in con.execute("SELECT root_uuid FROM meta.corrections WHERE status = 'pending'").fetchall()}
     problems = [f"{root} {field_name}: {problem}" for root, field_name, problem in con.execute(
         "SELECT root_uuid, field, problem FROM meta.corrections WHERE status = 'no_target'").fetchall()]
@@ -176,12 +182,13 @@ def _apply_one(dictionary: FieldDictionary, submission: dict[str, Any], name: st
     answer it found there (JSON), to be kept as the one the correction replaced."""
     f = _target(dictionary, name)
     if f is None:
-        return "no_target", f"the form has no field '{name}'", None
+        return "no_target", f"le formulaire n'a pas de champ '{name}' / the form has no field '{name}'", None
     table = dictionary.tables[f.table]
     container: dict[str, Any] | None = submission
     if table.is_repeat:
         if not row_key:
-            return "no_target", f"'{name}' is in a repeat group: give the row_key (e.g. 2)", None
+            return "no_target", (f"'{name}' est dans un groupe répété : donnez le row_key (par exemple 2) / "
+                                 f"'{name}' is in a repeat group: give the row_key (e.g. 2)"), None
         chain = []
         current = table
         while current.is_repeat:
@@ -189,17 +196,22 @@ def _apply_one(dictionary: FieldDictionary, submission: dict[str, Any], name: st
             current = dictionary.tables[current.parent]
         positions = row_key.split(".")
         if len(positions) != len(chain):
-            return "no_target", f"row_key '{row_key}' does not fit the repeat group of '{name}'", None
+            return "no_target", (f"le row_key '{row_key}' ne correspond pas au groupe répété de '{name}' / "
+                                 f"row_key '{row_key}' does not fit the repeat group of '{name}'"), None
         for repeat, position in zip(chain, positions):
             items = (container or {}).get(repeat.repeat_key) or []
             index = int(position) - 1 if position.isdigit() else -1
             if not 0 <= index < len(items):
-                return "no_target", f"no row {row_key} in '{repeat.repeat_key}'", None
+                return "no_target", f"pas de ligne {row_key} dans '{repeat.repeat_key}' / no row {row_key} in " \
+                                    f"'{repeat.repeat_key}'", None
             container = items[index]
     found = json.dumps(container.get(f.kobo_key), ensure_ascii=False)
     if original is not None and found != original:
-        return ("outdated", f"the answer changed on the server since this correction (it was {json.loads(original)!r}, "
-                f"it is {json.loads(found)!r}): check it, then write the correction again or cancel it", found)
+        was, now = json.loads(original), json.loads(found)
+        return ("outdated", f"la réponse a changé sur le serveur depuis cette correction (elle était {was!r}, elle "
+                f"est {now!r}) : vérifiez-la, puis écrivez de nouveau la correction ou annulez-la / the answer changed "
+                f"on the server since this correction (it was {was!r}, it is {now!r}): check it, then write the "
+                f"correction again or cancel it", found)
     if value is None or value.strip().lower() in ERASE:
         container.pop(f.kobo_key, None)
     else:

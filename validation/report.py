@@ -901,8 +901,10 @@ def _not_over_unapplied_corrections(con: duckdb.DuckDBPyConnection, path: Path) 
     if not unapplied:
         return path
     beside = path.with_name(f"{path.stem}_{dt.datetime.now():%Y-%m-%d_%H%M%S}{path.suffix}")
-    log.warning("%s holds %d correction(s) not applied yet: it is left as it is, and the new template is %s "
-                "(apply it with: terrain corrections %s)", path, len(unapplied), beside, path)
+    log.warning("%s contient %d correction(s) pas encore appliquée(s) : il est laissé tel quel, et le nouveau "
+                "modèle est %s (appliquez-le avec : terrain corrections %s) / %s holds %d correction(s) not applied "
+                "yet: it is left as it is, and the new template is %s (apply it with: terrain corrections %s)",
+                path, len(unapplied), beside, path, path, len(unapplied), beside, path)
     return beside
 
 
@@ -940,9 +942,9 @@ def write_corrections_template(warehouse_path: str | Path, out_path: str | Path)
     help_sheet.set_column(0, 0, 140)
     help_rows = TEMPLATE_HELP
     if left_out:
-        log.warning("the corrections template %s holds the first %d open errors; %d more did not fit in Excel's "
-                    "rows: make another template once these are corrected", path, written, left_out)
-        help_rows = [(template_overflow_note(written, left_out), True), *TEMPLATE_HELP]
+        note = template_overflow_note(written, left_out)
+        log.warning("%s : %s", path, note)
+        help_rows = [(note, True), *TEMPLATE_HELP]
     for row_number, (text, bold) in enumerate(help_rows):
         if text:
             help_sheet.write_string(row_number, 0, text, formats.title if bold else formats.wrap)

@@ -86,7 +86,7 @@ def fetch_pending_attachments(client: Downloader, warehouse: Warehouse, store: A
     if not wanted:
         return counts
     if note:
-        note(f"{len(wanted)} attachments to download")
+        note(f"{len(wanted)} pièce(s) jointe(s) à télécharger / {len(wanted)} attachments to download")
     local = threading.local()
 
     def fetch(row: tuple) -> tuple[str, int, Path]:
@@ -102,7 +102,8 @@ def fetch_pending_attachments(client: Downloader, warehouse: Warehouse, store: A
             try:
                 sha256, size, path = future.result()
             except Exception as error:  # noqa: BLE001 - one missing file must not stop the sync
-                log.warning("attachment %s of submission %s could not be downloaded: %s", file_name, submission_id, error)
+                log.warning("pièce jointe %s de la soumission %s non téléchargée / attachment %s of submission %s "
+                            "could not be downloaded: %s", file_name, submission_id, file_name, submission_id, error)
                 counts.failed += 1
                 continue
             counts.downloaded += 1
@@ -111,6 +112,7 @@ def fetch_pending_attachments(client: Downloader, warehouse: Warehouse, store: A
                 [asset_uid, attachment_uid, root_uuid, submission_id, xpath, file_name, mimetype, sha256, size,
                  str(path), dt.datetime.now(dt.timezone.utc)])
             if note and time.monotonic() - said >= PROGRESS_SECONDS:
-                note(f"attachments: {counts.downloaded + counts.failed} of {len(wanted)} done")
+                note(f"pièces jointes : {counts.downloaded + counts.failed} sur {len(wanted)} / attachments: "
+                     f"{counts.downloaded + counts.failed} of {len(wanted)} done")
                 said = time.monotonic()
     return counts

@@ -93,15 +93,20 @@ def export_tables(con: duckdb.DuckDBPyConnection, tables: list[str], out_dir: Pa
     """Writes ``analyst.<table>`` for each table: one Parquet or CSV file per table, or one
     XLSX workbook with a sheet per table and the column labels in ``language``."""
     if fmt not in FORMATS:
-        raise ExportError(f"unknown export format '{fmt}': use one of {', '.join(FORMATS)}")
+        raise ExportError(f"format d'export inconnu '{fmt}' : choisissez parmi {', '.join(FORMATS)}",
+                          f"unknown export format '{fmt}': use one of {', '.join(FORMATS)}")
     known = [row[0] for row in con.execute(
         "SELECT table_name FROM information_schema.tables WHERE table_schema = ? ORDER BY 1", [ANALYST_SCHEMA]).fetchall()]
     unknown = [t for t in tables if t not in known]
     if unknown:
-        raise ExportError(f"no table {', '.join(unknown)} to export; the tables are: {', '.join(known) or 'none yet'}")
+        raise ExportError(f"pas de table {', '.join(unknown)} à exporter ; les tables sont : "
+                          f"{', '.join(known) or 'aucune pour le moment'}",
+                          f"no table {', '.join(unknown)} to export; the tables are: {', '.join(known) or 'none yet'}")
     languages = [row[0] for row in con.execute("SELECT DISTINCT language FROM meta.field_labels ORDER BY 1").fetchall()]
     if fmt == "xlsx" and language not in languages:
-        raise ExportError(f"no labels in the language '{language}': the forms have {', '.join(languages) or 'none'}")
+        raise ExportError(f"pas de libellés dans la langue '{language}' : les formulaires ont "
+                          f"{', '.join(languages) or 'aucune'}",
+                          f"no labels in the language '{language}': the forms have {', '.join(languages) or 'none'}")
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = {t: con.execute(f'SELECT count(*) FROM {ANALYST_SCHEMA}."{t}"').fetchone()[0] for t in tables}
     if fmt in ("parquet", "csv"):
@@ -130,7 +135,9 @@ def _write_workbook(con: duckdb.DuckDBPyConnection, tables: list[str], path: Pat
     for table in tables:
         count = con.execute(f'SELECT count(*) FROM {ANALYST_SCHEMA}."{table}"').fetchone()[0]
         if count > XLSX_MAX_ROWS:
-            raise ExportError(f"{table} has {count} rows, more than Excel allows ({XLSX_MAX_ROWS}): "
+            raise ExportError(f"{table} a {count} lignes, plus qu'Excel n'en permet ({XLSX_MAX_ROWS}) : "
+                              f"exportez-la en Parquet ou en CSV",
+                              f"{table} has {count} rows, more than Excel allows ({XLSX_MAX_ROWS}): "
                               f"export it as Parquet or CSV instead")
         labels = dict(con.execute(
             "SELECT column_name, arg_max(label, version) FROM meta.field_labels WHERE table_name = ? AND language = ? "

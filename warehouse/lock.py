@@ -77,19 +77,23 @@ def _read_holder(fd: int) -> dict[str, Any] | None:
         return None
 
 
-def _describe(holder: dict[str, Any] | None, name: str) -> str:
+def _describe(holder: dict[str, Any] | None, name: str) -> tuple[str, str]:
+    """Who holds the warehouse, in French and in English."""
     if not holder:
-        return f"another run is writing to {name}"
+        return f"un autre processus écrit dans {name}", f"another run is writing to {name}"
     since = ""
     try:
         started = dt.datetime.fromisoformat(holder["since"]).astimezone()
-        since = f" since {started:%H:%M}" if started.date() == dt.date.today() else f" since {started:%Y-%m-%d %H:%M}"
+        since = f"{started:%H:%M}" if started.date() == dt.date.today() else f"{started:%Y-%m-%d %H:%M}"
     except (KeyError, TypeError, ValueError):
         pass
     where = f"pid {holder.get('pid', '?')}"
-    if holder.get("host") and holder.get("host") != socket.gethostname():
-        where += f" on {holder['host']}"
-    return f"another {holder.get('purpose') or 'run'} is writing to {name}{since} ({where})"
+    host = holder.get("host") if holder.get("host") != socket.gethostname() else None
+    purpose = holder.get("purpose") or "run"
+    return (f"un autre processus ({purpose}) écrit dans {name}" + (f" depuis {since}" if since else "")
+            + f" ({where}" + (f" sur {host}" if host else "") + ")",
+            f"another {purpose} is writing to {name}" + (f" since {since}" if since else "")
+            + f" ({where}" + (f" on {host}" if host else "") + ")")
 
 
 class WriterLock:
@@ -126,9 +130,12 @@ class WriterLock:
                     self.waited = time.monotonic() - started
                     left = self.timeout - self.waited
                     if left <= 0:
+                        holder_fr, holder_en = _describe(_read_holder(fd), self.warehouse_path.name)
                         raise WarehouseBusy(
-                            f"{_describe(_read_holder(fd), self.warehouse_path.name)}; waited "
-                            f"{self.timeout:.0f} s; try again later (or raise lock_timeout_seconds)") from None
+                            f"{holder_fr} ; attendu {self.timeout:.0f} s ; réessayez plus tard (ou augmentez "
+                            f"lock_timeout_seconds)",
+                            f"{holder_en}; waited {self.timeout:.0f} s; try again later (or raise "
+                            f"lock_timeout_seconds)") from None
                     time.sleep(min(self.poll, left))
         except BaseException:
             os.close(fd)

@@ -61,7 +61,7 @@ def apply_corrections_file(warehouse: Warehouse, path: Path) -> tuple[list[Rebui
         result = import_corrections(warehouse.con, rows, str(path), now)
     assets = [r[0] for r in warehouse.con.execute("SELECT DISTINCT asset_uid FROM raw.submissions ORDER BY 1").fetchall()]
     rebuilt = [rebuild_asset(warehouse, uid, result.changed_roots) for uid in assets] if result.changed_roots else []
-    problems = [f"{root} {name} (row {row_key or '-'}): {problem}" for root, name, row_key, problem in warehouse.con.execute(
+    problems = [f"{root} {name} (ligne / row {row_key or '-'}) : {problem}" for root, name, row_key, problem in warehouse.con.execute(
         "SELECT root_uuid, field, row_key, problem FROM meta.corrections WHERE status IN ('no_target', 'outdated') "
         "ORDER BY ALL").fetchall()]
     return rebuilt, problems

@@ -187,7 +187,8 @@ class Warehouse:
         self.path = Path(path)
         self.read_only = read_only
         if read_only and not self.path.exists():
-            raise WarehouseError(f"no warehouse at {self.path}: run `terrain sync` (or `make demo`) first")
+            raise WarehouseError(f"pas d'entrepôt à {self.path} : lancez d'abord `terrain sync` (ou `make demo`)",
+                                 f"no warehouse at {self.path}: run `terrain sync` (or `make demo`) first")
         if not read_only:
             fix_malloc_thresholds()
         self.memory_limit = _memory_set_by_user() or f"{DEFAULT_MEMORY_LIMIT_MB}MB"
@@ -209,7 +210,9 @@ class Warehouse:
                 if replaying and COMMIT_OUT_OF_MEMORY.search(str(error)) and not _memory_set_by_user() \
                         and megabytes(limit) < REPLAY_MEMORY_MAX_MB:
                     limit = f"{2 * megabytes(limit):.0f}MB"
-                    log.warning("replaying the log of an interrupted run of %s with %s of memory", self.path, limit)
+                    log.warning("relecture du journal d'une exécution interrompue de %s avec %s de mémoire / "
+                                "replaying the log of an interrupted run of %s with %s of memory", self.path, limit,
+                                self.path, limit)
                     continue
                 raise self._open_error(error, replaying) from None
         if replaying:
@@ -226,8 +229,11 @@ class Warehouse:
                 con.execute(f"SET memory_limit = '{self.memory_limit}'")
             except duckdb.Error as error:
                 con.close()
-                raise WarehouseError(f"could not write out the log of an interrupted run to {self.path}: "
-                                     f"{str(error).splitlines()[0]}") from None
+                said = str(error).splitlines()[0]
+                raise WarehouseError(f"impossible d'écrire dans {self.path} le journal d'une exécution interrompue : "
+                                     f"{said}",
+                                     f"could not write out the log of an interrupted run to {self.path}: "
+                                     f"{said}") from None
         return con
 
     def _open(self, memory_limit: str) -> duckdb.DuckDBPyConnection:
@@ -254,26 +260,38 @@ class Warehouse:
     def _open_error(self, error: duckdb.Error, replaying: bool) -> WarehouseError:
         text = str(error)
         if isinstance(error, duckdb.IOException) and "not a valid DuckDB database" in text:
-            return WarehouseError(f"{self.path} is not a usable DuckDB warehouse (a corrupted file, or another kind "
+            return WarehouseError(f"{self.path} n'est pas un entrepôt DuckDB utilisable (fichier abîmé, ou d'un "
+                                  f"autre type) : restaurez-le depuis une sauvegarde, ou déplacez-le et relancez une "
+                                  f"synchronisation complète",
+                                  f"{self.path} is not a usable DuckDB warehouse (a corrupted file, or another kind "
                                   f"of file): restore it from a backup, or move it away and run a full sync again")
         if isinstance(error, duckdb.IOException) and "lock" in text.lower():
-            return WarehouseInUse(f"the warehouse {self.path} is in use by another run; try again when it has "
+            return WarehouseInUse(f"l'entrepôt {self.path} est utilisé par un autre processus ; réessayez quand "
+                                  f"il aura fini",
+                                  f"the warehouse {self.path} is in use by another run; try again when it has "
                                   f"finished")
         if replaying and COMMIT_OUT_OF_MEMORY.search(text):
-            return WarehouseError(f"the log of an interrupted run of {self.path} ({self.path}.wal, kept as it is) "
-                                  f"could not be replayed in memory. {self._more_memory_advice()} "
+            advice_fr, advice_en = self._more_memory_advice()
+            return WarehouseError(f"le journal d'une exécution interrompue de {self.path} ({self.path}.wal, gardé "
+                                  f"tel quel) n'a pas pu être relu en mémoire. {advice_fr} "
+                                  f"(DuckDB : {text.splitlines()[0]})",
+                                  f"the log of an interrupted run of {self.path} ({self.path}.wal, kept as it is) "
+                                  f"could not be replayed in memory. {advice_en} "
                                   f"(DuckDB: {text.splitlines()[0]})")
         if isinstance(error, duckdb.IOException):
-            return WarehouseError(f"cannot open the warehouse {self.path}: {error}")
-        return WarehouseError(f"{self.path} is not a usable DuckDB warehouse: {error}")
+            return WarehouseError(f"impossible d'ouvrir l'entrepôt {self.path} : {error}",
+                                  f"cannot open the warehouse {self.path}: {error}")
+        return WarehouseError(f"{self.path} n'est pas un entrepôt DuckDB utilisable : {error}",
+                              f"{self.path} is not a usable DuckDB warehouse: {error}")
 
     def fit_memory_to(self, columns: int) -> None:
         """Raises DuckDB's memory limit for tables of ``columns`` columns in all (see
         MEMORY_PER_COLUMN_MB), unless the data manager set TERRAIN_DUCKDB_MEMORY; kept on reopen."""
         fitted = self._memory_for(columns)
         if fitted:
-            log.info("the warehouse may use %s of memory (not %s) for forms of %d columns", fitted,
-                     self.memory_limit, columns)
+            log.info("l'entrepôt peut utiliser %s de mémoire (au lieu de %s) pour des formulaires de %d colonnes / "
+                     "the warehouse may use %s of memory (not %s) for forms of %d columns", fitted,
+                     self.memory_limit, columns, fitted, self.memory_limit, columns)
             self.memory_limit = fitted
             self.con.execute(f"SET memory_limit = '{fitted}'")
 
@@ -303,12 +321,18 @@ class Warehouse:
             except WarehouseInUse:
                 if time.monotonic() >= deadline:
                     raise WarehouseInUse(
+                        f"la synchronisation s'est arrêtée un instant pour rouvrir l'entrepôt {self.path}, et un "
+                        f"autre programme l'a ouvert entre-temps (une session DuckDB qui le lit ?) et l'a gardé "
+                        f"{wait_seconds:.0f} s : fermez-le et relancez la synchronisation ; tout ce qui a été "
+                        f"synchronisé est gardé",
                         f"the sync paused to reopen the warehouse {self.path}, and another program opened it "
                         f"meanwhile (a DuckDB session reading it?) and kept it for {wait_seconds:.0f} s: close it "
                         f"and sync again; everything synced so far is kept") from None
                 if not warned:
-                    log.warning("the warehouse %s was opened by another program while the sync reopened it; "
-                                "waiting up to %.0f s for it to close", self.path, wait_seconds)
+                    log.warning("l'entrepôt %s a été ouvert par un autre programme pendant sa réouverture ; attente "
+                                "de sa fermeture, %.0f s au plus / the warehouse %s was opened by another program "
+                                "while the sync reopened it; waiting up to %.0f s for it to close", self.path,
+                                wait_seconds, self.path, wait_seconds)
                     warned = True
                 time.sleep(REOPEN_POLL_SECONDS)
 
@@ -367,7 +391,9 @@ class Warehouse:
         missing = [(schema, table, column, duck_type) for schema, table, column, duck_type in wanted
                    if (schema, table) in tables and (schema, table, column) not in columns]
         for schema, table, column, duck_type in missing:
-            log.info("adding the column %s to %s.%s of %s (made by an older Terrain)", column, schema, table, self.path)
+            log.info("ajout de la colonne %s à %s.%s de %s (faite par un Terrain plus ancien) / adding the column %s "
+                     "to %s.%s of %s (made by an older Terrain)", column, schema, table, self.path, column, schema,
+                     table, self.path)
             self.con.execute(f"ALTER TABLE {quote(schema)}.{quote(table)} ADD COLUMN {quote(column)} {duck_type}")
         if missing:
             # Written out at once: DuckDB 1.5 failed to replay such an ALTER from its log
@@ -386,29 +412,43 @@ class Warehouse:
         except (duckdb.FatalException, duckdb.OutOfMemoryException, duckdb.TransactionException,
                 duckdb.IOException) as error:
             first_line = str(error).splitlines()[0]
+            advice_fr, advice_en = self._more_memory_advice()
             if isinstance(error, duckdb.FatalException) or DATABASE_INVALIDATED in str(error):
                 # Writing the log out (a checkpoint, within a commit) failed, and DuckDB stopped
                 # the database (an attached one says so in a failed commit): the batches
                 # committed before are in the log, this one is not.
-                raise WarehouseError(f"DuckDB stopped while writing out the warehouse {self.path}: {first_line}; "
+                raise WarehouseError(f"DuckDB s'est arrêté en écrivant l'entrepôt {self.path} : {first_line} ; les "
+                                     f"lots synchronisés avant celui-ci sont gardés dans son journal et écrits à sa "
+                                     f"prochaine ouverture, la prochaine synchronisation reprend à ce lot. "
+                                     f"{advice_fr}",
+                                     f"DuckDB stopped while writing out the warehouse {self.path}: {first_line}; "
                                      f"the batches synced before this one are kept in its log and written out when "
                                      f"it is next opened, the next sync starts again from this one. "
-                                     f"{self._more_memory_advice()}") from None
+                                     f"{advice_en}") from None
             # DuckDB reports memory it could not find at commit as a failed commit ("failed to
             # pin block", "could not allocate block"): a form of 150 text questions needs more
             # than the default limit.
             if isinstance(error, duckdb.OutOfMemoryException) or (
                     isinstance(error, duckdb.TransactionException) and COMMIT_OUT_OF_MEMORY.search(str(error))):
-                raise WarehouseError(f"the warehouse {self.path} ran out of memory: nothing of this batch was kept, "
-                                     f"the next sync starts again from it. {self._more_memory_advice()} "
+                raise WarehouseError(f"l'entrepôt {self.path} a manqué de mémoire : rien de ce lot n'a été gardé, "
+                                     f"la prochaine synchronisation reprend à ce lot. {advice_fr} "
+                                     f"(DuckDB : {first_line})",
+                                     f"the warehouse {self.path} ran out of memory: nothing of this batch was kept, "
+                                     f"the next sync starts again from it. {advice_en} "
                                      f"(DuckDB: {first_line})") from None
-            why = "disk full, or no space for it?" if isinstance(error, duckdb.IOException) else "DuckDB refused the commit"
-            raise WarehouseError(f"could not write the warehouse {self.path} ({why}): {first_line}; nothing of this "
+            disk = isinstance(error, duckdb.IOException)
+            why_fr = "disque plein, ou pas de place ?" if disk else "DuckDB a refusé l'enregistrement"
+            why_en = "disk full, or no space for it?" if disk else "DuckDB refused the commit"
+            raise WarehouseError(f"impossible d'écrire l'entrepôt {self.path} ({why_fr}) : {first_line} ; rien de ce "
+                                 f"lot n'a été gardé, la prochaine synchronisation reprend à ce lot",
+                                 f"could not write the warehouse {self.path} ({why_en}): {first_line}; nothing of this "
                                  f"batch was kept, the next sync starts again from it") from None
 
-    def _more_memory_advice(self) -> str:
+    def _more_memory_advice(self) -> tuple[str, str]:
         more = max(256, math.ceil(2 * megabytes(self.memory_limit)))
-        return f"It was allowed {self.memory_limit} of memory: set {MEMORY_LIMIT_ENV}={more}MB (or more) and run again."
+        return (f"Il disposait de {self.memory_limit} de mémoire : définissez {MEMORY_LIMIT_ENV}={more}MB (ou plus) "
+                f"et relancez.",
+                f"It was allowed {self.memory_limit} of memory: set {MEMORY_LIMIT_ENV}={more}MB (or more) and run again.")
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -527,6 +567,10 @@ class Warehouse:
             # a table another form (or project) made under the same name.
             column, held, given = clashes[0]
             raise WarehouseError(
+                f"la table {table.name} de {self.path} a une colonne {column} de type {held}, et une version de "
+                f"formulaire donne à cette colonne le type {given} : une table d'un autre formulaire ou projet "
+                f"s'appelle-t-elle aussi {table.name} ? Donnez à l'une d'elles un autre nom de table (le réglage "
+                f"terrain_table de son XLSForm) ; rien n'a été écrit",
                 f"the table {table.name} of {self.path} has a column {column} of type {held}, and a form "
                 f"version gives that column the type {given}: is a table of another form or "
                 f"project named {table.name} too? Give one of them another table name (the terrain_table "
@@ -717,11 +761,14 @@ class Warehouse:
     # -- reading ------------------------------------------------------------------------
     def query(self, sql: str, parameters: list[Any] | None = None) -> tuple[list[str], list[tuple]]:
         if not sql.strip().strip(";").strip():
-            raise WarehouseError("no query given: write one, e.g. terrain sql \"select count(*) from households\"")
+            raise WarehouseError("aucune requête : écrivez-en une, par exemple terrain sql \"select count(*) from "
+                                 "households\"",
+                                 "no query given: write one, e.g. terrain sql \"select count(*) from households\"")
         try:
             cursor = self.con.execute(sql, parameters or [])
         except duckdb.Error as error:
-            raise WarehouseError(f"the query failed: {str(error).splitlines()[0]}") from None
+            said = str(error).splitlines()[0]
+            raise WarehouseError(f"la requête a échoué : {said}", f"the query failed: {said}") from None
         columns = [d[0] for d in cursor.description or []]
         return columns, cursor.fetchall()
 

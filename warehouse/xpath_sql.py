@@ -62,8 +62,9 @@ class _Compiler:
         self.expression = expression
         self.resolve = resolve
 
-    def unsupported(self, what: str) -> ExpressionError:
-        return ExpressionError(f"{what} cannot be evaluated in SQL in '{self.expression}'")
+    def unsupported(self, what_fr: str, what_en: str) -> ExpressionError:
+        return ExpressionError(f"{what_fr} : impossible à évaluer en SQL dans '{self.expression}'",
+                               f"{what_en} cannot be evaluated in SQL in '{self.expression}'")
 
     def run(self, node: Node) -> tuple[str, str]:
         if node.kind == "literal":
@@ -77,7 +78,7 @@ class _Compiler:
         if node.kind == "call":
             return self.call(node)
         if node.kind != "binary":
-            raise self.unsupported(f"'{node.kind}'")
+            raise self.unsupported(f"'{node.kind}'", f"'{node.kind}'")
         op = node.value
         left, right = self.run(node.args[0]), self.run(node.args[1])
         if op in ("or", "and"):
@@ -91,7 +92,7 @@ class _Compiler:
             return f"({a} / nullif({b}, 0))", "num"
         if op == "mod":
             return f"fmod({a}, nullif({b}, 0))", "num"
-        raise self.unsupported(f"the operator '{op}'")
+        raise self.unsupported(f"l'opérateur '{op}'", f"the operator '{op}'")
 
     @staticmethod
     def compare(op: str, left: tuple[str, str], right: tuple[str, str]) -> str:
@@ -134,7 +135,7 @@ class _Compiler:
             if a_kind != b_kind:
                 (a, a_kind), (b, b_kind) = (_str(a, a_kind), "str"), (_str(b, b_kind), "str")
             return f"(CASE WHEN {_bool(*args[0])} THEN {a} ELSE {b} END)", a_kind
-        raise self.unsupported(f"the function {name}()")
+        raise self.unsupported(f"la fonction {name}()", f"the function {name}()")
 
 
 def compile_condition(expression: str, resolve: Resolver) -> str:
