@@ -70,6 +70,22 @@ def test_household_rules_fire(change, expected) -> None:
     assert expected in codes("household_survey", [change(household())])
 
 
+def test_a_phone_clock_ahead_is_caught_however_late_the_sync() -> None:
+    """in_the_future measures against the submission's _submission_time, not the sync's
+    time: an interview dated a day after the server received it is flagged, even synced
+    (or rebuilt) long after that day."""
+    s = household()
+    received = dt.datetime.fromisoformat(s["_submission_time"]).replace(tzinfo=dt.timezone.utc)
+    assert received + dt.timedelta(days=2) < NOW
+    ahead = received + dt.timedelta(days=1)
+    late = _with(s, start=ahead.isoformat(timespec="milliseconds"),
+                 end=(ahead + dt.timedelta(minutes=40)).isoformat(timespec="milliseconds"))
+    assert ("in_the_future", "error") in codes("household_survey", [late])
+    on_time = _with(s, start=(received - dt.timedelta(minutes=50)).isoformat(timespec="milliseconds"),
+                    end=(received - dt.timedelta(minutes=5)).isoformat(timespec="milliseconds"))
+    assert codes("household_survey", [on_time]) == []
+
+
 def test_ages_against_relation_to_the_head() -> None:
     s = household()
     s = copy.deepcopy(s)

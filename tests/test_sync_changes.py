@@ -248,6 +248,36 @@ def test_raw_rows_from_before_lookup_keys_get_them_and_are_found_by_them(househo
                            [twin["meta/rootUuid"]]).fetchall() == [("duplicate_uuid",)]
 
 
+def test_deleting_the_first_of_two_twins_lets_the_second_out_of_quarantine(household, tmp_path: Path) -> None:
+    """Two submissions with one _uuid: the later is kept out as a duplicate. When the data
+    manager deletes the earlier one on the server, the next sync types the later one again
+    (it is no longer a duplicate), rather than leaving it in quarantine until a rebuild."""
+    seeded = seeded_server([household], 40, seed=37)
+    asset = seeded.assets["household_survey"]
+    path = tmp_path / "w.duckdb"
+    with seeded.server as server:
+        sync(server, seeded.token, path)
+        with duckdb.connect(str(path), read_only=True) as con:
+            clean = {r[0] for r in con.execute("select root_uuid from households").fetchall()}
+        first = next(s for s in asset.submissions if s["meta/rootUuid"] in clean)
+        twin = {**first, "_id": max(s["_id"] for s in asset.submissions) + 1,
+                "meta/rootUuid": "uuid:6f1c0e2a-93d4-4b7e-8a20-5d9e1b3c7f48"}  # the same _uuid, sent again
+        with server.lock:
+            asset.add(twin)
+        sync(server, seeded.token, path, SyncSettings(download_attachments=False, reconcile="always"))
+        with duckdb.connect(str(path), read_only=True) as con:
+            assert con.execute("select check_code from quality.issues where root_uuid = ? and resolved_at is null "
+                               "and severity = 'error'", [twin["meta/rootUuid"]]).fetchall() == [("duplicate_uuid",)]
+        server.delete_submission(asset.uid, first["_id"])
+        [summary] = sync(server, seeded.token, path, SyncSettings(download_attachments=False, reconcile="always"))
+    assert summary.deleted == 1
+    with duckdb.connect(str(path), read_only=True) as con:
+        assert con.execute("select count(*) from quality.quarantine where root_uuid = ?",
+                           [twin["meta/rootUuid"]]).fetchone()[0] == 0
+        assert con.execute("select count(*) from households where root_uuid = ?", [twin["meta/rootUuid"]]).fetchone()[0] == 1
+        assert con.execute("select count(*) from households where root_uuid = ?", [first["meta/rootUuid"]]).fetchone()[0] == 0
+
+
 def test_a_submission_marked_deleted_that_the_server_sends_again_is_clean_again(household, tmp_path: Path) -> None:
     """Raw never loses a deleted submission; if the server sends it again unchanged (a
     deletion marked from a listing that missed it), the sync marks it current again and

@@ -104,13 +104,23 @@ def short_interview(ctx: RuleContext):
              f"Very short interview: {r.minutes:.1f} min (under {limit:g})") for r in bad.itertuples()]
 
 
+CLOCK_TOLERANCE = pd.Timedelta(minutes=10)
+
+
 def in_the_future(ctx: RuleContext):
+    """An interview that starts or ends after the server received it: the phone's clock is
+    ahead. Measured against the submission's own ``_submission_time`` (the time of the
+    sync only when the server gave none): a phone a day ahead is caught however late the
+    sync, and a rebuild decides as the first sync did."""
     main = ctx.main
-    horizon = pd.Timestamp(ctx.now) + pd.Timedelta(minutes=10)
+    now = pd.Timestamp(ctx.now)
+    received = main["submission_time"] if "submission_time" in main.columns else pd.Series(pd.NaT, index=main.index)
+    horizon = received.fillna(now) + CLOCK_TOLERANCE
     problems = []
     for column in ("start", "end", "submission_time"):
         if column in main.columns:
-            for r in _rows(main, main[column] > horizon, column).itertuples():
+            late = main[column] > (now + CLOCK_TOLERANCE if column == "submission_time" else horizon)
+            for r in _rows(main, late, column).itertuples():
                 problems.append((r.root_uuid, ctx.main_name(), column, None, str(getattr(r, column)),
                                  f"Date dans le futur ({column}) : horloge du téléphone à vérifier / "
                                  f"Date in the future ({column}): check the phone's clock"))

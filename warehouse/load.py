@@ -316,6 +316,19 @@ class FormLoader:
                                       f"main.{quote(self.dictionary.main_table.name)}",
                                       "t.root_uuid IN (SELECT root_uuid FROM deleted_roots)")
         self.warehouse.mark_deleted(self.dictionary.form_id, self.form_tables(), self.asset_uid, root_uuids, now)
+        if root_uuids:
+            self._retype_twins_of(root_uuids, now)
+
+    def _retype_twins_of(self, root_uuids: list[str], now: dt.datetime) -> None:
+        """Submissions kept out as later duplicates of a deleted one's ``_uuid`` are typed
+        again: with the earlier twin deleted on the server (how a data manager settles a
+        duplicate), the one left is no longer a duplicate, and would otherwise stay in
+        quarantine until a rebuild."""
+        with self.warehouse.keys_relation("deleted_roots", root_uuids):
+            twins = [row[0] for row in self.con.execute(TWINS_OF_DELETED, [self.asset_uid]).fetchall()]
+        if twins:
+            with self.warehouse.keys_relation("twin_roots", twins):
+                self.retype_from_raw("SELECT root_uuid FROM twin_roots", [], now)
 
     def form_tables(self) -> list[str]:
         """The clean tables of every version of the form: a submission's rows may be in a
@@ -336,6 +349,15 @@ class FormLoader:
         for submission in corrected:
             self.con.execute(f"UPDATE {PENDING} SET doc = ? WHERE root_uuid = ?",  # batch_docs is a view of it
                              [json.dumps(_finite(submission), ensure_ascii=False), root_uuid_of(submission)])
+
+
+# The open duplicate_uuid errors of a project whose _uuid a deleted submission had.
+TWINS_OF_DELETED = """
+SELECT DISTINCT i.root_uuid FROM quality.issues i
+WHERE i.asset_uid = ? AND i.check_code = 'duplicate_uuid' AND i.resolved_at IS NULL
+  AND i.root_uuid NOT IN (SELECT root_uuid FROM deleted_roots)
+  AND i.value IN (SELECT r.uuid FROM raw.submissions r WHERE r.root_uuid IN (SELECT root_uuid FROM deleted_roots))
+"""
 
 
 def _rejected_issue(why: str, what: str) -> Issue:
