@@ -277,6 +277,7 @@ def sync_asset(client: KoboClient, warehouse: Warehouse, asset_uid: str, progres
                                    f"quelles par le serveur : de nouveau actuelles, et de retour dans les tables "
                                    f"propres / {summary.restored} submission(s) marked deleted were sent again by the "
                                    f"server, unchanged: they are current again, and back in the clean tables")
+        loader.retype_settled_duplicates(_now())
         loader.run_warehouse_checks()
         if settings.write_back:
             summary.statuses_written = write_back_statuses(client, warehouse, asset_uid, loader.dictionary)

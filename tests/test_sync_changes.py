@@ -248,10 +248,13 @@ def test_raw_rows_from_before_lookup_keys_get_them_and_are_found_by_them(househo
                            [twin["meta/rootUuid"]]).fetchall() == [("duplicate_uuid",)]
 
 
-def test_deleting_the_first_of_two_twins_lets_the_second_out_of_quarantine(household, tmp_path: Path) -> None:
+@pytest.mark.parametrize("settled_by", ["deleting", "editing"])
+def test_settling_the_first_of_two_twins_lets_the_second_out_of_quarantine(household, tmp_path: Path,
+                                                                            settled_by: str) -> None:
     """Two submissions with one _uuid: the later is kept out as a duplicate. When the data
-    manager deletes the earlier one on the server, the next sync types the later one again
-    (it is no longer a duplicate), rather than leaving it in quarantine until a rebuild."""
+    manager deletes the earlier one on the server, or edits it (an edit gives it a new
+    _uuid), the next sync types the later one again (it is no longer a duplicate), rather
+    than leaving it in quarantine until a rebuild."""
     seeded = seeded_server([household], 40, seed=37)
     asset = seeded.assets["household_survey"]
     path = tmp_path / "w.duckdb"
@@ -268,14 +271,18 @@ def test_deleting_the_first_of_two_twins_lets_the_second_out_of_quarantine(house
         with duckdb.connect(str(path), read_only=True) as con:
             assert con.execute("select check_code from quality.issues where root_uuid = ? and resolved_at is null "
                                "and severity = 'error'", [twin["meta/rootUuid"]]).fetchall() == [("duplicate_uuid",)]
-        server.delete_submission(asset.uid, first["_id"])
+        if settled_by == "deleting":
+            server.delete_submission(asset.uid, first["_id"])
+        else:
+            server.edit_submission(asset.uid, first["_id"], {"identification/head_age": "61"})
         [summary] = sync(server, seeded.token, path, SyncSettings(download_attachments=False, reconcile="always"))
-    assert summary.deleted == 1
+    assert (summary.deleted, summary.edited) == ((1, 0) if settled_by == "deleting" else (0, 1))
     with duckdb.connect(str(path), read_only=True) as con:
         assert con.execute("select count(*) from quality.quarantine where root_uuid = ?",
                            [twin["meta/rootUuid"]]).fetchone()[0] == 0
         assert con.execute("select count(*) from households where root_uuid = ?", [twin["meta/rootUuid"]]).fetchone()[0] == 1
-        assert con.execute("select count(*) from households where root_uuid = ?", [first["meta/rootUuid"]]).fetchone()[0] == 0
+        kept = con.execute("select count(*) from households where root_uuid = ?", [first["meta/rootUuid"]]).fetchone()[0]
+        assert kept == (0 if settled_by == "deleting" else 1)
 
 
 def test_a_submission_marked_deleted_that_the_server_sends_again_is_clean_again(household, tmp_path: Path) -> None:

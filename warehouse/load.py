@@ -316,19 +316,18 @@ class FormLoader:
                                       f"main.{quote(self.dictionary.main_table.name)}",
                                       "t.root_uuid IN (SELECT root_uuid FROM deleted_roots)")
         self.warehouse.mark_deleted(self.dictionary.form_id, self.form_tables(), self.asset_uid, root_uuids, now)
-        if root_uuids:
-            self._retype_twins_of(root_uuids, now)
 
-    def _retype_twins_of(self, root_uuids: list[str], now: dt.datetime) -> None:
-        """Submissions kept out as later duplicates of a deleted one's ``_uuid`` are typed
-        again: with the earlier twin deleted on the server (how a data manager settles a
-        duplicate), the one left is no longer a duplicate, and would otherwise stay in
-        quarantine until a rebuild."""
-        with self.warehouse.keys_relation("deleted_roots", root_uuids):
-            twins = [row[0] for row in self.con.execute(TWINS_OF_DELETED, [self.asset_uid]).fetchall()]
-        if twins:
-            with self.warehouse.keys_relation("twin_roots", twins):
-                self.retype_from_raw("SELECT root_uuid FROM twin_roots", [], now)
+    def retype_settled_duplicates(self, now: dt.datetime) -> int:
+        """Types again the submissions kept out as later duplicates of a ``_uuid`` that no
+        earlier current submission has any more: the earlier twin was deleted on the server
+        (how a data manager settles a duplicate) or edited (an edit gives it a new _uuid).
+        Without this they would stay in quarantine until a rebuild. Returns how many."""
+        with self.warehouse.writing(), self.warehouse.transaction():
+            settled = [row[0] for row in self.con.execute(SETTLED_DUPLICATES, [self.asset_uid]).fetchall()]
+            if settled:
+                with self.warehouse.keys_relation("settled_roots", settled):
+                    self.retype_from_raw("SELECT root_uuid FROM settled_roots", [], now)
+        return len(settled)
 
     def form_tables(self) -> list[str]:
         """The clean tables of every version of the form: a submission's rows may be in a
@@ -351,12 +350,15 @@ class FormLoader:
                              [json.dumps(_finite(submission), ensure_ascii=False), root_uuid_of(submission)])
 
 
-# The open duplicate_uuid errors of a project whose _uuid a deleted submission had.
-TWINS_OF_DELETED = """
+# A project's open duplicate_uuid errors whose _uuid no earlier current submission of the
+# form has any more (found by uuid_key, as the rule itself finds them).
+SETTLED_DUPLICATES = """
 SELECT DISTINCT i.root_uuid FROM quality.issues i
 WHERE i.asset_uid = ? AND i.check_code = 'duplicate_uuid' AND i.resolved_at IS NULL
-  AND i.root_uuid NOT IN (SELECT root_uuid FROM deleted_roots)
-  AND i.value IN (SELECT r.uuid FROM raw.submissions r WHERE r.root_uuid IN (SELECT root_uuid FROM deleted_roots))
+  AND NOT EXISTS (SELECT 1 FROM raw.submissions r
+                  WHERE r.uuid_key = lookup_key(i.value) AND r.uuid = i.value AND r.form_id = i.form_id
+                    AND r.is_current AND r.deleted_at IS NULL AND r.root_uuid <> i.root_uuid
+                    AND r.submission_id < i.submission_id)
 """
 
 
