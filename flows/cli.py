@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from forms.errors import TerrainError
+from forms.errors import Terminated, TerrainError
 
 DEFAULT_WAREHOUSE = "terrain.duckdb"
 DEMO_SUBMISSIONS = 1000
@@ -386,7 +387,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    # SIGTERM stops Terrain as Ctrl+C does, instead of at once without a word. Within a
+    # flow run Prefect's own handler takes it first (TerminationSignal), marks the run
+    # crashed, and sends the signal again to this one.
+    signal.signal(signal.SIGTERM, _terminate)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for room in ("flows", "forms", "kobo", "validation", "warehouse"):
         logging.getLogger(room).setLevel(logging.INFO)
@@ -396,11 +405,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TerrainError as error:
         print(f"terrain: {error.fr}\nterrain: {error.en}", file=sys.stderr)  # French first, English beside
         return 1
-    except KeyboardInterrupt:
-        print("terrain: interrompu ; ce qui a été enregistré avant est gardé (une synchronisation reprend à son "
-              "dernier lot)\nterrain: interrupted; what was committed before is kept (a sync resumes from its last "
-              "batch)", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        how_fr, how_en = ("arrêté (SIGTERM)", "stopped (SIGTERM)") if isinstance(stop, Terminated) \
+            else ("interrompu", "interrupted")
+        print(f"terrain: {how_fr} ; ce qui a été enregistré avant est gardé (une synchronisation reprend à son "
+              f"dernier lot)\nterrain: {how_en}; what was committed before is kept (a sync resumes from its last "
+              f"batch)", file=sys.stderr)
+        return 143 if isinstance(stop, Terminated) else 130
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import duckdb
 
 from forms.build import dictionary_from_sheets, project_forms
 from forms.dictionary import FieldDictionary
+from forms.errors import Terminated
 from kobo.client import KoboClient, Page
 from kobo.content import content_settings, form_id_of, xlsform_from_content
 from kobo.errors import ProjectNotFound
@@ -293,10 +294,19 @@ def sync_asset(client: KoboClient, warehouse: Warehouse, asset_uid: str, progres
     except BaseException as error:
         # Ctrl+C during a DuckDB query comes out of it as RuntimeError("Query interrupted"):
         # the whole run stops (a KeyboardInterrupt), the other projects are not synced.
-        interrupted = isinstance(error, KeyboardInterrupt) or (
-            isinstance(error, (RuntimeError, duckdb.InterruptException)) and str(error) == DUCKDB_INTERRUPTED)
+        query_interrupted = isinstance(error, (RuntimeError, duckdb.InterruptException)) and \
+            str(error) == DUCKDB_INTERRUPTED
+        # Stopped from outside: Ctrl+C, SIGTERM (Prefect's TerminationSignal within a flow,
+        # flows.cli's Terminated outside one: both BaseExceptions), or the process exiting.
+        stopped = not isinstance(error, Exception)
+        interrupted = query_interrupted or stopped
         summary.status = "interrupted" if interrupted else "failed"
-        summary.error = "interrompue (Ctrl+C) / interrupted (Ctrl+C)" if interrupted else str(error)
+        if isinstance(error, KeyboardInterrupt) and not isinstance(error, Terminated) or query_interrupted:
+            summary.error = "interrompue (Ctrl+C) / interrupted (Ctrl+C)"
+        elif stopped:
+            summary.error = "arrêtée par un signal (SIGTERM) / stopped by a signal (SIGTERM)"
+        else:
+            summary.error = str(error)
         summary.seconds = round(time.monotonic() - started, 2)
         try:
             warehouse.finish_run(run_id, summary.status, summary.as_dict(), _now())
@@ -304,7 +314,7 @@ def sync_asset(client: KoboClient, warehouse: Warehouse, asset_uid: str, progres
             # the run stays 'running' (the next sync marks it interrupted); the error that matters is raised
             log.warning("impossible d'enregistrer l'échec dans %s / could not record the failed run in %s",
                         warehouse.path, warehouse.path)
-        if interrupted and not isinstance(error, KeyboardInterrupt):
+        if query_interrupted:
             raise KeyboardInterrupt from error
         raise
     finally:

@@ -28,3 +28,9 @@ class FormError(TerrainError):
 
 class ExpressionError(FormError):
     """An XLSForm expression (relevant, constraint, choice_filter) cannot be parsed."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a service manager or `kill` stopping Terrain), raised by the command line's
+    handler: handled as Ctrl+C is (what was committed is kept, the run is 'interrupted'),
+    but exits with 143 rather than 130."""

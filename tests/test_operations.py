@@ -187,11 +187,14 @@ def test_two_syncs_at_once_only_one_writes(prefect_server, household, tmp_path) 
     assert lock_holder(warehouse) is None
 
 
-def test_ctrl_c_stops_a_sync_at_once_and_the_next_one_resumes(prefect_server, household, tmp_path) -> None:
+@pytest.mark.parametrize("stop", ["ctrl_c", "sigterm"])
+def test_ctrl_c_or_sigterm_stops_a_sync_at_once_and_the_next_one_resumes(prefect_server, household, tmp_path,
+                                                                         stop: str) -> None:
     """Ctrl+C in a terminal signals the whole process group, Prefect's temporary server
-    included: the sync used to go on, then retry the dead server for minutes. It stops
-    now, says so in one line, records the run as interrupted, and the next sync ends the
-    work with nothing lost or twice."""
+    included: the sync used to go on, then retry the dead server for minutes. SIGTERM (a
+    service manager, `kill`) stopped it without a word. Either stops it now, says so,
+    records the run as interrupted, and the next sync ends the work with nothing lost or
+    twice."""
     api_url, home = prefect_server
     slow = seeded_server([household], 400, seed=12, faults=FaultPlan(latency_seconds=0.1))
     warehouse = tmp_path / "terrain.duckdb"
@@ -207,14 +210,18 @@ def test_ctrl_c_stops_a_sync_at_once_and_the_next_one_resumes(prefect_server, ho
             while "page 3," not in log.read_text():
                 assert sync.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
                 time.sleep(0.1)
-            os.killpg(sync.pid, signal.SIGINT)
+            if stop == "ctrl_c":
+                os.killpg(sync.pid, signal.SIGINT)
+            else:
+                os.kill(sync.pid, signal.SIGTERM)
             sync.wait(timeout=30)
         finally:
             if sync.poll() is None:
                 os.killpg(sync.pid, signal.SIGKILL)
         output = log.read_text()
-        assert sync.returncode == 130, output[-3000:]
-        assert "terrain: interrupted; what was committed before is kept" in output
+        assert sync.returncode == (130 if stop == "ctrl_c" else 143), output[-3000:]
+        said = "interrupted" if stop == "ctrl_c" else "stopped (SIGTERM)"
+        assert f"terrain: {said}; what was committed before is kept" in output
         assert "Traceback" not in output
         with duckdb.connect(str(warehouse), read_only=True) as con:
             assert con.execute("select status from meta.sync_runs").fetchall() == [("interrupted",)]
