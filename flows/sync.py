@@ -405,40 +405,63 @@ ON_HOLD, APPROVED = "validation_status_on_hold", "validation_status_approved"
 
 
 STATUS_FIELDS = ["_id", "_validation_status"]
+NO_STATUS = {"_validation_status.uid": {"$exists": False}}  # a Mongo query (kobo-api.md §3.3)
+RECORD_STATUSES = ("INSERT OR REPLACE INTO meta.status_writes (asset_uid, submission_id, status, written_at, confirmed) "
+                   "SELECT ?, unnest(CAST(? AS BIGINT[])), ?, ?, ?")
 
 
 def write_back_statuses(client: KoboClient, warehouse: Warehouse, asset_uid: str, dictionary: FieldDictionary) -> int:
     """Tells KoboToolbox what Terrain found: quarantined submissions go "on hold", clean
     ones "approved". Only a status nobody set, or one Terrain set and nobody changed
     since (meta.status_writes), is changed: a supervisor's "not approved", "approved" or
-    "on hold" is left alone. The statuses are read from the server first: they change
-    there without the submission changing, so raw does not see them."""
-    on_server: dict[int, str | None] = {}
-    for page in client.iter_pages(asset_uid, fields=STATUS_FIELDS):
-        for row in page.results:
-            on_server[int(row["_id"])] = (row.get("_validation_status") or {}).get("uid")
-    ours = dict(warehouse.con.execute("SELECT submission_id, status FROM meta.status_writes WHERE asset_uid = ?",
-                                      [asset_uid]).fetchall())
-    quarantined = {row[0] for row in warehouse.con.execute(
+    "on hold" is left alone. Statuses change on the server without the submission
+    changing (raw does not see them), so they are read there first, but only where the
+    answer matters: the submissions with no status, and those whose wanted status is not
+    the one Terrain set (a few requests a sync, not one per 1,000 submissions)."""
+    wanted = {row[0]: ON_HOLD for row in warehouse.con.execute(
         "SELECT r.submission_id FROM raw.submissions r JOIN quality.quarantine q USING (asset_uid, root_uuid) "
         "WHERE r.asset_uid = ? AND r.is_current AND r.deleted_at IS NULL", [asset_uid]).fetchall()}
-    clean = {row[0] for row in warehouse.con.execute(
+    wanted.update({row[0]: APPROVED for row in warehouse.con.execute(
         f"SELECT submission_id FROM main.{quote(dictionary.main_table.name)} WHERE root_uuid IN "
-        f"(SELECT root_uuid FROM raw.submissions WHERE asset_uid = ?)", [asset_uid]).fetchall()}
+        f"(SELECT root_uuid FROM raw.submissions WHERE asset_uid = ?)", [asset_uid]).fetchall()})
+    ours = {row[0]: (row[1], row[2] is not False) for row in warehouse.con.execute(
+        "SELECT submission_id, status, confirmed FROM meta.status_writes WHERE asset_uid = ?", [asset_uid]).fetchall()}
 
-    def to_set(ids: set[int], status: str) -> list[int]:
-        return sorted(i for i in ids if i in on_server and on_server[i] != status
-                      and (on_server[i] is None or on_server[i] == ours.get(i)))
+    on_server: dict[int, str | None] = {}
+    for page in client.iter_pages(asset_uid, fields=["_id"], where=NO_STATUS):
+        on_server.update((int(row["_id"]), None) for row in page.results)
+    # A status Terrain set (and the server took) as it is still wanted needs no reading:
+    # on the server it is either that one, or a person's, left alone either way.
+    unread = sorted(i for i, status in wanted.items() if i not in on_server and ours.get(i) != (status, True))
+    for start in range(0, len(unread), client.page_size):
+        for page in client.iter_pages(asset_uid, fields=STATUS_FIELDS, ids=unread[start:start + client.page_size]):
+            on_server.update((int(row["_id"]), (row.get("_validation_status") or {}).get("uid"))
+                             for row in page.results)
 
+    def terrains(submission_id: int, found: str | None) -> bool:
+        """Whether the status found on the server is one Terrain may change."""
+        if found is None:
+            return True
+        status, confirmed = ours.get(submission_id, (None, True))
+        # Recorded but not confirmed: the run stopped around the request, and the server
+        # holds either that status or the one Terrain set before it.
+        return found == status or (not confirmed and found in (ON_HOLD, APPROVED))
+
+    confirmed = [i for i, (status, sure) in ours.items() if not sure and on_server.get(i, "") == status]
     written = 0
-    for ids, status in ((to_set(quarantined, ON_HOLD), ON_HOLD), (to_set(clean, APPROVED), APPROVED)):
-        for start in range(0, len(ids), client.page_size):  # each chunk recorded once the server took it
+    with warehouse.transaction():  # requests that went through before a run stopped
+        warehouse.con.execute("UPDATE meta.status_writes SET confirmed = TRUE WHERE asset_uid = ? AND "
+                              "list_contains(CAST(? AS BIGINT[]), submission_id)", [asset_uid, confirmed])
+    for status in (ON_HOLD, APPROVED):
+        ids = sorted(i for i, want in wanted.items() if want == status and i in on_server
+                     and on_server[i] != status and terrains(i, on_server[i]))
+        for start in range(0, len(ids), client.page_size):
             chunk = ids[start:start + client.page_size]
+            with warehouse.transaction():  # recorded before it is sent: see meta.status_writes
+                warehouse.con.execute(RECORD_STATUSES, [asset_uid, chunk, status, _now(), False])
             written += client.set_validation_statuses(asset_uid, chunk, status)
             with warehouse.transaction():
-                warehouse.con.execute(
-                    "INSERT OR REPLACE INTO meta.status_writes SELECT ?, unnest(CAST(? AS BIGINT[])), ?, ?",
-                    [asset_uid, chunk, status, _now()])
+                warehouse.con.execute(RECORD_STATUSES, [asset_uid, chunk, status, _now(), True])
     return written
 
 

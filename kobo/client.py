@@ -345,10 +345,12 @@ class KoboClient:
         return updated
 
     def iter_pages(self, uid: str, after_id: int | None = None, fields: list[str] | None = None,
-                   until_id: int | None = None, ids: list[int] | None = None) -> Iterator[Page]:
-        """Every submission with ``after_id < _id <= until_id`` (or among ``ids``), in ``_id``
-        order, one page at a time. Pages are kept to some MB of text (see PAGE_BYTES): a page
-        of long submissions is asked for again, and the next ones, with a smaller limit."""
+                   until_id: int | None = None, ids: list[int] | None = None,
+                   where: dict[str, Any] | None = None) -> Iterator[Page]:
+        """Every submission with ``after_id < _id <= until_id`` (or among ``ids``, and
+        matching the Mongo query ``where``), in ``_id`` order, one page at a time. Pages are
+        kept to some MB of text (see PAGE_BYTES): a page of long submissions is asked for
+        again, and the next ones, with a smaller limit."""
         last, limit = after_id, self.page_size
         while True:
             params: dict[str, Any] = {"limit": limit, "start": 0, "sort": json.dumps({"_id": 1})}
@@ -359,8 +361,9 @@ class KoboClient:
                 bounds["$lte"] = until_id
             if ids is not None:
                 bounds["$in"] = ids
-            if bounds:
-                params["query"] = json.dumps({"_id": bounds})
+            query = {**(where or {}), **({"_id": bounds} if bounds else {})}
+            if query:
+                params["query"] = json.dumps(query)
             if fields is not None:
                 params["fields"] = json.dumps(fields)
             page = self.get_json(f"api/v2/assets/{uid}/data/", params, read=read_page)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import openpyxl
 
-from flows.sync import SyncSettings, sync_asset
+from flows.sync import APPROVED, ON_HOLD, SyncSettings, sync_asset, write_back_statuses
 from kobo.client import KoboClient
 from validation.report import corrections_template_rows
 from warehouse.rebuild import apply_corrections_file
@@ -146,6 +146,52 @@ def test_write_back_leaves_alone_a_status_a_supervisor_set(seeded, warehouse_pat
     assert summary.statuses_written == 1
     assert {i: statuses[i] for i in decisions} == decisions
     assert statuses[clean[2]] == "validation_status_approved"
+
+
+def test_write_back_reads_only_the_statuses_that_matter(seeded, warehouse_path) -> None:
+    """Once Terrain has set the statuses, the next write-back does not read every
+    submission's status again (1,000 requests at 1,000,000 submissions): only those with
+    no status, and those whose wanted status is not the one Terrain set."""
+    asset = seeded.assets["household_survey"]
+    settings = SyncSettings(download_attachments=False, write_back=True)
+    with KoboClient(seeded.server.url, seeded.token, page_size=20) as client, Warehouse(warehouse_path) as warehouse:
+        sync_asset(client, warehouse, asset.uid, settings=settings)
+        dictionary = warehouse.latest_dictionaries()[0]
+        before = seeded.server.requests_served
+        assert write_back_statuses(client, warehouse, asset.uid, dictionary) == 0
+        assert seeded.server.requests_served - before == 1  # the (empty) list of submissions with no status
+        clean = warehouse.con.execute("select min(submission_id) from households").fetchone()[0]
+        seeded.server.set_validation_status(asset.uid, clean, None, "superviseur")
+        before = seeded.server.requests_served
+        assert write_back_statuses(client, warehouse, asset.uid, dictionary) == 1  # cleared: Terrain's again
+        assert seeded.server.requests_served - before == 2  # that list, then the one status sent
+    assert len(asset.submissions) > 20 * 5
+
+
+def test_write_back_keeps_its_statuses_across_a_run_stopped_around_a_request(seeded, warehouse_path) -> None:
+    """A status is recorded before it is sent, and confirmed after. A run stopped in
+    between leaves it unconfirmed: the next run still takes the status on the server as
+    Terrain's, whether the request went through or not, and ends the work. Recorded only
+    after (as before), a request that went through before the record was taken for a
+    person's status, left as it was for good."""
+    asset = seeded.assets["household_survey"]
+    settings = SyncSettings(download_attachments=False, write_back=True)
+    with KoboClient(seeded.server.url, seeded.token) as client, Warehouse(warehouse_path) as warehouse:
+        sync_asset(client, warehouse, asset.uid, settings=settings)
+        dictionary = warehouse.latest_dictionaries()[0]
+        sent, unsent = (r[0] for r in warehouse.con.execute(
+            "select submission_id from households order by submission_id limit 2").fetchall())
+        # unsent: Terrain had set "on hold", recorded "approved", and stopped before sending it.
+        # sent: Terrain recorded "approved", the server took it, and the run stopped then.
+        seeded.server.set_validation_status(asset.uid, unsent, ON_HOLD, "terrain")
+        warehouse.con.execute("update meta.status_writes set status = ?, confirmed = false where submission_id in (?, ?)",
+                              [APPROVED, sent, unsent])
+        assert write_back_statuses(client, warehouse, asset.uid, dictionary) == 1
+        records = dict(warehouse.con.execute("select submission_id, (status, confirmed) from meta.status_writes "
+                                             "where submission_id in (?, ?)", [sent, unsent]).fetchall())
+    statuses = {s["_id"]: (s.get("_validation_status") or {}).get("uid") for s in asset.submissions}
+    assert statuses[unsent] == statuses[sent] == APPROVED
+    assert records == {sent: (APPROVED, True), unsent: (APPROVED, True)}
 
 
 def test_a_correction_is_not_applied_to_an_answer_that_changed_under_it(seeded, warehouse_path, tmp_path: Path) -> None:
