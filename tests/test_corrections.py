@@ -148,6 +148,36 @@ def test_write_back_leaves_alone_a_status_a_supervisor_set(seeded, warehouse_pat
     assert statuses[clean[2]] == "validation_status_approved"
 
 
+def test_a_correction_is_not_applied_to_another_row_with_the_same_answer(seeded, warehouse_path, tmp_path: Path) -> None:
+    """Two children of one age: when the member before them is removed on the server, the
+    fourth becomes the third with the same age. The answer alone does not show the
+    change; the row's other answers do, and the correction is reported, not applied to
+    another child."""
+    asset = seeded.assets["household_survey"]
+    ages = "select member_age from household_members where root_uuid = ? order by position"
+    with KoboClient(seeded.server.url, seeded.token) as client, Warehouse(warehouse_path) as warehouse:
+        sync_asset(client, warehouse, asset.uid, settings=NO_FILES)
+        submission = next(s for s in asset.submissions if len(s.get("members", [])) >= 4
+                          and not in_quarantine(warehouse, s["meta/rootUuid"]))
+        root = submission["meta/rootUuid"]
+        members = [dict(m) for m in submission["members"]]
+        members[3]["members/member_age"] = members[2]["members/member_age"]
+        members[3]["members/member_relation"] = members[2]["members/member_relation"]
+        seeded.server.edit_submission(asset.uid, submission["_id"], {"members": members})
+        sync_asset(client, warehouse, asset.uid, settings=SyncSettings(download_attachments=False, reconcile="always"))
+        age = int(members[2]["members/member_age"])
+        apply_corrections_file(warehouse, write_csv(tmp_path / "c.csv", [
+            {"root_uuid": root, "field": "member_age", "row_key": "3", "new_value": str(age + 1),
+             "reason": "Vérifié", "author": "Mariam"}]))
+        assert warehouse.con.execute("select status from meta.corrections").fetchone() == ("applied",)
+        assert warehouse.con.execute(ages, [root]).fetchall()[2] == (age + 1,)
+        seeded.server.edit_submission(asset.uid, submission["_id"], {"members": [m for i, m in enumerate(members) if i != 1]})
+        sync_asset(client, warehouse, asset.uid, settings=SyncSettings(download_attachments=False, reconcile="always"))
+        status, problem = warehouse.con.execute("select status, problem from meta.corrections").fetchone()
+        assert status == "outdated" and "row 3 changed on the server" in problem
+        assert warehouse.con.execute(ages, [root]).fetchall()[2] == (age,)  # the child now third keeps its age
+
+
 def test_write_back_reads_only_the_statuses_that_matter(seeded, warehouse_path) -> None:
     """Once Terrain has set the statuses, the next write-back does not read every
     submission's status again (1,000 requests at 1,000,000 submissions): only those with

@@ -27,7 +27,7 @@ from typing import Any
 
 import pandas as pd
 
-from forms.dictionary import FieldDictionary
+from forms.dictionary import Field, FieldDictionary
 from forms.errors import TerrainError
 from warehouse.typing import root_uuid_of
 
@@ -136,7 +136,7 @@ def import_corrections(con, rows: list[dict[str, str]], source: str, now: dt.dat
                              problems=problems)
 
 
-def _target(dictionary: FieldDictionary, name: str):
+def _target(dictionary: FieldDictionary, name: str) -> Field | None:
     for f in dictionary.fields():
         if name in (f.column, f.name, f.kobo_key):
             return f
@@ -151,8 +151,8 @@ def apply_corrections(con, dictionary: FieldDictionary, submissions: list[dict[s
         return submissions
     con.register("correction_roots", pd.DataFrame({"root_uuid": roots}))
     try:
-        rows = con.execute("SELECT root_uuid, field, row_key, new_value, original_value FROM meta.corrections "
-                           "WHERE root_uuid IN (SELECT root_uuid FROM correction_roots)").fetchall()
+        rows = con.execute("SELECT root_uuid, field, row_key, new_value, original_value, original_row "
+                           "FROM meta.corrections WHERE root_uuid IN (SELECT root_uuid FROM correction_roots)").fetchall()
     finally:
         con.unregister("correction_roots")
     if not rows:
@@ -166,57 +166,82 @@ def apply_corrections(con, dictionary: FieldDictionary, submissions: list[dict[s
         if not todo:
             corrected.append(submission)
             continue
-        submission = copy.deepcopy(submission)
-        for root, name, row_key, value, original in todo:
-            status, problem, found = _apply_one(dictionary, submission, name, row_key, value, original)
-            con.execute("UPDATE meta.corrections SET status = ?, problem = ?, original_value = coalesce(original_value, ?) "
-                        "WHERE root_uuid = ? AND field = ? AND row_key = ?",
-                        [status, problem, found, root, name, row_key])
+        received, submission = submission, copy.deepcopy(submission)
+        for root, name, row_key, value, original, original_row in todo:
+            status, problem, found, row = _apply_one(dictionary, submission, received, name, row_key, value,
+                                                     original, original_row)
+            con.execute("UPDATE meta.corrections SET status = ?, problem = ?, original_value = coalesce(original_value, ?), "
+                        "original_row = coalesce(original_row, ?) WHERE root_uuid = ? AND field = ? AND row_key = ?",
+                        [status, problem, found, row, root, name, row_key])
         corrected.append(submission)
     return corrected
 
 
-def _apply_one(dictionary: FieldDictionary, submission: dict[str, Any], name: str, row_key: str,
-               value: str | None, original: str | None) -> tuple[str, str | None, str | None]:
-    """Applies one correction to the submission: its status, the problem if any, and the
-    answer it found there (JSON), to be kept as the one the correction replaced."""
+def _row_of(dictionary: FieldDictionary, submission: dict[str, Any], f: Field,
+            row_key: str) -> tuple[dict[str, Any] | None, str | None]:
+    """Where the answer ``f`` of row ``row_key`` lives in the submission (the submission
+    itself, or a repeat's row), or why there is no such place."""
+    table = dictionary.tables[f.table]
+    if not table.is_repeat:
+        return submission, None
+    if not row_key:
+        return None, (f"'{f.name}' est dans un groupe répété : donnez le row_key (par exemple 2) / "
+                      f"'{f.name}' is in a repeat group: give the row_key (e.g. 2)")
+    chain = []
+    current = table
+    while current.is_repeat:
+        chain.insert(0, current)
+        current = dictionary.tables[current.parent]
+    positions = row_key.split(".")
+    if len(positions) != len(chain):
+        return None, (f"le row_key '{row_key}' ne correspond pas au groupe répété de '{f.name}' / "
+                      f"row_key '{row_key}' does not fit the repeat group of '{f.name}'")
+    container: dict[str, Any] = submission
+    for repeat, position in zip(chain, positions):
+        items = container.get(repeat.repeat_key) or []
+        index = int(position) - 1 if position.isdigit() else -1
+        if not 0 <= index < len(items):
+            return None, f"pas de ligne {row_key} dans '{repeat.repeat_key}' / no row {row_key} in '{repeat.repeat_key}'"
+        container = items[index]
+    return container, None
+
+
+def _apply_one(dictionary: FieldDictionary, submission: dict[str, Any], received: dict[str, Any], name: str,
+               row_key: str, value: str | None, original: str | None,
+               original_row: str | None = None) -> tuple[str, str | None, str | None, str | None]:
+    """Applies one correction to ``submission`` (a copy of ``received``, the submission as
+    the server sent it): its status, the problem if any, the answer it found there (JSON),
+    to be kept as the one the correction replaced, and for a repeat's row the row's other
+    answers as received (JSON), kept to tell that row from another one moved into its place."""
     f = _target(dictionary, name)
     if f is None:
-        return "no_target", f"le formulaire n'a pas de champ '{name}' / the form has no field '{name}'", None
-    table = dictionary.tables[f.table]
-    container: dict[str, Any] | None = submission
-    if table.is_repeat:
-        if not row_key:
-            return "no_target", (f"'{name}' est dans un groupe répété : donnez le row_key (par exemple 2) / "
-                                 f"'{name}' is in a repeat group: give the row_key (e.g. 2)"), None
-        chain = []
-        current = table
-        while current.is_repeat:
-            chain.insert(0, current)
-            current = dictionary.tables[current.parent]
-        positions = row_key.split(".")
-        if len(positions) != len(chain):
-            return "no_target", (f"le row_key '{row_key}' ne correspond pas au groupe répété de '{name}' / "
-                                 f"row_key '{row_key}' does not fit the repeat group of '{name}'"), None
-        for repeat, position in zip(chain, positions):
-            items = (container or {}).get(repeat.repeat_key) or []
-            index = int(position) - 1 if position.isdigit() else -1
-            if not 0 <= index < len(items):
-                return "no_target", f"pas de ligne {row_key} dans '{repeat.repeat_key}' / no row {row_key} in " \
-                                    f"'{repeat.repeat_key}'", None
-            container = items[index]
+        return "no_target", f"le formulaire n'a pas de champ '{name}' / the form has no field '{name}'", None, None
+    container, problem = _row_of(dictionary, submission, f, row_key)
+    if container is None:
+        return "no_target", problem, None, None
     found = json.dumps(container.get(f.kobo_key), ensure_ascii=False)
+    row = None
+    if dictionary.tables[f.table].is_repeat:  # as received: other corrections of the row do not change it
+        as_received, _ = _row_of(dictionary, received, f, row_key)
+        row = json.dumps({k: v for k, v in (as_received or {}).items() if k != f.kobo_key}, ensure_ascii=False,
+                         sort_keys=True)
     if original is not None and found != original:
         was, now = json.loads(original), json.loads(found)
         return ("outdated", f"la réponse a changé sur le serveur depuis cette correction (elle était {was!r}, elle "
                 f"est {now!r}) : vérifiez-la, puis écrivez de nouveau la correction ou annulez-la / the answer changed "
                 f"on the server since this correction (it was {was!r}, it is {now!r}): check it, then write the "
-                f"correction again or cancel it", found)
+                f"correction again or cancel it", found, row)
+    if original_row is not None and row != original_row:
+        return ("outdated", f"la ligne {row_key} a changé sur le serveur depuis cette correction (une ligne "
+                f"retirée avant elle ? d'autres réponses modifiées ?) : vérifiez-la, puis écrivez de nouveau la "
+                f"correction ou annulez-la / row {row_key} changed on the server since this correction (a row "
+                f"removed before it? other answers edited?): check it, then write the correction again or cancel it",
+                found, row)
     if value is None or value.strip().lower() in ERASE:
         container.pop(f.kobo_key, None)
     else:
         container[f.kobo_key] = value
-    return "applied", None, found
+    return "applied", None, found, row
 
 
 def corrections_log(con) -> list[tuple]:

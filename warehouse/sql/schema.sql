@@ -214,5 +214,9 @@ CREATE TABLE IF NOT EXISTS meta.corrections (
     -- The answer the correction first replaced (JSON; 'null': there was none), NULL until
     -- it is first applied: a different answer later means the submission changed under it.
     original_value VARCHAR,
+    -- For a repeat's row: its other answers (JSON) when the correction was first applied.
+    -- Other ones later mean another row moved into its place (a member removed before it),
+    -- even one with the same answer (two children of one age).
+    original_row   VARCHAR,
     PRIMARY KEY (root_uuid, field, row_key)
 );
