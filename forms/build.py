@@ -92,6 +92,12 @@ def project_forms() -> dict[str, BuiltForm]:
     return {built.form_id: built for built in (build_form(p) for p in source_paths())}
 
 
+def reserved_tables(form_id: str) -> set[str]:
+    """The tables of our own forms other than ``form_id``: the marts and the README's
+    queries read them, so a project of another form synced first must not take them."""
+    return {name for built in project_forms().values() if built.form_id != form_id for name in built.dictionary.tables}
+
+
 def project_form(form_id: str) -> BuiltForm:
     forms = project_forms()
     if form_id not in forms:

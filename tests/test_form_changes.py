@@ -189,6 +189,34 @@ def test_a_repeat_named_like_another_forms_table_gets_a_table_of_its_own(tmp_pat
     assert "member_age" not in columns
 
 
+def test_a_project_synced_before_ours_does_not_take_our_table_names(household, tmp_path: Path) -> None:
+    """The marts read households and household_members. Another project whose tables
+    have those names, synced into a new warehouse before ours, takes other names; ours
+    keeps its own."""
+    from kobo.seed import seeded_server
+
+    seeded = seeded_server([household], 20, seed=3)
+    foreign = ServedAsset(uid="aForeignProject0000001", name="Ménages (partenaire)", formhub_uuid="d" * 32,
+                          version_uid="vForeignFirst00000000", content=content(
+                              [{"type": "text", "name": "head"}, {"type": "begin_repeat", "name": "household_members"},
+                               {"type": "text", "name": "member_name"}, {"type": "end_repeat", "name": ""}],
+                              "1", form_id="households"))
+    path = tmp_path / "w.duckdb"
+    with seeded.server as server:
+        server.add_asset(foreign)
+        server.add_submissions(foreign.uid, [{"head": "Awa", "household_members": [
+            {"household_members/member_name": "Ali"}]}])
+        with KoboClient(server.url, seeded.token) as client, Warehouse(path) as warehouse:
+            sync_asset(client, warehouse, foreign.uid, settings=CALM)
+            ours = sync_asset(client, warehouse, seeded.assets["household_survey"].uid, settings=CALM)
+    assert rows(path, "select head from households_2") == [("Awa",)]
+    assert rows(path, "select member_name from households_2__household_members") == [("Ali",)]
+    in_households = rows(path, "select count(*) from households")[0][0]
+    assert in_households + ours.quarantined == 20 and in_households > 0
+    assert rows(path, "select count(*) from household_members where root_uuid not in (select root_uuid from "
+                      "households) and root_uuid not in (select root_uuid from quality.quarantine)") == [(0,)]
+
+
 def test_analyst_tables_and_labelled_views_cover_every_version(tmp_path: Path, monkeypatch) -> None:
     """A first sync meets the deployed version before the older one its first submissions
     were collected with. Names and phones stay out of analyst tables whichever version

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable, Iterator, Union
 
 import duckdb
 
+from forms.build import reserved_tables
 from forms.dictionary import FieldDictionary, distinct_tables, distinct_version, keep_columns
 from kobo.client import Page
 from validation.corrections import apply_corrections
@@ -132,6 +133,8 @@ class FormLoader:
         if self._stored is None:
             self._stored = self.warehouse.all_dictionaries(dictionary.form_id)
             self._taken = self.warehouse.tables_of_other_forms(dictionary.form_id)
+            if not self._stored:  # a form new to the warehouse: our own forms' table names are theirs
+                self._taken |= reserved_tables(dictionary.form_id)
         # No table of another form's name, each question in the column earlier versions gave
         # it, and a version name of its own (forms.dictionary).
         dictionary = distinct_tables(dictionary, self._taken)
