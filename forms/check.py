@@ -32,68 +32,111 @@ Severity = Literal["error", "warning"]
 
 class Rule(NamedTuple):
     """One catalogue entry, like pyxform's ``Detail``: a severity, a short title for
-    listings, and the message template filled with the problem's details."""
+    listings, and the message's templates in French and in English, filled with the
+    problem's details."""
 
     severity: Severity
     title: str
-    template: str
+    fr: str
+    en: str
+
+
+class Both(NamedTuple):
+    """A detail worded in French and in English (the rest, names and numbers, are both)."""
+
+    fr: str
+    en: str
 
 
 CATALOGUE: dict[str, Rule] = {
     # Broken forms: KoboToolbox would refuse them, or they would misbehave in Collect.
     "TF100": Rule("error", "pyxform cannot compile the form",
+                  "pyxform ne peut pas compiler le formulaire : {detail}",
                   "pyxform cannot compile the form: {detail}"),
     "TF101": Rule("error", "expression cannot be read",
+                  "L'expression `{expression}` est illisible : {reason}. Vérifiez les parenthèses, les guillemets, "
+                  "et que chaque opérateur (=, and, +...) a quelque chose de chaque côté.",
                   "The expression `{expression}` cannot be read: {reason}. Check the brackets, the quotes, "
                   "and that every operator (=, and, +...) has something on both sides."),
     "TF102": Rule("error", "unknown ${name} reference",
+                  "${{{name}}} désigne une question absente de la feuille survey{suggestion}. "
+                  "Corrigez le nom, ou ajoutez la question.",
                   "${{{name}}} refers to a question that is not in the survey sheet{suggestion}. "
                   "Correct the name, or add the question."),
     "TF103": Rule("error", "choice list missing",
+                  "La question utilise la liste de choix '{list_name}', absente de la feuille choices{suggestion}. "
+                  "Corrigez le nom de la liste, ou ajoutez ses choix à la feuille choices.",
                   "The question uses the choice list '{list_name}', which is not in the choices sheet{suggestion}. "
                   "Correct the list name, or add the list's choices to the choices sheet."),
     "TF104": Rule("error", "choice_filter column missing",
+                  "Le choice_filter utilise la colonne '{name}', mais la feuille choices n'a pas cette "
+                  "colonne{suggestion}. Ajoutez une colonne '{name}' à la feuille choices, ou corrigez le nom.",
                   "The choice_filter uses the column '{name}', but the choices sheet has no such column{suggestion}. "
                   "Add a '{name}' column to the choices sheet, or correct the name."),
     "TF105": Rule("error", "duplicate question name",
+                  "Le nom '{name}' est déjà utilisé à la ligne {first_row}. Chaque question, groupe et répétition "
+                  "a besoin de son propre nom (des noms qui ne diffèrent que par les majuscules comptent comme le "
+                  "même, comme dans l'entrepôt).",
                   "The name '{name}' is already used on row {first_row}. Every question, group and repeat needs "
                   "its own name (names differing only in capital letters count as the same, as in the warehouse)."),
     "TF106": Rule("error", "form source cannot be read",
+                  "La source du formulaire est illisible : {detail}",
                   "The form source cannot be read: {detail}"),
     "TF107": Rule("error", "question name without ${ }",
+                  "L'expression `{expression}` utilise '{name}' sans ${{ }} : elle ne désigne donc jamais la "
+                  "question (toujours vide). Écrivez ${{{name}}}.",
                   "The expression `{expression}` uses '{name}' without ${{ }}, so it never refers to the question "
                   "(it is always empty). Write ${{{name}}}."),
     "TF110": Rule("warning", "expression Terrain cannot evaluate",
+                  "L'expression `{expression}` utilise {features}. KoboToolbox et Collect l'acceptent, mais le "
+                  "générateur de données de test et la validation de Terrain ne savent pas l'évaluer et "
+                  "s'arrêteront sur ce formulaire.",
                   "The expression `{expression}` uses {features}. KoboToolbox and Collect accept it, but Terrain's "
                   "test-data generator and validation cannot evaluate it and will stop on this form."),
     "TF190": Rule("warning", "pyxform warning",
+                  "Avertissement de pyxform : {detail}",
                   "pyxform warns: {detail}"),
     # House rules.
     "TF201": Rule("error", "text missing in a language",
+                  "{what} existe en {present} mais pas en {language}. Ajoutez ce texte dans la colonne '{column}'.",
                   "The {what} is given in {present} but not in {language}. Add it in the column '{column}'."),
     "TF202": Rule("error", "constraint without a message",
+                  "Cette question a une contrainte mais pas de message de contrainte. Ajoutez-en un en "
+                  "{languages}, pour que l'enquêteur sache quoi corriger.",
                   "This question has a constraint but no constraint message. Add one in {languages}, so the "
                   "enumerator knows what to correct."),
     "TF203": Rule("error", "name too long for Stata",
+                  "{what} '{name}' a {length} caractères ; Stata en permet au plus {limit}, un export Stata le "
+                  "couperait ou le renommerait. Choisissez un nom plus court.",
                   "The {what} '{name}' has {length} characters; Stata allows at most {limit}, so a Stata export "
                   "would cut or rename it. Use a shorter name."),
     "TF204": Rule("error", "duplicate choice name",
+                  "Le nom de choix '{name}' est déjà utilisé dans la liste '{list_name}' à la ligne {first_row}. "
+                  "Chaque choix d'une liste a besoin de son propre nom.",
                   "The choice name '{name}' is already used in the list '{list_name}' on row {first_row}. "
                   "Each choice of a list needs its own name."),
     "TF205": Rule("error", "setting missing",
+                  "La feuille settings n'a pas de {setting}. Ajoutez-le : {why}.",
                   "The settings sheet has no {setting}. Add it: {why}."),
     "TF206": Rule("error", "version is not a number",
+                  "La version '{version}' ne doit contenir que des chiffres : aaaammjjNN, la date puis un compteur "
+                  "à deux chiffres (par exemple 2026112401).",
                   "The version '{version}' must contain only digits: yyyymmddNN, the date then a two-digit "
                   "counter (e.g. 2026112401)."),
     "TF207": Rule("warning", "version not yyyymmddNN",
+                  "La version '{version}' n'est pas de la forme aaaammjjNN (une vraie date puis un compteur à deux "
+                  "chiffres, par exemple 2026112401). Les versions doivent toujours augmenter ; la date le rend "
+                  "facile à voir.",
                   "The version '{version}' is not in the form yyyymmddNN (a real date then a two-digit counter, "
                   "e.g. 2026112401). Versions must keep increasing; the date makes that easy to see."),
 }
 
 FIRST_DATA_ROW = 2  # the .xlsx has the header on row 1, as pyxform's "[row : N]" counts
 STATA_NAME_LIMIT = 32
-TRANSLATED = {"label": "label", "hint": "hint", "guidance_hint": "guidance hint",
-              "constraint_message": "constraint message", "required_message": "required message"}
+TRANSLATED = {"label": Both("Le libellé", "label"), "hint": Both("L'indication", "hint"),
+              "guidance_hint": Both("L'indication pour l'enquêteur", "guidance hint"),
+              "constraint_message": Both("Le message de contrainte", "constraint message"),
+              "required_message": Both("Le message d'obligation", "required message")}
 DEFAULT_LANGUAGE = "default"  # pyxform's name for a translatable column without ::language
 # Columns holding XPath; the first four are also evaluated by Terrain (forms/expressions.py).
 EVALUATED_COLUMNS = ("relevant", "constraint", "required", "choice_filter")
@@ -102,8 +145,11 @@ EXPRESSION_COLUMNS = {"survey": EVALUATED_COLUMNS + ("readonly", "calculation", 
 YES_NO = {"yes", "no", "true", "false"}  # the literal values of required and readonly
 SELECT_TYPE = re.compile(r"^(?:select_one|select_multiple|rank)\s+(\S+)")
 REFERENCE = re.compile(r"\$\{(?:last-saved#)?([^}]*)\}")
-SETTINGS_WHY = {"form_id": "KoboToolbox and the warehouse know the form by it",
-                "version": "each new upload needs a higher version, written yyyymmddNN (e.g. 2026112401)"}
+SETTINGS_WHY = {"form_id": Both("KoboToolbox et l'entrepôt connaissent le formulaire par lui",
+                                "KoboToolbox and the warehouse know the form by it"),
+                "version": Both("chaque nouvel envoi demande une version plus grande, écrite aaaammjjNN (par "
+                                "exemple 2026112401)",
+                                "each new upload needs a higher version, written yyyymmddNN (e.g. 2026112401)")}
 
 
 @dataclass(frozen=True)
@@ -116,13 +162,21 @@ class Problem:
     sheet: str | None
     row: int | None
     column: str | None
-    message: str
+    message: str  # in English
+    message_fr: str = ""
 
     def __str__(self) -> str:
-        place = [self.form] + [f"{label} {value}" for label, value in
-                               (("sheet", self.sheet), ("row", self.row), ("column", self.column)) if value]
-        tag = self.code if self.severity == "error" else f"{self.code} warning"
-        return f"{', '.join(place)}: [{tag}] {self.message}"
+        """The French line first (when there is one), then the English one beneath it."""
+        def line(words: tuple[str, str, str], warning: str, colon: str, message: str) -> str:
+            place = [self.form] + [f"{label} {value}" for label, value in
+                                   zip(words, (self.sheet, self.row, self.column)) if value]
+            tag = self.code if self.severity == "error" else f"{self.code} {warning}"
+            return f"{', '.join(place)}{colon} [{tag}] {message}"
+
+        english = line(("sheet", "row", "column"), "warning", ":", self.message)
+        if not self.message_fr:
+            return english
+        return line(("feuille", "ligne", "colonne"), "avertissement", " :", self.message_fr) + "\n    " + english
 
 
 @dataclass
@@ -134,8 +188,11 @@ class _Findings:
 
     def add(self, code: str, sheet: str | None, row: int | None, column: str | None, **details: object) -> None:
         rule = CATALOGUE[code]
+        fr = {k: v.fr if isinstance(v, Both) else v for k, v in details.items()}
+        en = {k: v.en if isinstance(v, Both) else v for k, v in details.items()}
         self.problems.append(Problem(code, rule.severity, self.form, sheet, row, column,
-                                     rule.template.format(sheet=sheet, row=row, column=column, **details)))
+                                     rule.en.format(sheet=sheet, row=row, column=column, **en),
+                                     rule.fr.format(sheet=sheet, row=row, column=column, **fr)))
 
 
 # --- reading the source ---------------------------------------------------------------
@@ -184,9 +241,15 @@ def _texts(record: dict[str, str], base: str) -> dict[str, str]:
             for b, language in [_split_column(column)] if b == base}
 
 
-def _did_you_mean(word: str, known: Iterable[str]) -> str:
+def _did_you_mean(word: str, known: Iterable[str]) -> Both:
     close = difflib.get_close_matches(word, list(known), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    return Both(f" (vouliez-vous dire '{close[0]}' ?)", f" (did you mean '{close[0]}'?)") if close else Both("", "")
+
+
+def _both_joined(parts: Iterable[str | Both]) -> Both:
+    """"a and b" in both languages."""
+    items = [p if isinstance(p, Both) else Both(p, p) for p in parts]
+    return Both(" et ".join(p.fr for p in items), " and ".join(p.en for p in items))
 
 
 # --- expressions --------------------------------------------------------------------------
@@ -194,7 +257,7 @@ def _did_you_mean(word: str, known: Iterable[str]) -> str:
 _XPATH_LEXEME = re.compile(r"""'[^']*'|"[^"]*"|(?P<parent>\.\.)|(?P<path>[/\[\]@|])"""
                            r"""|(?P<call>[A-Za-z_][\w\-]*(?::[\w\-]+)?)(?=\s*\()""")
 _OPERATOR_WORDS = {"and", "or", "div", "mod"}
-_PATHS = "XPath paths or predicates (/ [ ] @ |)"
+_PATHS = Both("des chemins ou prédicats XPath (/ [ ] @ |)", "XPath paths or predicates (/ [ ] @ |)")
 
 
 @dataclass
@@ -203,23 +266,23 @@ class _Reading:
     be read, and the XPath features Terrain's evaluator does not run."""
 
     tree: Node | None
-    error: str | None
-    unsupported: list[str]
+    error: Both | None
+    unsupported: list[Both]
 
 
 def _read_expression(text: str) -> _Reading:
     """Parses with forms.expressions, but first swaps valid XPath it does not run (other
     functions, '..') for stand-ins it reads, so that only real syntax faults are errors.
     Paths and predicates have no stand-in: those expressions are left to pyxform."""
-    unsupported: list[str] = []
+    unsupported: list[Both] = []
 
     def stand_in(match: re.Match[str]) -> str:
         call = match.group("call")
         if call and call not in FUNCTIONS and call not in _OPERATOR_WORDS:
-            unsupported.append(f"the function {call}()")
+            unsupported.append(Both(f"la fonction {call}()", f"the function {call}()"))
             return "concat"
         if match.group("parent"):
-            unsupported.append("'..' (the parent node)")
+            unsupported.append(Both("'..' (le nœud parent)", "'..' (the parent node)"))
             return "."
         if match.group("path"):
             unsupported.append(_PATHS)
@@ -232,19 +295,23 @@ def _read_expression(text: str) -> _Reading:
     except ExpressionError as error:
         if _PATHS in unsupported:
             return _Reading(None, None, unsupported)
-        return _Reading(None, _plain_reason(error.en), unsupported)  # the check speaks pyxform's English
+        return _Reading(None, _plain_reason(error), unsupported)
 
 
-def _plain_reason(message: str) -> str:
+def _plain_reason(error: ExpressionError) -> Both:
     """The parser's reason without the expression it quotes (our message shows it)."""
-    if re.fullmatch(r"the expression '.*' ends too early", message, flags=re.S):
-        return "it ends too early (a closing bracket or a value is missing at the end)"
-    near = re.fullmatch(r"cannot read the expression near (.*)", message, flags=re.S)
+    if re.fullmatch(r"the expression '.*' ends too early", error.en, flags=re.S):
+        return Both("elle s'arrête trop tôt (il manque une parenthèse fermante ou une valeur à la fin)",
+                    "it ends too early (a closing bracket or a value is missing at the end)")
+    near = re.fullmatch(r"cannot read the expression near (.*)", error.en, flags=re.S)
     if near:
-        return (f"the text from {near.group(1)} on is not understood (look for an unclosed quote or ${{ }}, "
-                "or a sign XPath does not use, such as == or &&)")
-    reason = re.sub(r" in '.*'$", "", message, flags=re.S)
-    return f"there is an {reason}" if reason.startswith("unexpected") else reason
+        return Both(f"le texte à partir de {near.group(1)} n'est pas compris (cherchez un guillemet ou un ${{ }} "
+                    f"non fermé, ou un signe qu'XPath n'utilise pas, comme == ou &&)",
+                    f"the text from {near.group(1)} on is not understood (look for an unclosed quote or ${{ }}, "
+                    "or a sign XPath does not use, such as == or &&)")
+    fr, en = (re.sub(r" dans '.*'$", "", error.fr, flags=re.S), re.sub(r" in '.*'$", "", error.en, flags=re.S))
+    return Both(f"il y a {fr}" if en.startswith("unexpected") else fr,
+                f"there is an {en}" if en.startswith("unexpected") else en)
 
 
 def _bare_names(node: Node) -> Iterator[str]:
@@ -271,7 +338,7 @@ def _check_expressions(source: FormSource, findings: _Findings) -> None:
                     continue
                 if reading.unsupported and column in EVALUATED_COLUMNS:
                     findings.add("TF110", sheet, row, column, expression=text,
-                                 features=" and ".join(reading.unsupported))
+                                 features=_both_joined(reading.unsupported))
                 for name in dict.fromkeys(_bare_names(reading.tree) if reading.tree else []):
                     if column != "choice_filter":
                         findings.add("TF107", sheet, row, column, expression=text, name=name)
@@ -297,7 +364,8 @@ def _check_choice_lists(source: FormSource, findings: _Findings) -> None:
     for row, record in _rows(source, "choices"):
         list_name, name = record.get("list_name", ""), record.get("name", "")
         if list_name and list_name not in lists and len(list_name) > STATA_NAME_LIMIT:
-            findings.add("TF203", "choices", row, "list_name", what="choice list name", name=list_name,
+            findings.add("TF203", "choices", row, "list_name", what=Both("Le nom de liste de choix", "choice list name"),
+                         name=list_name,
                          length=len(list_name), limit=STATA_NAME_LIMIT)
         seen = lists.setdefault(list_name, {})
         if name and name in seen:
@@ -318,7 +386,7 @@ def _check_names(source: FormSource, findings: _Findings) -> None:
             findings.add("TF105", "survey", row, "name", name=name, first_row=first[name.lower()])
         first.setdefault(name.lower(), row)
         if len(name) > STATA_NAME_LIMIT:
-            findings.add("TF203", "survey", row, "name", what="name", name=name, length=len(name),
+            findings.add("TF203", "survey", row, "name", what=Both("Le nom", "name"), name=name, length=len(name),
                          limit=STATA_NAME_LIMIT)
 
 
@@ -332,10 +400,10 @@ def _check_translations(source: FormSource, findings: _Findings) -> None:
                 texts = _texts(record, base)
                 for language in [language for language in languages if texts and language not in texts]:
                     findings.add("TF201", sheet, row, _join_column(base, language), what=what,
-                                 present=" and ".join(texts), language=language)
+                                 present=_both_joined(texts), language=language)
             if sheet == "survey" and record.get("constraint") and not _texts(record, "constraint_message"):
                 findings.add("TF202", sheet, row, _join_column("constraint_message", languages[0]),
-                             languages=" and ".join(languages))
+                             languages=_both_joined(languages))
 
 
 def _check_settings(source: FormSource, findings: _Findings) -> None:
@@ -439,10 +507,14 @@ def run_check(paths: list[Path] | None = None, out: TextIO | None = None) -> int
         print(problem, file=out)
     errors = sum(p.severity == "error" for p in problems)
     warnings = len(problems) - errors
-    print(f"Checked {_count(len(results), 'form')}: {_count(errors, 'error')}, {_count(warnings, 'warning')}.",
+    forms = len(results)
+    print(f"{_count(forms, 'formulaire', True)} vérifié{'s' if forms > 1 else ''} : "
+          f"{_count(errors, 'erreur', True)}, {_count(warnings, 'avertissement', True)}. / "
+          f"Checked {_count(forms, 'form')}: {_count(errors, 'error')}, {_count(warnings, 'warning')}.",
           file=out)
     return 1 if errors else 0
 
 
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}{'' if number == 1 else 's'}"
+def _count(number: int, noun: str, french: bool = False) -> str:
+    """"2 errors", "1 error", "0 errors"; in French 0 is singular too ("0 erreur")."""
+    return f"{number} {noun}{'s' if number > 1 or (number == 0 and not french) else ''}"

@@ -8,6 +8,7 @@ Row numbers count the header as row 1, so the first question is on row 2.
 from __future__ import annotations
 
 import io
+import string
 import subprocess
 import sys
 from pathlib import Path
@@ -50,6 +51,9 @@ def reported(path: Path, code: str, sheet: str | None, row: int | None, column: 
     place = [f"{label} {value}" for label, value in (("sheet", sheet), ("row", row), ("column", column)) if value]
     assert ", ".join(["broken.md"] + place) + f": [{code}" in printed
     assert str(problems[0]) in printed
+    french = [f"{label} {value}" for label, value in (("feuille", sheet), ("ligne", row), ("colonne", column)) if value]
+    assert ", ".join(["broken.md"] + french) + f" : [{code}" in printed  # French first, English beneath
+    assert problems[0].message_fr and printed.index(problems[0].message_fr) < printed.index(problems[0].message)
     return problems[0]
 
 
@@ -63,7 +67,7 @@ def test_a_well_formed_form_has_no_problem(tmp_path: Path) -> None:
     assert check_source(path) == []
     out = io.StringIO()
     assert run_check([path], out=out) == 0
-    assert out.getvalue() == "Checked 1 form: 0 errors, 0 warnings.\n"
+    assert out.getvalue() == "1 formulaire vérifié : 0 erreur, 0 avertissement. / Checked 1 form: 0 errors, 0 warnings.\n"
 
 
 def test_problem_reads_as_form_sheet_row_column_code_message() -> None:
@@ -404,14 +408,17 @@ def test_check_all_reads_a_folder_and_reports_every_problem(tmp_path: Path) -> N
         ("TF201", 2, "label::English (en)"), ("TF102", 2, "relevant"), ("TF103", 3, "type")]
     out = io.StringIO()
     assert run_check([tmp_path], out=out) == 1
-    assert out.getvalue().splitlines()[-1] == "Checked 1 form: 3 errors, 0 warnings."
+    assert out.getvalue().splitlines()[-1] == ("1 formulaire vérifié : 3 erreurs, 0 avertissement. / "
+                                               "Checked 1 form: 3 errors, 0 warnings.")
 
 
 def test_every_catalogue_code_is_well_formed_and_tested() -> None:
     tests = Path(__file__).read_text(encoding="utf-8")
     for code, rule in CATALOGUE.items():
         assert code[:2] == "TF" and code[2:].isdigit() and rule.severity in ("error", "warning"), code
-        assert rule.title and rule.template, code
+        assert rule.title and rule.fr and rule.en, code
+        fields = [{name for _, name, _, _ in string.Formatter().parse(text) if name} for text in (rule.fr, rule.en)]
+        assert fields[0] == fields[1], code  # the French and English messages say the same things
         assert f"def test_{code}" in tests or f'"{code}"' in tests.split("# --- our forms")[0], code
 
 
