@@ -242,7 +242,7 @@ def publish_summary(key: str, title: str, markdown: str) -> None:
 
         create_markdown_artifact(markdown=f"## {title}\n\n{markdown}\n", key=key, description=title)
     except Exception as error:  # noqa: BLE001 - the summary is in the logs already
-        logger.warning("could not store the %s artifact: %s", key, error)
+        logger.warning("impossible d'enregistrer l'artefact %s / could not store the %s artifact: %s", key, key, error)
 
 
 def publish_quality_summary(warehouse_path: str) -> None:

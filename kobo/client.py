@@ -373,8 +373,9 @@ class KoboClient:
             if page.size:
                 fitting = max(1, min(self.page_size, page.size * PAGE_BYTES // max(1, len(page.body))))
                 if len(page.body) > 2 * PAGE_BYTES and fitting < page.size:
-                    log.info("KoboToolbox: a page of %d submissions is %.0f MB; asking for %d at a time",
-                             page.size, len(page.body) / 2**20, fitting)
+                    log.info("KoboToolbox : une page de %d soumissions fait %.0f Mo ; demande de %d à la fois / "
+                             "a page of %d submissions is %.0f MB; asking for %d at a time",
+                             page.size, len(page.body) / 2**20, fitting, page.size, len(page.body) / 2**20, fitting)
                     limit = fitting
                     continue
                 if limit < self.page_size:  # pages of long submissions: kept near PAGE_BYTES

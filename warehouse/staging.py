@@ -192,7 +192,8 @@ class StagingPlan:
             except ExpressionError as error:
                 # An empty answer is then not reported as missing (rather than quarantining
                 # answers Collect may rightly have skipped).
-                log.warning("%s.%s: relevance not checked (%s)", self.dictionary.form_id, f.name, error)
+                log.warning("%s.%s : pertinence non vérifiée / relevance not checked (%s)", self.dictionary.form_id,
+                            f.name, error)
                 condition = "FALSE"
             flags.append((RELEVANT_PREFIX + f.column, f"({raw} IS NOT NULL OR {condition})"))
         return flags, used
