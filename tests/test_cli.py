@@ -103,3 +103,27 @@ def test_forms_publish_creates_then_redeploys_on_the_local_server() -> None:
         assert "redeployed as project " + assets["household_survey"].uid in again.stdout
         assert len(server.assets) == 3
     assert token not in first.stdout + first.stderr + again.stdout + again.stderr
+
+
+def test_every_command_explains_itself_in_french_then_english() -> None:
+    """`terrain <command> --help` prints (argparse %-formats help texts: a stray % would
+    fail only when someone asks for help), each option's help French first."""
+    import argparse
+
+    from flows.cli import build_parser
+
+    def parsers(parser: argparse.ArgumentParser):
+        yield parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for child in action.choices.values():
+                    yield from parsers(child)
+
+    seen = 0
+    for parser in parsers(build_parser()):
+        text = parser.format_help()
+        for action in parser._actions:
+            if action.help and action.help != argparse.SUPPRESS and action.dest != "help":
+                assert " / " in action.help, (parser.prog, action.dest)
+        seen += bool(text)
+    assert seen >= 14  # terrain, its 10 commands, forms' 4
