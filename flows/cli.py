@@ -8,8 +8,9 @@ import os
 import signal
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 from forms.errors import Terminated, TerrainError
 
@@ -23,6 +24,38 @@ CELL_WIDTH = 60  # terrain sql cuts cells there (a root_uuid, 41 characters, fit
 def _say(fr: str, en: str) -> None:
     """A line for the data manager: French first, the English beside it (indented below)."""
     print(f"{fr}\n    {en}")
+
+
+T = TypeVar("T")
+
+
+def _say_waiting(holder_fr: str, holder_en: str) -> None:
+    print(f"terrain: {holder_fr} ; attente de sa fin...\nterrain: {holder_en}; waiting for it to finish...",
+          file=sys.stderr, flush=True)
+
+
+def _lock_timeout() -> float:
+    from flows.settings import load_settings
+
+    return load_settings().lock_timeout_seconds
+
+
+def _when_free(warehouse_path: str, read: Callable[[], T]) -> T:
+    """``read()`` once no sync or other run writes the warehouse (it waits, and says so)."""
+    from warehouse.lock import read_when_free
+
+    return read_when_free(warehouse_path, read, _lock_timeout(), on_wait=_say_waiting)
+
+
+@contextmanager
+def _writing(warehouse_path: str, purpose: str) -> Iterator[Any]:
+    """The warehouse for writing, in turn with the syncs and other runs (warehouse.lock)."""
+    from warehouse.lock import WriterLock
+    from warehouse.store import Warehouse
+
+    with WriterLock(warehouse_path, _lock_timeout(), purpose=purpose, on_wait=_say_waiting), \
+            Warehouse(warehouse_path) as warehouse:
+        yield warehouse
 
 
 def _format_table(columns: list[str], rows: list[tuple], max_width: int | None = CELL_WIDTH) -> str:
@@ -92,9 +125,12 @@ def cmd_forms_diff(args: argparse.Namespace) -> int:
     from forms.dictionary import distinct_tables, keep_columns
     from warehouse.store import Warehouse
 
-    with Warehouse(args.warehouse, read_only=True) as warehouse:
-        versions = {d.version: d for d in warehouse.all_dictionaries(args.form_id)}
-        taken = warehouse.tables_of_other_forms(args.form_id)
+    def read() -> tuple[dict[str, Any], set[str]]:
+        with Warehouse(args.warehouse, read_only=True) as warehouse:
+            return ({d.version: d for d in warehouse.all_dictionaries(args.form_id)},
+                    warehouse.tables_of_other_forms(args.form_id))
+
+    versions, taken = _when_free(args.warehouse, read)
     if args.new is None:  # with the tables and columns the warehouse will give it (as FormLoader does)
         source = distinct_tables(project_form(args.form_id).dictionary, taken)
         versions["source"] = keep_columns(source, list(versions.values()))
@@ -138,17 +174,19 @@ def cmd_sync(args: argparse.Namespace) -> int:
 def cmd_sql(args: argparse.Namespace) -> int:
     from warehouse.store import Warehouse
 
-    with Warehouse(args.warehouse, read_only=True) as warehouse:
-        columns, rows = warehouse.query(args.query)
+    def read() -> tuple[list[str], list[tuple]]:
+        with Warehouse(args.warehouse, read_only=True) as warehouse:
+            return warehouse.query(args.query)
+
+    columns, rows = _when_free(args.warehouse, read)
     print(_format_table(columns, rows, max_width=None if args.full else CELL_WIDTH))
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from warehouse.exports import export_tables
-    from warehouse.store import Warehouse
 
-    with Warehouse(args.warehouse) as warehouse:
+    with _writing(args.warehouse, "export") as warehouse:
         tables = warehouse.refresh_analyst_tables()
         result = export_tables(warehouse.con, args.table or tables, Path(args.out), args.format, args.language)
     for path in result.files:
@@ -159,9 +197,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
     from warehouse.rebuild import rebuild_all
-    from warehouse.store import Warehouse
 
-    with Warehouse(args.warehouse) as warehouse:
+    with _writing(args.warehouse, "rebuild") as warehouse:
         for result in rebuild_all(warehouse):
             _say(f"{result.form_id} ({result.asset_uid}) : {result.submissions} soumissions retypées, "
                  f"{result.quarantined} en quarantaine",
@@ -174,9 +211,8 @@ SHOWN_STILL_QUARANTINED = 10
 
 def cmd_corrections(args: argparse.Namespace) -> int:
     from warehouse.rebuild import apply_corrections_file
-    from warehouse.store import Warehouse
 
-    with Warehouse(args.warehouse) as warehouse:
+    with _writing(args.warehouse, "corrections") as warehouse:
         rebuilt, problems = apply_corrections_file(warehouse, Path(args.file))
         applied = warehouse.con.execute("SELECT count(*) FROM meta.corrections WHERE status = 'applied'").fetchone()[0]
         # The corrected submissions still kept out, and why (another error than the one fixed?).
@@ -201,9 +237,9 @@ def cmd_corrections(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from validation.report import write_corrections_template, write_report
 
-    print(write_report(args.warehouse, args.out))
+    print(_when_free(args.warehouse, lambda: write_report(args.warehouse, args.out)))
     if args.corrections_template:
-        print(write_corrections_template(args.warehouse, args.corrections_template))
+        print(_when_free(args.warehouse, lambda: write_corrections_template(args.warehouse, args.corrections_template)))
     return 0
 
 

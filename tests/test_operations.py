@@ -232,6 +232,34 @@ def test_ctrl_c_or_sigterm_stops_a_sync_at_once_and_the_next_one_resumes(prefect
     assert got["households"] + got["quarantine"] == 400 == got["raw"]
 
 
+@pytest.mark.parametrize("command", [["sql", "select 41 + 1 as answer"], ["rebuild"]], ids=["sql", "rebuild"])
+def test_commands_wait_for_a_sync_instead_of_failing(tmp_path, command: list[str]) -> None:
+    """DuckDB opens a file a writer holds for no other process: terrain sql (a reader)
+    and terrain rebuild (a writer) run during a sync used to fail at once. They wait for
+    it now, saying so, and run when it ends."""
+    warehouse = tmp_path / "terrain.duckdb"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys\nfrom warehouse.lock import WriterLock\n"
+                               "from warehouse.store import Warehouse\n"
+                               f"with WriterLock({str(warehouse)!r}, purpose='sync'), Warehouse({str(warehouse)!r}):\n"
+                               "    print('held', flush=True); sys.stdin.readline()"],
+                              cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        waiting = subprocess.Popen([str(BIN / "terrain"), *command, "--warehouse", str(warehouse)], cwd=tmp_path,
+                                   env=base_env(tmp_path, TERRAIN_LOCK_TIMEOUT="60"), stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        time.sleep(3)
+        assert waiting.poll() is None, waiting.communicate()  # still waiting for the sync
+    finally:
+        holder.communicate("\n", timeout=10)
+    out, err = waiting.communicate(timeout=60)
+    assert waiting.returncode == 0, err[-3000:]
+    assert "terrain: un autre processus (sync) écrit dans terrain.duckdb" in err and "attente de sa fin" in err
+    assert "terrain: another sync is writing to terrain.duckdb" in err and "waiting for it to finish" in err
+    if command[0] == "sql":
+        assert "42" in out
+
+
 def test_writer_lock_waits_then_fails_clearly_and_is_reentrant(tmp_path) -> None:
     warehouse = tmp_path / "terrain.duckdb"
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom warehouse.lock import WriterLock\n"

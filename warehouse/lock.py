@@ -8,7 +8,8 @@ message that says who holds the warehouse and since when, instead of failing hal
 The lock is ``fcntl.flock`` on ``<warehouse>.lock`` (``terrain.duckdb.lock``): the
 kernel releases it when the holder's process ends, even on a crash, so it is never
 left stale. The file holds the holder's pid, purpose and start time, for the message
-only. Readers (``terrain sql``) do not take it.
+only. Readers (``terrain sql``, the report) do not take it: DuckDB opens a file a
+writer holds for no one else, so they wait for the writer (``read_when_free``).
 
 Within one process the lock is re-entrant: a flow that holds it can call tasks or
 subflows that take it again. Writes inside one process are sequenced by the flow.
@@ -25,9 +26,11 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
-from warehouse.store import WarehouseError
+from warehouse.store import WarehouseError, WarehouseInUse
+
+T = TypeVar("T")
 
 DEFAULT_TIMEOUT = 600.0
 POLL_SECONDS = 0.25
@@ -96,17 +99,52 @@ def _describe(holder: dict[str, Any] | None, name: str) -> tuple[str, str]:
             + f" ({where}" + (f" on {host}" if host else "") + ")")
 
 
+def _busy(holder: dict[str, Any] | None, name: str, timeout: float) -> WarehouseBusy:
+    holder_fr, holder_en = _describe(holder, name)
+    return WarehouseBusy(f"{holder_fr} ; attendu {timeout:.0f} s ; réessayez plus tard (ou augmentez "
+                         f"lock_timeout_seconds)",
+                         f"{holder_en}; waited {timeout:.0f} s; try again later (or raise lock_timeout_seconds)")
+
+
+def read_when_free(warehouse_path: str | os.PathLike[str], read: Callable[[], T], timeout: float = DEFAULT_TIMEOUT,
+                   on_wait: Callable[[str, str], None] | None = None, poll: float = POLL_SECONDS) -> T:
+    """``read()`` (which opens the warehouse read-only) once no Terrain run writes it:
+    DuckDB lets no other process open a file a writer holds, so a query during a sync
+    waits for its end (up to ``timeout`` seconds) instead of failing. ``on_wait`` is told
+    once, in French and English, who it waits for. A writer outside Terrain (a DuckDB
+    session) holds no lock: its WarehouseInUse is waited out the same way."""
+    name = Path(warehouse_path).name
+    started, told = time.monotonic(), False
+    while True:
+        holder = lock_holder(warehouse_path)
+        refused: WarehouseInUse | None = None
+        if holder is None:
+            try:
+                return read()
+            except WarehouseInUse as error:
+                refused = error
+        if time.monotonic() - started >= timeout:
+            raise refused if refused is not None else _busy(holder, name, timeout)
+        if on_wait and not told:
+            on_wait(*_describe(holder, name))
+            told = True
+        time.sleep(poll)
+
+
 class WriterLock:
     """``with WriterLock("terrain.duckdb", timeout=600, purpose="sync"):`` waits up to
-    ``timeout`` seconds for the warehouse, polling, then raises WarehouseBusy."""
+    ``timeout`` seconds for the warehouse, polling, then raises WarehouseBusy. ``on_wait``
+    is told once, in French and English, who it waits for."""
 
     def __init__(self, warehouse_path: str | os.PathLike[str], timeout: float = DEFAULT_TIMEOUT,
-                 purpose: str = "sync", poll: float = POLL_SECONDS):
+                 purpose: str = "sync", poll: float = POLL_SECONDS,
+                 on_wait: Callable[[str, str], None] | None = None):
         self.warehouse_path = Path(warehouse_path)
         self.path = lock_path_for(warehouse_path)
         self.timeout = max(0.0, float(timeout))
         self.purpose = purpose
         self.poll = poll
+        self.on_wait = on_wait
         self.waited = 0.0
         self._key = str(self.path.resolve())
         self._acquired = False
@@ -120,7 +158,7 @@ class WriterLock:
                 return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        started = time.monotonic()
+        started, told = time.monotonic(), False
         try:
             while True:
                 try:
@@ -130,12 +168,10 @@ class WriterLock:
                     self.waited = time.monotonic() - started
                     left = self.timeout - self.waited
                     if left <= 0:
-                        holder_fr, holder_en = _describe(_read_holder(fd), self.warehouse_path.name)
-                        raise WarehouseBusy(
-                            f"{holder_fr} ; attendu {self.timeout:.0f} s ; réessayez plus tard (ou augmentez "
-                            f"lock_timeout_seconds)",
-                            f"{holder_en}; waited {self.timeout:.0f} s; try again later (or raise "
-                            f"lock_timeout_seconds)") from None
+                        raise _busy(_read_holder(fd), self.warehouse_path.name, self.timeout) from None
+                    if self.on_wait and not told:
+                        self.on_wait(*_describe(_read_holder(fd), self.warehouse_path.name))
+                        told = True
                     time.sleep(min(self.poll, left))
         except BaseException:
             os.close(fd)
@@ -173,4 +209,4 @@ class WriterLock:
         self.release()
 
 
-__all__ = ["WarehouseBusy", "WriterLock", "lock_holder", "lock_path_for"]
+__all__ = ["WarehouseBusy", "WriterLock", "lock_holder", "lock_path_for", "read_when_free"]
