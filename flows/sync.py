@@ -296,14 +296,19 @@ def sync_asset(client: KoboClient, warehouse: Warehouse, asset_uid: str, progres
         # the whole run stops (a KeyboardInterrupt), the other projects are not synced.
         query_interrupted = isinstance(error, (RuntimeError, duckdb.InterruptException)) and \
             str(error) == DUCKDB_INTERRUPTED
-        # Stopped from outside: Ctrl+C, SIGTERM (Prefect's TerminationSignal within a flow,
-        # flows.cli's Terminated outside one: both BaseExceptions), or the process exiting.
-        stopped = not isinstance(error, Exception)
-        interrupted = query_interrupted or stopped
-        summary.status = "interrupted" if interrupted else "failed"
-        if isinstance(error, KeyboardInterrupt) and not isinstance(error, Terminated) or query_interrupted:
+        # What stopped it from outside: Ctrl+C, SIGTERM (Prefect's TerminationSignal within
+        # a flow, flows.cli's Terminated outside one: both BaseExceptions), or the process
+        # exiting. A signal handler's exception raised during a query becomes the context
+        # of DuckDB's RuntimeError; Ctrl+C there leaves none (DuckDB handles SIGINT itself).
+        stop = error if not isinstance(error, Exception) else None
+        if query_interrupted:
+            context = error.__context__
+            stop = context if isinstance(context, BaseException) and not isinstance(context, Exception) \
+                else KeyboardInterrupt()
+        summary.status = "interrupted" if stop is not None else "failed"
+        if isinstance(stop, KeyboardInterrupt) and not isinstance(stop, Terminated):
             summary.error = "interrompue (Ctrl+C) / interrupted (Ctrl+C)"
-        elif stopped:
+        elif stop is not None:
             summary.error = "arrêtée par un signal (SIGTERM) / stopped by a signal (SIGTERM)"
         else:
             summary.error = str(error)
@@ -315,7 +320,7 @@ def sync_asset(client: KoboClient, warehouse: Warehouse, asset_uid: str, progres
             log.warning("impossible d'enregistrer l'échec dans %s / could not record the failed run in %s",
                         warehouse.path, warehouse.path)
         if query_interrupted:
-            raise KeyboardInterrupt from error
+            raise stop from error
         raise
     finally:
         if progress:
@@ -406,8 +411,24 @@ ON_HOLD, APPROVED = "validation_status_on_hold", "validation_status_approved"
 
 STATUS_FIELDS = ["_id", "_validation_status"]
 NO_STATUS = {"_validation_status.uid": {"$exists": False}}  # a Mongo query (kobo-api.md §3.3)
-RECORD_STATUSES = ("INSERT OR REPLACE INTO meta.status_writes (asset_uid, submission_id, status, written_at, confirmed) "
-                   "SELECT ?, unnest(CAST(? AS BIGINT[])), ?, ?, ?")
+# Before a status is sent: the one Terrain set before (confirmed) becomes ``previous``.
+RECORD_STATUS_TO_SEND = """
+INSERT INTO meta.status_writes (asset_uid, submission_id, status, written_at, confirmed, previous)
+SELECT $asset_uid, unnest(CAST($ids AS BIGINT[])), $status, $now, FALSE, NULL
+ON CONFLICT (asset_uid, submission_id) DO UPDATE SET
+    previous = CASE WHEN confirmed IS NOT FALSE THEN status ELSE previous END,
+    status = excluded.status, written_at = excluded.written_at, confirmed = FALSE
+"""
+# Once the server took it (or was found holding it).
+CONFIRM_STATUSES = ("UPDATE meta.status_writes SET confirmed = TRUE, previous = NULL, written_at = $now "
+                    "WHERE asset_uid = $asset_uid AND list_contains(CAST($ids AS BIGINT[]), submission_id)")
+
+
+def record_status_to_send(warehouse: Warehouse, asset_uid: str, ids: list[int], status: str) -> None:
+    """Records a status before it is sent (see meta.status_writes), in its own transaction."""
+    with warehouse.transaction():
+        warehouse.con.execute(RECORD_STATUS_TO_SEND, {"asset_uid": asset_uid, "ids": ids, "status": status,
+                                                      "now": _now()})
 
 
 def write_back_statuses(client: KoboClient, warehouse: Warehouse, asset_uid: str, dictionary: FieldDictionary) -> int:
@@ -424,15 +445,16 @@ def write_back_statuses(client: KoboClient, warehouse: Warehouse, asset_uid: str
     wanted.update({row[0]: APPROVED for row in warehouse.con.execute(
         f"SELECT submission_id FROM main.{quote(dictionary.main_table.name)} WHERE root_uuid IN "
         f"(SELECT root_uuid FROM raw.submissions WHERE asset_uid = ?)", [asset_uid]).fetchall()})
-    ours = {row[0]: (row[1], row[2] is not False) for row in warehouse.con.execute(
-        "SELECT submission_id, status, confirmed FROM meta.status_writes WHERE asset_uid = ?", [asset_uid]).fetchall()}
+    ours = {row[0]: (row[1], row[2] is not False, row[3]) for row in warehouse.con.execute(
+        "SELECT submission_id, status, confirmed, previous FROM meta.status_writes WHERE asset_uid = ?",
+        [asset_uid]).fetchall()}
 
     on_server: dict[int, str | None] = {}
     for page in client.iter_pages(asset_uid, fields=["_id"], where=NO_STATUS):
         on_server.update((int(row["_id"]), None) for row in page.results)
     # A status Terrain set (and the server took) as it is still wanted needs no reading:
     # on the server it is either that one, or a person's, left alone either way.
-    unread = sorted(i for i, status in wanted.items() if i not in on_server and ours.get(i) != (status, True))
+    unread = sorted(i for i, status in wanted.items() if i not in on_server and ours.get(i, ())[:2] != (status, True))
     for start in range(0, len(unread), client.page_size):
         for page in client.iter_pages(asset_uid, fields=STATUS_FIELDS, ids=unread[start:start + client.page_size]):
             on_server.update((int(row["_id"]), (row.get("_validation_status") or {}).get("uid"))
@@ -442,26 +464,24 @@ def write_back_statuses(client: KoboClient, warehouse: Warehouse, asset_uid: str
         """Whether the status found on the server is one Terrain may change."""
         if found is None:
             return True
-        status, confirmed = ours.get(submission_id, (None, True))
+        status, confirmed, previous = ours.get(submission_id, (None, True, None))
         # Recorded but not confirmed: the run stopped around the request, and the server
-        # holds either that status or the one Terrain set before it.
-        return found == status or (not confirmed and found in (ON_HOLD, APPROVED))
+        # holds either that status or the one Terrain set before it (else a person's).
+        return found == status or (not confirmed and previous is not None and found == previous)
 
-    confirmed = [i for i, (status, sure) in ours.items() if not sure and on_server.get(i, "") == status]
+    went_through = [i for i, (status, sure, _) in ours.items() if not sure and on_server.get(i, "") == status]
     written = 0
     with warehouse.transaction():  # requests that went through before a run stopped
-        warehouse.con.execute("UPDATE meta.status_writes SET confirmed = TRUE WHERE asset_uid = ? AND "
-                              "list_contains(CAST(? AS BIGINT[]), submission_id)", [asset_uid, confirmed])
+        warehouse.con.execute(CONFIRM_STATUSES, {"asset_uid": asset_uid, "ids": went_through, "now": _now()})
     for status in (ON_HOLD, APPROVED):
         ids = sorted(i for i, want in wanted.items() if want == status and i in on_server
                      and on_server[i] != status and terrains(i, on_server[i]))
         for start in range(0, len(ids), client.page_size):
             chunk = ids[start:start + client.page_size]
-            with warehouse.transaction():  # recorded before it is sent: see meta.status_writes
-                warehouse.con.execute(RECORD_STATUSES, [asset_uid, chunk, status, _now(), False])
+            record_status_to_send(warehouse, asset_uid, chunk, status)
             written += client.set_validation_statuses(asset_uid, chunk, status)
             with warehouse.transaction():
-                warehouse.con.execute(RECORD_STATUSES, [asset_uid, chunk, status, _now(), True])
+                warehouse.con.execute(CONFIRM_STATUSES, {"asset_uid": asset_uid, "ids": chunk, "now": _now()})
     return written
 
 

@@ -469,7 +469,8 @@ def check_source(path: Path) -> list[Problem]:
     try:
         source = load_source(path)
     except FormError as error:
-        findings.add("TF106", None, None, None, detail=_without_origin(error.en, path))
+        findings.add("TF106", None, None, None,
+                     detail=Both(_without_origin(error.fr, path), _without_origin(error.en, path)))
         return findings.problems
     for check in CHECKS:
         check(source, findings)
@@ -485,7 +486,10 @@ def check_source(path: Path) -> list[Problem]:
 
 
 def _without_origin(message: str, path: Path) -> str:
-    return message.removeprefix(f"{path.name}: ").removeprefix(f"{path.name}, ")
+    """The message without the file name it starts with (the problem's line shows it)."""
+    for origin in (f"{path.name}: ", f"{path.name} : ", f"{path.name}, "):
+        message = message.removeprefix(origin)
+    return message
 
 
 def _expand(paths: Iterable[Path]) -> list[Path]:

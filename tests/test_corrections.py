@@ -10,7 +10,7 @@ from pathlib import Path
 
 import openpyxl
 
-from flows.sync import APPROVED, ON_HOLD, SyncSettings, sync_asset, write_back_statuses
+from flows.sync import APPROVED, ON_HOLD, SyncSettings, record_status_to_send, sync_asset, write_back_statuses
 from kobo.client import KoboClient
 from validation.report import corrections_template_rows
 from warehouse.rebuild import apply_corrections_file
@@ -200,28 +200,38 @@ def test_write_back_reads_only_the_statuses_that_matter(seeded, warehouse_path) 
 
 def test_write_back_keeps_its_statuses_across_a_run_stopped_around_a_request(seeded, warehouse_path) -> None:
     """A status is recorded before it is sent, and confirmed after. A run stopped in
-    between leaves it unconfirmed: the next run still takes the status on the server as
-    Terrain's, whether the request went through or not, and ends the work. Recorded only
-    after (as before), a request that went through before the record was taken for a
-    person's status, left as it was for good."""
+    between leaves it unconfirmed, and the next run knows which statuses on the server
+    are Terrain's: the one it meant to send (the request went through) or the one it had
+    set before (it did not); any other is a person's. Recorded only after, as before, a
+    request that went through was taken for a person's status, left as it was for good."""
     asset = seeded.assets["household_survey"]
     settings = SyncSettings(download_attachments=False, write_back=True)
     with KoboClient(seeded.server.url, seeded.token) as client, Warehouse(warehouse_path) as warehouse:
         sync_asset(client, warehouse, asset.uid, settings=settings)
         dictionary = warehouse.latest_dictionaries()[0]
-        sent, unsent = (r[0] for r in warehouse.con.execute(
+        unsent, sent = (r[0] for r in warehouse.con.execute(
             "select submission_id from households order by submission_id limit 2").fetchall())
-        # unsent: Terrain had set "on hold", recorded "approved", and stopped before sending it.
-        # sent: Terrain recorded "approved", the server took it, and the run stopped then.
+        first = warehouse.con.execute("select min(submission_id) from quality.quarantine").fetchone()[0]
+        # unsent: Terrain had set "on hold" (confirmed), then recorded "approved" and stopped
+        # before sending it: the server still holds Terrain's "on hold".
         seeded.server.set_validation_status(asset.uid, unsent, ON_HOLD, "terrain")
-        warehouse.con.execute("update meta.status_writes set status = ?, confirmed = false where submission_id in (?, ?)",
-                              [APPROVED, sent, unsent])
+        record_status_to_send(warehouse, asset.uid, [unsent], ON_HOLD)
+        warehouse.con.execute("update meta.status_writes set confirmed = true where submission_id = ?", [unsent])
+        record_status_to_send(warehouse, asset.uid, [unsent], APPROVED)
+        # sent: Terrain recorded "approved" again, the server took it, and the run stopped then.
+        record_status_to_send(warehouse, asset.uid, [sent], APPROVED)
+        # first: Terrain's first status for it, recorded and never sent; then a supervisor
+        # approved the submission: a person's decision, which stays.
+        warehouse.con.execute("delete from meta.status_writes where submission_id = ?", [first])
+        seeded.server.set_validation_status(asset.uid, first, None, "terrain")
+        record_status_to_send(warehouse, asset.uid, [first], ON_HOLD)
+        seeded.server.set_validation_status(asset.uid, first, APPROVED, "superviseur")
         assert write_back_statuses(client, warehouse, asset.uid, dictionary) == 1
         records = dict(warehouse.con.execute("select submission_id, (status, confirmed) from meta.status_writes "
-                                             "where submission_id in (?, ?)", [sent, unsent]).fetchall())
+                                             "where submission_id in (?, ?, ?)", [sent, unsent, first]).fetchall())
     statuses = {s["_id"]: (s.get("_validation_status") or {}).get("uid") for s in asset.submissions}
-    assert statuses[unsent] == statuses[sent] == APPROVED
-    assert records == {sent: (APPROVED, True), unsent: (APPROVED, True)}
+    assert (statuses[unsent], statuses[sent], statuses[first]) == (APPROVED, APPROVED, APPROVED)
+    assert records == {sent: (APPROVED, True), unsent: (APPROVED, True), first: (ON_HOLD, False)}
 
 
 def test_a_correction_is_not_applied_to_an_answer_that_changed_under_it(seeded, warehouse_path, tmp_path: Path) -> None:
@@ -285,3 +295,28 @@ def test_an_interrupted_corrections_run_is_finished_by_running_it_again(seeded, 
         assert in_quarantine(warehouse, root)
         apply_corrections_file(warehouse, path)
         assert not in_quarantine(warehouse, root)
+
+
+def test_a_row_added_to_a_repeat_within_the_corrected_row_does_not_outdate_it() -> None:
+    """original_row keeps a repeat row's own answers: a crop added to a plot (a repeat
+    within the repeat) leaves the plot the same row, and its corrected area applies."""
+    import copy
+
+    from flows.sync import dictionary_for_asset
+    from validation.corrections import _apply_one
+
+    from test_form_changes import content  # noqa: E402  (tests/ is on sys.path)
+
+    dictionary = dictionary_for_asset({"uid": "aPlots", "content": content([
+        {"type": "text", "name": "head"}, {"type": "begin_repeat", "name": "plots"}, {"type": "integer", "name": "area"},
+        {"type": "begin_repeat", "name": "crops"}, {"type": "text", "name": "crop"}, {"type": "end_repeat", "name": ""},
+        {"type": "end_repeat", "name": ""}], "1")})
+    received = {"head": "Awa", "plots": [{"plots/area": 5, "plots/crops": [{"plots/crops/crop": "mil"}]}]}
+    status, _, found, row = _apply_one(dictionary, copy.deepcopy(received), received, "area", "1", "50", None, None)
+    assert status == "applied"
+    received["plots"][0]["plots/crops"].append({"plots/crops/crop": "sorgho"})  # edited on the server
+    corrected = copy.deepcopy(received)
+    assert _apply_one(dictionary, corrected, received, "area", "1", "50", found, row)[0] == "applied"
+    assert corrected["plots"][0]["plots/area"] == "50"
+    received["plots"][0]["plots/owner"] = "Binta"  # another answer of the plot itself: check it again
+    assert _apply_one(dictionary, copy.deepcopy(received), received, "area", "1", "50", found, row)[0] == "outdated"

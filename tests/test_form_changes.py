@@ -191,16 +191,15 @@ def test_a_repeat_named_like_another_forms_table_gets_a_table_of_its_own(tmp_pat
 
 def test_a_project_synced_before_ours_does_not_take_our_table_names(household, tmp_path: Path) -> None:
     """The marts read households and household_members. Another project whose tables
-    have those names, synced into a new warehouse before ours, takes other names; ours
-    keeps its own."""
+    have those names, synced into a new warehouse before ours, takes other names, for
+    its later versions too; ours keeps its own."""
     from kobo.seed import seeded_server
 
     seeded = seeded_server([household], 20, seed=3)
+    questions = [{"type": "text", "name": "head"}, {"type": "begin_repeat", "name": "household_members"},
+                 {"type": "text", "name": "member_name"}, {"type": "end_repeat", "name": ""}]
     foreign = ServedAsset(uid="aForeignProject0000001", name="Ménages (partenaire)", formhub_uuid="d" * 32,
-                          version_uid="vForeignFirst00000000", content=content(
-                              [{"type": "text", "name": "head"}, {"type": "begin_repeat", "name": "household_members"},
-                               {"type": "text", "name": "member_name"}, {"type": "end_repeat", "name": ""}],
-                              "1", form_id="households"))
+                          version_uid="vForeignFirst00000000", content=content(questions, "1", form_id="households"))
     path = tmp_path / "w.duckdb"
     with seeded.server as server:
         server.add_asset(foreign)
@@ -208,9 +207,21 @@ def test_a_project_synced_before_ours_does_not_take_our_table_names(household, t
             {"household_members/member_name": "Ali"}]}])
         with KoboClient(server.url, seeded.token) as client, Warehouse(path) as warehouse:
             sync_asset(client, warehouse, foreign.uid, settings=CALM)
+        redeploy(foreign, content(questions[:1] + [{"type": "text", "name": "village"}] + questions[1:], "2",
+                                  form_id="households"))
+        server.add_submissions(foreign.uid, [{"head": "Binta", "village": "Kona", "household_members": [
+            {"household_members/member_name": "Moussa"}]}])
+        with KoboClient(server.url, seeded.token) as client, Warehouse(path) as warehouse:
+            assert sync_asset(client, warehouse, foreign.uid, settings=CALM).new == 1
             ours = sync_asset(client, warehouse, seeded.assets["household_survey"].uid, settings=CALM)
-    assert rows(path, "select head from households_2") == [("Awa",)]
-    assert rows(path, "select member_name from households_2__household_members") == [("Ali",)]
+    assert rows(path, "select head, village from households_2 order by head") == [("Awa", None), ("Binta", "Kona")]
+    assert rows(path, "select member_name from households_2__household_members order by 1") == [("Ali",), ("Moussa",)]
+    from forms.build import project_forms, reserved_tables
+    from forms.source import source_paths
+
+    # reserved_tables tells our forms by their file names: each source is named by its form_id.
+    assert {path.stem for path in source_paths()} == set(project_forms())
+    assert reserved_tables("household_survey") == set() and "households" in reserved_tables("households")
     in_households = rows(path, "select count(*) from households")[0][0]
     assert in_households + ours.quarantined == 20 and in_households > 0
     assert rows(path, "select count(*) from household_members where root_uuid not in (select root_uuid from "

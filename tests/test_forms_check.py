@@ -183,6 +183,7 @@ def test_TF106_source_without_survey_sheet(tmp_path: Path) -> None:
     path = write_form(tmp_path, "")
     problem = reported(path, "TF106", None, None, None)
     assert "no 'survey' sheet" in problem.message
+    assert problem.message_fr == "La source du formulaire est illisible : aucune feuille 'survey'"
 
 
 def test_TF107_question_name_without_dollar_braces(tmp_path: Path) -> None:

@@ -232,6 +232,38 @@ def test_ctrl_c_or_sigterm_stops_a_sync_at_once_and_the_next_one_resumes(prefect
     assert got["households"] + got["quarantine"] == 400 == got["raw"]
 
 
+def test_sigterm_during_a_duckdb_query_is_still_a_sigterm(household, tmp_path, monkeypatch) -> None:
+    """DuckDB turns the handler's exception, raised while a query runs, into
+    RuntimeError('Query interrupted') with that exception as its context: the sync
+    records and raises the SIGTERM (Terminated: exit 143), not a Ctrl+C."""
+    import threading
+
+    from flows.cli import _terminate
+    from flows.sync import SyncSettings, sync_asset
+    from forms.errors import Terminated
+    from kobo.client import KoboClient
+    from warehouse.load import FormLoader
+    from warehouse.store import Warehouse
+
+    def long_checks(loader: FormLoader, everything: bool = False) -> None:  # a query that runs until stopped
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        loader.con.execute("select count(*) from range(100000000000) t(a) where a % 7 = 3").fetchall()
+
+    monkeypatch.setattr(FormLoader, "run_warehouse_checks", long_checks)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    seeded = seeded_server([household], 30, seed=1)
+    try:
+        with seeded.server as server, KoboClient(server.url, seeded.token) as client, \
+                Warehouse(tmp_path / "w.duckdb") as warehouse:
+            with pytest.raises(Terminated):
+                sync_asset(client, warehouse, seeded.assets["household_survey"].uid,
+                           settings=SyncSettings(download_attachments=False))
+            recorded = warehouse.con.execute("select status from meta.sync_runs").fetchall()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert recorded == [("interrupted",)]
+
+
 @pytest.mark.parametrize("command", [["sql", "select 41 + 1 as answer"], ["rebuild"]], ids=["sql", "rebuild"])
 def test_commands_wait_for_a_sync_instead_of_failing(tmp_path, command: list[str]) -> None:
     """DuckDB opens a file a writer holds for no other process: terrain sql (a reader)

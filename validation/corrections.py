@@ -223,8 +223,9 @@ def _apply_one(dictionary: FieldDictionary, submission: dict[str, Any], received
     row = None
     if dictionary.tables[f.table].is_repeat:  # as received: other corrections of the row do not change it
         as_received, _ = _row_of(dictionary, received, f, row_key)
-        row = json.dumps({k: v for k, v in (as_received or {}).items() if k != f.kobo_key}, ensure_ascii=False,
-                         sort_keys=True)
+        # Its own answers only: a row added to a repeat within it does not make it another row.
+        row = json.dumps({k: v for k, v in (as_received or {}).items() if k != f.kobo_key and not isinstance(v, list)},
+                         ensure_ascii=False, sort_keys=True)
     if original is not None and found != original:
         was, now = json.loads(original), json.loads(found)
         return ("outdated", f"la réponse a changé sur le serveur depuis cette correction (elle était {was!r}, elle "

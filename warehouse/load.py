@@ -132,9 +132,9 @@ class FormLoader:
     def _register(self, version_uid: str | None, dictionary: FieldDictionary) -> _Version:
         if self._stored is None:
             self._stored = self.warehouse.all_dictionaries(dictionary.form_id)
-            self._taken = self.warehouse.tables_of_other_forms(dictionary.form_id)
-            if not self._stored:  # a form new to the warehouse: our own forms' table names are theirs
-                self._taken |= reserved_tables(dictionary.form_id)
+            # Our own forms' table names are theirs, unless this form took one before they were.
+            self._taken = self.warehouse.tables_of_other_forms(dictionary.form_id) | (
+                reserved_tables(dictionary.form_id) - {t for d in self._stored for t in d.tables})
         # No table of another form's name, each question in the column earlier versions gave
         # it, and a version name of its own (forms.dictionary).
         dictionary = distinct_tables(dictionary, self._taken)

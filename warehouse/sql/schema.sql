@@ -78,15 +78,17 @@ CREATE TABLE IF NOT EXISTS meta.sync_runs (
 
 -- The validation status Terrain last set on each submission (sync --write-back): a status
 -- found on the server that is neither empty nor this one was set by a person, and stays.
--- A status is recorded before it is sent (confirmed FALSE), and confirmed once the server
--- took it: a run killed in between leaves a status the next run still knows as its own.
--- (confirmed NULL: recorded by an older Terrain after the server took it.)
+-- A status is recorded before it is sent (confirmed FALSE, previous: the one Terrain had
+-- set before, if any), and confirmed once the server took it: a run stopped in between
+-- leaves the next run knowing both statuses the server may hold as Terrain's, and no
+-- other. (confirmed NULL: recorded by an older Terrain after the server took it.)
 CREATE TABLE IF NOT EXISTS meta.status_writes (
     asset_uid      VARCHAR     NOT NULL,
     submission_id  BIGINT      NOT NULL,
     status         VARCHAR     NOT NULL,
     written_at     TIMESTAMPTZ NOT NULL,
     confirmed      BOOLEAN,
+    previous       VARCHAR,
     PRIMARY KEY (asset_uid, submission_id)
 );
 
