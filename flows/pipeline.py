@@ -135,7 +135,8 @@ def sync_form_task(settings: Settings, asset_uid: str) -> dict[str, Any]:
     recorder = _Recorder(make_progress(logger.info))
     try:
         with WriterLock(settings.warehouse_path, settings.lock_timeout_seconds, purpose="sync"), \
-                _client(settings) as client, Warehouse(settings.warehouse_path) as warehouse:
+                _client(settings) as client, \
+                Warehouse(settings.warehouse_path, wait_seconds=settings.lock_timeout_seconds) as warehouse:
             summary = sync_asset(client, warehouse, asset_uid, recorder, settings.sync_settings())
     except Exception as error:
         # The flow's summary shows what the form did before it failed.

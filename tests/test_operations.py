@@ -292,6 +292,32 @@ def test_commands_wait_for_a_sync_instead_of_failing(tmp_path, command: list[str
         assert "42" in out
 
 
+def test_a_sync_waits_for_another_program_to_close_the_warehouse(tmp_path) -> None:
+    """An analyst's DuckDB session holds the file (DuckDB lets no other process open it):
+    a sync's warehouse waits for it to close, up to its wait, rather than failing."""
+    import threading
+
+    from warehouse.store import Warehouse, WarehouseInUse
+
+    path = tmp_path / "terrain.duckdb"
+    Warehouse(path).close()
+    session = subprocess.Popen([sys.executable, "-c", f"import duckdb, sys\ncon = duckdb.connect({str(path)!r})\n"
+                                "print('open', flush=True); sys.stdin.readline()"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert session.stdout.readline().strip() == "open"
+        with pytest.raises(WarehouseInUse, match="in use by another run"):
+            Warehouse(path)  # no wait: at once, as before
+        threading.Timer(2.0, session.stdin.write, ("\n",)).start()
+        threading.Timer(2.1, session.stdin.flush).start()
+        started = time.monotonic()
+        with Warehouse(path, wait_seconds=60) as warehouse:
+            assert warehouse.con.execute("select 1").fetchone() == (1,)
+        assert 1.5 < time.monotonic() - started < 30
+    finally:
+        session.communicate(timeout=10)
+
+
 def test_writer_lock_waits_then_fails_clearly_and_is_reentrant(tmp_path) -> None:
     warehouse = tmp_path / "terrain.duckdb"
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom warehouse.lock import WriterLock\n"

@@ -183,7 +183,9 @@ class WarehouseInUse(WarehouseError):
 
 
 class Warehouse:
-    def __init__(self, path: str | Path = DEFAULT_PATH, read_only: bool = False):
+    def __init__(self, path: str | Path = DEFAULT_PATH, read_only: bool = False, wait_seconds: float = 0.0):
+        """``wait_seconds``: how long to wait for another program holding the file (an
+        analyst's DuckDB session) to let go, rather than failing at once."""
         self.path = Path(path)
         self.read_only = read_only
         if read_only and not self.path.exists():
@@ -192,7 +194,7 @@ class Warehouse:
         if not read_only:
             fix_malloc_thresholds()
         self.memory_limit = _memory_set_by_user() or f"{DEFAULT_MEMORY_LIMIT_MB}MB"
-        self.con = self._connect()
+        self.con = self._connect_waiting(wait_seconds, reopening=False)
         if not read_only:
             self._create_schema()
             self._fill_lookup_keys()
@@ -312,14 +314,23 @@ class Warehouse:
         reading it): this waits up to ``wait_seconds`` for it to let go."""
         self.close()
         release_freed_memory()
+        self.con = self._connect_waiting(wait_seconds, reopening=True)
+
+    def _connect_waiting(self, wait_seconds: float, reopening: bool) -> duckdb.DuckDBPyConnection:
+        """_connect, waiting up to ``wait_seconds`` while another program holds the file."""
         deadline = time.monotonic() + wait_seconds
         warned = False
         while True:
             try:
-                self.con = self._connect()
-                return
-            except WarehouseInUse:
+                return self._connect()
+            except WarehouseInUse as in_use:
                 if time.monotonic() >= deadline:
+                    if not reopening:
+                        raise in_use if not wait_seconds else WarehouseInUse(
+                            f"un autre programme (une session DuckDB ?) garde l'entrepôt {self.path} depuis plus de "
+                            f"{wait_seconds:.0f} s : fermez-le, puis réessayez",
+                            f"another program (a DuckDB session?) has kept the warehouse {self.path} for over "
+                            f"{wait_seconds:.0f} s: close it, then try again") from None
                     raise WarehouseInUse(
                         f"la synchronisation s'est arrêtée un instant pour rouvrir l'entrepôt {self.path}, et un "
                         f"autre programme l'a ouvert entre-temps (une session DuckDB qui le lit ?) et l'a gardé "
@@ -329,10 +340,9 @@ class Warehouse:
                         f"meanwhile (a DuckDB session reading it?) and kept it for {wait_seconds:.0f} s: close it "
                         f"and sync again; everything synced so far is kept") from None
                 if not warned:
-                    log.warning("l'entrepôt %s a été ouvert par un autre programme pendant sa réouverture ; attente "
-                                "de sa fermeture, %.0f s au plus / the warehouse %s was opened by another program "
-                                "while the sync reopened it; waiting up to %.0f s for it to close", self.path,
-                                wait_seconds, self.path, wait_seconds)
+                    log.warning("l'entrepôt %s est ouvert par un autre programme ; attente de sa fermeture, %.0f s "
+                                "au plus / the warehouse %s is open in another program; waiting up to %.0f s for "
+                                "it to close", self.path, wait_seconds, self.path, wait_seconds)
                     warned = True
                 time.sleep(REOPEN_POLL_SECONDS)
 
