@@ -53,8 +53,10 @@ def _writing(warehouse_path: str, purpose: str) -> Iterator[Any]:
     from warehouse.lock import WriterLock
     from warehouse.store import Warehouse
 
-    with WriterLock(warehouse_path, _lock_timeout(), purpose=purpose, on_wait=_say_waiting), \
-            Warehouse(warehouse_path) as warehouse:
+    timeout = _lock_timeout()
+    # Readers take no lock (a report, an analyst's DuckDB): the open waits for them too.
+    with WriterLock(warehouse_path, timeout, purpose=purpose, on_wait=_say_waiting), \
+            Warehouse(warehouse_path, wait_seconds=timeout) as warehouse:
         yield warehouse
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -47,7 +47,7 @@ from flows.sync import Progress, SyncSummary, deployed_asset_uids, resolve_token
 from forms.errors import TerrainError  # noqa: E402
 from kobo.client import KoboClient  # noqa: E402
 from warehouse.lock import WarehouseBusy, WriterLock  # noqa: E402
-from warehouse.store import Warehouse  # noqa: E402
+from warehouse.store import Warehouse, WarehouseInUse  # noqa: E402
 
 RETRIES = 2
 RETRY_DELAYS = [10, 60]  # seconds; the client already retried each request a few times
@@ -292,9 +292,14 @@ def _sync(settings: Settings, asset_uids: Iterable[str], title: str) -> list[dic
             if lock.waited >= 1:
                 logger.info("attendu %.0f s qu'un autre processus finisse d'écrire l'entrepôt / waited %.0f s for "
                             "another run to finish writing the warehouse", lock.waited, lock.waited)
+            form_settings = settings
             for uid in uids:
-                state = sync_form_task(settings, uid, return_state=True)
+                state = sync_form_task(form_settings, uid, return_state=True)
                 summaries.append(state.result() if state.is_completed() else _failed_summary(uid, state))
+                if not state.is_completed() and isinstance(state.result(raise_on_failure=False), WarehouseInUse):
+                    # Waited lock_timeout_seconds for another program holding the file: the
+                    # next forms do not wait as long again each.
+                    form_settings = replace(settings, lock_timeout_seconds=0)
             publish_quality_summary(settings.warehouse_path)
     except WarehouseBusy as error:
         publish_summary("sync-summary", f"{title} : pas lancée / did not run",

@@ -422,6 +422,13 @@ ON CONFLICT (asset_uid, submission_id) DO UPDATE SET
 # Once the server took it (or was found holding it).
 CONFIRM_STATUSES = ("UPDATE meta.status_writes SET confirmed = TRUE, previous = NULL, written_at = $now "
                     "WHERE asset_uid = $asset_uid AND list_contains(CAST($ids AS BIGINT[]), submission_id)")
+# The request never arrived: the server holds the status Terrain had set before.
+KEEP_PREVIOUS_STATUSES = ("UPDATE meta.status_writes SET status = previous, confirmed = TRUE, previous = NULL, "
+                          "written_at = $now WHERE asset_uid = $asset_uid "
+                          "AND list_contains(CAST($ids AS BIGINT[]), submission_id)")
+# The server holds neither: the status there is not Terrain's (any more).
+FORGET_STATUSES = ("DELETE FROM meta.status_writes WHERE asset_uid = $asset_uid "
+                   "AND list_contains(CAST($ids AS BIGINT[]), submission_id)")
 
 
 def record_status_to_send(warehouse: Warehouse, asset_uid: str, ids: list[int], status: str) -> None:
@@ -460,19 +467,33 @@ def write_back_statuses(client: KoboClient, warehouse: Warehouse, asset_uid: str
             on_server.update((int(row["_id"]), (row.get("_validation_status") or {}).get("uid"))
                              for row in page.results)
 
-    def terrains(submission_id: int, found: str | None) -> bool:
-        """Whether the status found on the server is one Terrain may change."""
-        if found is None:
-            return True
-        status, confirmed, previous = ours.get(submission_id, (None, True, None))
-        # Recorded but not confirmed: the run stopped around the request, and the server
-        # holds either that status or the one Terrain set before it (else a person's).
-        return found == status or (not confirmed and previous is not None and found == previous)
+    # Unconfirmed records (a run stopped around its request) are settled by what the server
+    # holds: the status sent (the request went through), the one Terrain had set before (it
+    # did not), or another (a person's since, or none: the record is no longer Terrain's).
+    sent, not_sent, not_ours = [], [], []
+    for i, (status, confirmed, previous) in list(ours.items()):
+        if confirmed or i not in on_server:
+            continue
+        if on_server[i] == status:
+            sent.append(i)
+            ours[i] = (status, True, None)
+        elif previous is not None and on_server[i] == previous:
+            not_sent.append(i)
+            ours[i] = (previous, True, None)
+        else:
+            not_ours.append(i)
+            del ours[i]
+    with warehouse.transaction():
+        warehouse.con.execute(CONFIRM_STATUSES, {"asset_uid": asset_uid, "ids": sent, "now": _now()})
+        warehouse.con.execute(KEEP_PREVIOUS_STATUSES, {"asset_uid": asset_uid, "ids": not_sent, "now": _now()})
+        warehouse.con.execute(FORGET_STATUSES, {"asset_uid": asset_uid, "ids": not_ours})
 
-    went_through = [i for i, (status, sure, _) in ours.items() if not sure and on_server.get(i, "") == status]
+    def terrains(submission_id: int, found: str | None) -> bool:
+        """Whether the status found on the server is one Terrain may change: none, or the
+        one Terrain set (and the server took)."""
+        return found is None or (submission_id in ours and found == ours[submission_id][0])
+
     written = 0
-    with warehouse.transaction():  # requests that went through before a run stopped
-        warehouse.con.execute(CONFIRM_STATUSES, {"asset_uid": asset_uid, "ids": went_through, "now": _now()})
     for status in (ON_HOLD, APPROVED):
         ids = sorted(i for i, want in wanted.items() if want == status and i in on_server
                      and on_server[i] != status and terrains(i, on_server[i]))

@@ -231,7 +231,27 @@ def test_write_back_keeps_its_statuses_across_a_run_stopped_around_a_request(see
                                              "where submission_id in (?, ?, ?)", [sent, unsent, first]).fetchall())
     statuses = {s["_id"]: (s.get("_validation_status") or {}).get("uid") for s in asset.submissions}
     assert (statuses[unsent], statuses[sent], statuses[first]) == (APPROVED, APPROVED, APPROVED)
-    assert records == {sent: (APPROVED, True), unsent: (APPROVED, True), first: (ON_HOLD, False)}
+    assert records == {sent: (APPROVED, True), unsent: (APPROVED, True)}  # first's is a person's now: forgotten
+
+
+def test_a_status_that_was_never_sent_is_not_taken_for_terrains_later(seeded, warehouse_path) -> None:
+    """Terrain approved X, then recorded "on hold" for it and the request failed; the next
+    run finds the server still holding "approved" (the request never arrived) and settles
+    the record back to it. A supervisor who then puts X on hold is not overruled."""
+    asset = seeded.assets["household_survey"]
+    settings = SyncSettings(download_attachments=False, write_back=True)
+    with KoboClient(seeded.server.url, seeded.token) as client, Warehouse(warehouse_path) as warehouse:
+        sync_asset(client, warehouse, asset.uid, settings=settings)
+        dictionary = warehouse.latest_dictionaries()[0]
+        x = warehouse.con.execute("select min(submission_id) from households").fetchone()[0]
+        record_status_to_send(warehouse, asset.uid, [x], ON_HOLD)  # the request failed, or the run stopped
+        assert write_back_statuses(client, warehouse, asset.uid, dictionary) == 0
+        assert warehouse.con.execute("select status, confirmed, previous from meta.status_writes where "
+                                     "submission_id = ?", [x]).fetchone() == (APPROVED, True, None)
+        seeded.server.set_validation_status(asset.uid, x, ON_HOLD, "superviseur")
+        assert write_back_statuses(client, warehouse, asset.uid, dictionary) == 0
+    status = next((s.get("_validation_status") or {}) for s in asset.submissions if s["_id"] == x)
+    assert status.get("uid") == ON_HOLD and status.get("by_whom") == "superviseur"
 
 
 def test_a_correction_is_not_applied_to_an_answer_that_changed_under_it(seeded, warehouse_path, tmp_path: Path) -> None:

@@ -71,6 +71,26 @@ def test_malformed_json_from_the_server_is_a_clear_error(household) -> None:
             client.get_asset(seeded.assets["household_survey"].uid)
 
 
+def test_a_corrupted_block_is_not_taken_for_a_warehouse_in_use(tmp_path: Path) -> None:
+    """DuckDB names a corrupt block "in block at location ...": once taken for "lock", it
+    made the sync and the commands wait out their whole timeout for a program that does
+    not exist, then say the file was in use."""
+    import time
+
+    from warehouse.store import WarehouseInUse
+
+    path = tmp_path / "w.duckdb"
+    with Warehouse(path) as warehouse:
+        warehouse.con.execute("CHECKPOINT")
+    data = bytearray(path.read_bytes())
+    data[12288:12488] = bytes(b ^ 0xFF for b in data[12288:12488])  # one block of the file, scrambled
+    path.write_bytes(bytes(data))
+    started = time.monotonic()
+    with pytest.raises(WarehouseError, match="Corrupt database file") as raised:
+        Warehouse(path, wait_seconds=30)
+    assert not isinstance(raised.value, WarehouseInUse) and time.monotonic() - started < 5
+
+
 def test_a_corrupted_warehouse_file_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "broken.duckdb"
     path.write_bytes(b"this is not a database" * 1000)

@@ -318,6 +318,34 @@ def test_a_sync_waits_for_another_program_to_close_the_warehouse(tmp_path) -> No
         session.communicate(timeout=10)
 
 
+def test_a_writing_command_waits_for_a_reader_and_a_reader_inside_a_writer_does_not(tmp_path) -> None:
+    """Readers take no lock (a report, an analyst's DuckDB): terrain rebuild failed at once
+    while one held the file; it waits for it now. And a process that holds the writer lock
+    reads at once (its own lock is no one to wait for)."""
+    import threading
+
+    from warehouse.lock import read_when_free
+    from warehouse.store import Warehouse
+
+    warehouse = tmp_path / "terrain.duckdb"
+    Warehouse(warehouse).close()
+    reader = subprocess.Popen([sys.executable, "-c", f"import duckdb, sys\ncon = duckdb.connect({str(warehouse)!r}, "
+                               "read_only=True)\nprint('reading', flush=True); sys.stdin.readline()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout.readline().strip() == "reading"
+        threading.Timer(2.0, lambda: (reader.stdin.write("\n"), reader.stdin.flush())).start()
+        done = run([str(BIN / "terrain"), "rebuild", "--warehouse", str(warehouse)],
+                   base_env(tmp_path, TERRAIN_LOCK_TIMEOUT="60"), cwd=tmp_path)
+    finally:
+        reader.communicate(timeout=10)
+    assert done.returncode == 0, done.stderr[-3000:]
+    started = time.monotonic()
+    with WriterLock(warehouse, timeout=0):
+        assert read_when_free(warehouse, lambda: 42, timeout=5) == 42
+    assert time.monotonic() - started < 2
+
+
 def test_writer_lock_waits_then_fails_clearly_and_is_reentrant(tmp_path) -> None:
     warehouse = tmp_path / "terrain.duckdb"
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom warehouse.lock import WriterLock\n"
@@ -458,6 +486,36 @@ def test_retries_only_for_transient_errors() -> None:
     assert transient_only(None, None, Failed(data=ServerUnavailable("502 du serveur", "502 from the server")))
     assert not transient_only(None, None, Failed(data=TokenRejected("401", "401")))
     assert not transient_only(None, None, Failed(data=WarehouseBusy("occupé", "busy")))
+
+
+def test_a_sync_waits_once_for_a_program_holding_the_warehouse_not_once_per_form(prefect_server, household,
+                                                                                tmp_path) -> None:
+    """An analyst's DuckDB session holds the warehouse through a whole sync_all run: the
+    first form waits lock_timeout_seconds for it, and the next ones fail at once rather
+    than each waiting as long again."""
+    from forms.build import project_form
+
+    api_url, home = prefect_server
+    seeded = seeded_server([household, project_form("training_attendance"), project_form("water_point_inspection")],
+                           20, seed=5)
+    warehouse = tmp_path / "terrain.duckdb"
+    session = subprocess.Popen([sys.executable, "-c", f"import duckdb, sys\ncon = duckdb.connect({str(warehouse)!r})\n"
+                                "print('open', flush=True); sys.stdin.readline()"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    script = ("from flows.pipeline import sync_all\n"
+              f"state = sync_all(kobo_url={seeded.server.url!r}, warehouse_path={str(warehouse)!r}, "
+              "download_attachments=False, return_state=True)\nprint('failed' if state.is_failed() else 'ok')")
+    try:
+        assert session.stdout.readline().strip() == "open"
+        with seeded.server:
+            done = run([sys.executable, "-c", script], base_env(home, PREFECT_API_URL=api_url, KOBO_TOKEN=seeded.token,
+                                                               TERRAIN_LOCK_TIMEOUT="2"))
+    finally:
+        session.communicate("\n", timeout=10)
+    output = done.stdout + done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "failed", output[-3000:]
+    assert output.count("waiting up to 2 s for it to close") == 1, output[-3000:]  # the first form only
+    assert "has kept the warehouse" in output and "is in use by another run" in output  # then the others, at once
 
 
 def test_one_failing_form_does_not_stop_the_others(prefect_server, seeded, tmp_path) -> None:

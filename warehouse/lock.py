@@ -58,9 +58,10 @@ def lock_path_for(warehouse_path: str | os.PathLike[str]) -> Path:
 def lock_holder(warehouse_path: str | os.PathLike[str]) -> dict[str, Any] | None:
     """Who holds the writer lock now (pid, purpose, since, host), or None when nobody does."""
     path = lock_path_for(warehouse_path)
-    if not path.exists():
+    try:  # read-only: an analyst may read a warehouse whose lock file the service user owns
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # none yet, or not readable: no holder known
         return None
-    fd = os.open(path, os.O_RDWR)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -114,6 +115,10 @@ def read_when_free(warehouse_path: str | os.PathLike[str], read: Callable[[], T]
     once, in French and English, who it waits for. A writer outside Terrain (a DuckDB
     session) holds no lock: its WarehouseInUse is waited out the same way."""
     name = Path(warehouse_path).name
+    with _registry:
+        writing_here = str(lock_path_for(warehouse_path).resolve()) in _held
+    if writing_here:  # this process holds the writer lock: no one to wait for (its probe would see itself)
+        return read()
     started, told = time.monotonic(), False
     while True:
         holder = lock_holder(warehouse_path)

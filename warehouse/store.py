@@ -75,6 +75,9 @@ STORED_COLUMNS = ("SELECT sum(column_count) FROM duckdb_tables() WHERE database_
                   "AND schema_name = 'main'")
 REOPEN_WAIT_SECONDS, REOPEN_POLL_SECONDS = 600.0, 0.5
 COMMIT_OUT_OF_MEMORY = re.compile(r"(failed to pin|could not allocate) block")
+# DuckDB's words for a file another process holds (not "block", which a corrupt file's
+# checksum error names: that file must not be waited for as if in use).
+FILE_LOCKED = re.compile(r"Could not set lock on file|Conflicting lock is held")
 # The newest version of a form: deployed last; one never found deployed comes before.
 NEWEST_VERSION_ORDER = "(last_deployed IS NOT NULL, coalesce(last_deployed, first_seen))"
 _TYPE_NAMES: dict[str, str] = {}  # a dictionary's type -> DuckDB's name of it (Warehouse._type_name)
@@ -267,7 +270,7 @@ class Warehouse:
                                   f"synchronisation complète",
                                   f"{self.path} is not a usable DuckDB warehouse (a corrupted file, or another kind "
                                   f"of file): restore it from a backup, or move it away and run a full sync again")
-        if isinstance(error, duckdb.IOException) and "lock" in text.lower():
+        if isinstance(error, duckdb.IOException) and FILE_LOCKED.search(text):
             return WarehouseInUse(f"l'entrepôt {self.path} est utilisé par un autre processus ; réessayez quand "
                                   f"il aura fini",
                                   f"the warehouse {self.path} is in use by another run; try again when it has "
