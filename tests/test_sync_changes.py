@@ -330,3 +330,25 @@ def test_last_seen_moves_for_what_a_sync_receives_again_and_first_seen_stays(hou
     moved = [row[1] for row, old in zip(after, before) if row[3] > old[3]]
     assert moved == [row[1] for row in after[-100:]]  # the overlap: the 100 highest _ids
     assert all(row[3] == old[3] for row, old in zip(after[:-100], before[:-100]))
+
+
+def test_attachments_to_fetch_are_found_a_slice_of_submissions_at_a_time(household, tmp_path: Path) -> None:
+    """Finding the attachments to download parses every current submission's payload:
+    all of a project's in one query ran out of memory from about 2,000 households with
+    photos (DuckDB holds the parse of a whole vector). Here 1,200 households and a 60 MB
+    limit: the single query fails, the slices find the same attachments."""
+    from warehouse.attachments import pending_attachments
+    from warehouse.store import named_queries
+
+    seeded = seeded_server([household], 1200, seed=4)
+    uid = seeded.assets["household_survey"].uid
+    with seeded.server as server:
+        sync(server, seeded.token, tmp_path / "w.duckdb")
+    with Warehouse(tmp_path / "w.duckdb") as warehouse:
+        whole = {"asset_uid": uid, "low": 0, "high": 2**62}
+        everything = sorted(warehouse.con.execute(named_queries("land_raw.sql")["pending_attachments"], whole).fetchall())
+        assert len(everything) > 1200  # about two photos a household
+        warehouse.con.execute("SET memory_limit = '60MB'")
+        with pytest.raises(duckdb.OutOfMemoryException):
+            warehouse.con.execute(named_queries("land_raw.sql")["pending_attachments"], whole).fetchall()
+        assert sorted(pending_attachments(warehouse, uid)) == everything

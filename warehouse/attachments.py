@@ -69,6 +69,24 @@ class AttachmentStore:
         return sha256, size, final
 
 
+PENDING_SLICE = 500  # submissions whose payloads one pending_attachments query parses
+
+
+def pending_attachments(warehouse: Warehouse, asset_uid: str) -> list[tuple]:
+    """The attachments the current submissions list and the warehouse lacks, found a
+    slice of PENDING_SLICE submissions at a time (see land_raw.sql pending_attachments)."""
+    slices = warehouse.con.execute(
+        "SELECT min(submission_id), max(submission_id) FROM (SELECT submission_id, (row_number() OVER "
+        "(ORDER BY submission_id) - 1) // ? AS slice FROM raw.submissions WHERE asset_uid = ? AND is_current "
+        "AND deleted_at IS NULL) GROUP BY slice ORDER BY 1", [PENDING_SLICE, asset_uid]).fetchall()
+    query = named_queries("land_raw.sql")["pending_attachments"]
+    found: list[tuple] = []
+    with warehouse.writing():  # out of memory, a full disk: a clear message
+        for low, high in slices:
+            found += warehouse.con.execute(query, {"asset_uid": asset_uid, "low": low, "high": high}).fetchall()
+    return found
+
+
 def fetch_pending_attachments(client: Downloader, warehouse: Warehouse, store: AttachmentStore,
                               asset_uid: str, note: Callable[[str], None] | None = None,
                               workers: int = DOWNLOAD_WORKERS) -> AttachmentCounts:
@@ -78,9 +96,7 @@ def fetch_pending_attachments(client: Downloader, warehouse: Warehouse, store: A
     Each stored file is recorded at once, so a killed run loses at most the files in
     flight (and even those resume from their partial downloads)."""
     counts = AttachmentCounts()
-    pending = warehouse.con.execute(named_queries("land_raw.sql")["pending_attachments"],
-                                    {"asset_uid": asset_uid}).fetchall()
-    pending = list({row[2]: row for row in pending}.values())  # one download per attachment
+    pending = list({row[2]: row for row in pending_attachments(warehouse, asset_uid)}.values())  # one per attachment
     counts.failed = sum(1 for row in pending if not row[3])
     wanted = [row for row in pending if row[3]]
     if not wanted:

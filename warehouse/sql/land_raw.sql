@@ -180,11 +180,16 @@ WHERE asset_uid = $asset_uid AND is_current AND deleted_at IS NULL
   AND root_uuid IN (SELECT root_uuid FROM deleted_keys);
 
 -- name: pending_attachments
--- Attachments listed by the current version of submissions that are not stored yet.
+-- Attachments listed by the current version of submissions that are not stored yet, for
+-- the submissions with $low <= _id <= $high: DuckDB's JSON functions hold the parse of a
+-- whole vector of payloads (some 8 times their text), so the caller asks for a few
+-- hundred submissions at a time (all of a project's at once ran out of memory from about
+-- 2,000 submissions with photos).
 WITH listed AS (
     SELECT r.root_uuid, r.submission_id, unnest(CAST(json_extract(r.payload, '$._attachments') AS JSON[])) AS item
     FROM raw.submissions AS r
     WHERE r.asset_uid = $asset_uid AND r.is_current AND r.deleted_at IS NULL
+      AND r.submission_id BETWEEN $low AND $high
       AND json_type(r.payload, '$._attachments') = 'ARRAY'
 )
 SELECT root_uuid, submission_id,
