@@ -9,6 +9,7 @@ import signal
 import sys
 import time
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
@@ -34,10 +35,32 @@ def _say_waiting(holder_fr: str, holder_en: str) -> None:
           file=sys.stderr, flush=True)
 
 
-def _lock_timeout() -> float:
+@lru_cache(maxsize=1)
+def _settings() -> Any:
+    """terrain.toml and the environment (flows.settings), read once per command."""
     from flows.settings import load_settings
 
-    return load_settings().lock_timeout_seconds
+    return load_settings()
+
+
+def _lock_timeout() -> float:
+    return _settings().lock_timeout_seconds
+
+
+# The options whose default is a setting (terrain.toml, then the environment).
+SETTING_OF_OPTION = {"warehouse": "warehouse_path", "url": "kobo_url", "page_size": "page_size",
+                     "parallel": "parallel", "reconcile": "reconcile", "attachments": "attachments_dir",
+                     "write_back": "write_back"}
+
+
+def _fill_from_settings(args: argparse.Namespace) -> None:
+    """Options left out take their setting, as `terrain serve` and the flows do: one
+    terrain.toml (or $TERRAIN_*, $KOBO_URL) for every way of running Terrain."""
+    missing = [option for option in SETTING_OF_OPTION if getattr(args, option, "absent") is None]
+    if getattr(args, "no_attachments", "absent") is None:
+        args.no_attachments = not _settings().download_attachments
+    for option in missing:
+        setattr(args, option, getattr(_settings(), SETTING_OF_OPTION[option]))
 
 
 def _when_free(warehouse_path: str, read: Callable[[], T]) -> T:
@@ -344,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="synchronise des soumissions générées depuis un serveur local dans ./terrain.duckdb / sync generated submissions from a local server into ./terrain.duckdb")
     demo.add_argument("--submissions", type=int, default=DEMO_SUBMISSIONS, help="soumissions par formulaire / submissions per form")
     demo.add_argument("--seed", type=int, default=2026)
-    demo.add_argument("--warehouse", default=DEFAULT_WAREHOUSE)
+    demo.add_argument("--warehouse", default=DEFAULT_WAREHOUSE,  # never the settings' one: demo data
+                      help="l'entrepôt de la démo (défaut : ./terrain.duckdb) / the demo's warehouse (default: ./terrain.duckdb)")
     demo.set_defaults(func=cmd_demo)
 
     forms = sub.add_parser("forms", help="les XLSForms de forms/sources / the XLSForms in forms/sources")
@@ -359,28 +383,27 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("form_id")
     diff.add_argument("old", help="l'ancienne version (comme dans settings) / the older version (as in the form's settings)")
     diff.add_argument("new", nargs="?", help="la nouvelle version (défaut : la source actuelle) / the newer version (default: the form's current source)")
-    diff.add_argument("--warehouse", default=DEFAULT_WAREHOUSE)
+    diff.add_argument("--warehouse", help="l'entrepôt (défaut : warehouse_path de terrain.toml ou $TERRAIN_WAREHOUSE, sinon terrain.duckdb) / the warehouse (default: terrain.toml's warehouse_path or $TERRAIN_WAREHOUSE, else terrain.duckdb)")
     diff.set_defaults(func=cmd_forms_diff)
     publish = forms_sub.add_parser("publish", help="importe les .xlsx dans KoboToolbox et les déploie (jeton dans KOBO_TOKEN) / import the forms' .xlsx into KoboToolbox and deploy them (token in KOBO_TOKEN)")
-    publish.add_argument("--url", default=os.environ.get("KOBO_URL", "https://kf.kobotoolbox.org"))
+    publish.add_argument("--url", help="adresse du serveur (défaut : kobo_url de terrain.toml, $KOBO_URL ou https://kf.kobotoolbox.org) / server base URL (default: terrain.toml's kobo_url, $KOBO_URL or https://kf.kobotoolbox.org)")
     publish.add_argument("--form", action="append", help="form_id à publier ; à répéter ; défaut : tous / form_id to publish; repeat for several; default: all")
     publish.add_argument("--asset", help="le projet existant (uid) à redéployer, s'il n'est pas trouvé par form_id / the existing project (asset uid) to redeploy, if it cannot be found by form_id")
     publish.set_defaults(func=cmd_forms_publish)
 
     sync = sub.add_parser("sync", help="reçoit les soumissions de KoboToolbox (jeton dans KOBO_TOKEN) / pull submissions from KoboToolbox (token in KOBO_TOKEN)")
-    sync.add_argument("--url", default=os.environ.get("KOBO_URL", "https://kf.kobotoolbox.org"),
-                      help="adresse du serveur (défaut : $KOBO_URL ou https://kf.kobotoolbox.org) / server base URL (default: $KOBO_URL or https://kf.kobotoolbox.org)")
+    sync.add_argument("--url", help="adresse du serveur (défaut : kobo_url de terrain.toml, $KOBO_URL ou https://kf.kobotoolbox.org) / server base URL (default: terrain.toml's kobo_url, $KOBO_URL or https://kf.kobotoolbox.org)")
     sync.add_argument("--asset", action="append", help="uid du projet ; à répéter ; défaut : tous les projets déployés / project (asset) uid; repeat for several; default: all deployed")
-    sync.add_argument("--warehouse", default=DEFAULT_WAREHOUSE)
-    sync.add_argument("--page-size", type=int, default=1000, help="soumissions par requête (1000 au plus) / submissions per request (at most 1000 on current servers)")
-    sync.add_argument("--parallel", type=int, default=1, help="reçoit autant de plages d'_id à la fois (liaisons lentes) / fetch this many _id ranges at once (slow links)")
-    sync.add_argument("--reconcile", choices=["auto", "always", "never"], default="auto",
+    sync.add_argument("--warehouse", help="l'entrepôt (défaut : warehouse_path de terrain.toml ou $TERRAIN_WAREHOUSE, sinon terrain.duckdb) / the warehouse (default: terrain.toml's warehouse_path or $TERRAIN_WAREHOUSE, else terrain.duckdb)")
+    sync.add_argument("--page-size", type=int, help="soumissions par requête (défaut : page_size de terrain.toml, 1000) / submissions per request (default: terrain.toml's page_size, 1000)")
+    sync.add_argument("--parallel", type=int, help="reçoit autant de plages d'_id à la fois (liaisons lentes) / fetch this many _id ranges at once (slow links)")
+    sync.add_argument("--reconcile", choices=["auto", "always", "never"],
                       help="liste chaque soumission pour trouver modifications et suppressions (auto : à chaque "
                            "synchronisation sous 50 000 soumissions, sinon chaque jour) / list every submission to find "
                            "edits and deletions (auto: every sync under 50,000 submissions, else daily)")
     sync.add_argument("--attachments", help="dossier des pièces jointes (défaut : 'attachments' à côté de l'entrepôt) / folder for attachments (default: 'attachments' beside the warehouse)")
-    sync.add_argument("--no-attachments", action="store_true", help="ne pas télécharger les pièces jointes / do not download attachments")
-    sync.add_argument("--write-back", action="store_true",
+    sync.add_argument("--no-attachments", action="store_true", default=None, help="ne pas télécharger les pièces jointes / do not download attachments")
+    sync.add_argument("--write-back", action="store_true", default=None,
                       help="met les statuts de validation KoboToolbox : 'en attente' si en quarantaine, 'approuvé' "
                            "une fois propre / set KoboToolbox validation statuses: 'on hold' if quarantined, "
                            "'approved' once clean")
@@ -389,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     sql = sub.add_parser("sql", help="exécute une requête SQL sur l'entrepôt et affiche un tableau / run one SQL query on the warehouse and print a table")
     sql.add_argument("query")
     sql.add_argument("--full", action="store_true", help=f"valeurs entières (sinon coupées à {CELL_WIDTH} caractères) / show whole values (cells are cut at {CELL_WIDTH} characters)")
-    sql.add_argument("--warehouse", default=DEFAULT_WAREHOUSE)
+    sql.add_argument("--warehouse", help="l'entrepôt (défaut : warehouse_path de terrain.toml ou $TERRAIN_WAREHOUSE, sinon terrain.duckdb) / the warehouse (default: terrain.toml's warehouse_path or $TERRAIN_WAREHOUSE, else terrain.duckdb)")
     sql.set_defaults(func=cmd_sql)
 
     export = sub.add_parser("export", help="écrit les tables sans données personnelles en Parquet, CSV ou XLSX / write the tables without personal data as Parquet, CSV or XLSX")
@@ -397,12 +420,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", default="exports", help="dossier de sortie (défaut : exports) / output folder (default: exports)")
     export.add_argument("--table", action="append", help="table à exporter ; à répéter ; défaut : toutes / table to export; repeat for several; default: all")
     export.add_argument("--language", default="fr", help="langue des libellés de colonnes XLSX (fr ou en) / language of the XLSX column labels (fr or en)")
-    export.add_argument("--warehouse", default=DEFAULT_WAREHOUSE)
+    export.add_argument("--warehouse", help="l'entrepôt (défaut : warehouse_path de terrain.toml ou $TERRAIN_WAREHOUSE, sinon terrain.duckdb) / the warehouse (default: terrain.toml's warehouse_path or $TERRAIN_WAREHOUSE, else terrain.duckdb)")
     export.set_defaults(func=cmd_export)
 
     corrections = sub.add_parser("corrections", help="applique un fichier de corrections (XLSX ou CSV) et vérifie de nouveau / apply a corrections file (XLSX or CSV) and check again")
     corrections.add_argument("file", help="colonnes / columns: root_uuid, field, row_key, new_value, reason, author")
-    corrections.add_argument("--warehouse", default=DEFAULT_WAREHOUSE)
+    corrections.add_argument("--warehouse", help="l'entrepôt (défaut : warehouse_path de terrain.toml ou $TERRAIN_WAREHOUSE, sinon terrain.duckdb) / the warehouse (default: terrain.toml's warehouse_path or $TERRAIN_WAREHOUSE, else terrain.duckdb)")
     corrections.set_defaults(func=cmd_corrections)
 
     report = sub.add_parser("report", help="écrit le rapport de qualité (XLSX) et un modèle de corrections / write the data-quality report (XLSX) and a corrections template")
@@ -410,11 +433,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--corrections-template", default="corrections.xlsx",
                         help="modèle de corrections prérempli des erreurs ouvertes (défaut : corrections.xlsx) / "
                              "corrections template prefilled with the open errors (default: corrections.xlsx)")
-    report.add_argument("--warehouse", default=DEFAULT_WAREHOUSE)
+    report.add_argument("--warehouse", help="l'entrepôt (défaut : warehouse_path de terrain.toml ou $TERRAIN_WAREHOUSE, sinon terrain.duckdb) / the warehouse (default: terrain.toml's warehouse_path or $TERRAIN_WAREHOUSE, else terrain.duckdb)")
     report.set_defaults(func=cmd_report)
 
     rebuild = sub.add_parser("rebuild", help="reconstruit les tables propres depuis les soumissions brutes (sans réseau) / rebuild the clean tables from the raw submissions (no network)")
-    rebuild.add_argument("--warehouse", default=DEFAULT_WAREHOUSE)
+    rebuild.add_argument("--warehouse", help="l'entrepôt (défaut : warehouse_path de terrain.toml ou $TERRAIN_WAREHOUSE, sinon terrain.duckdb) / the warehouse (default: terrain.toml's warehouse_path or $TERRAIN_WAREHOUSE, else terrain.duckdb)")
     rebuild.set_defaults(func=cmd_rebuild)
 
     serve = sub.add_parser("serve", help="lance les synchronisations et le rapport planifiés sur cette machine (Ctrl+C arrête) / run the scheduled syncs and quality report on this machine (Ctrl+C stops)")
@@ -442,7 +465,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for room in ("flows", "forms", "kobo", "validation", "warehouse"):
         logging.getLogger(room).setLevel(logging.INFO)
     args = build_parser().parse_args(argv)
+    _settings.cache_clear()
     try:
+        _fill_from_settings(args)
         return args.func(args)
     except TerrainError as error:
         print(f"terrain: {error.fr}\nterrain: {error.en}", file=sys.stderr)  # French first, English beside

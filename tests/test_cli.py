@@ -127,3 +127,23 @@ def test_every_command_explains_itself_in_french_then_english() -> None:
                 assert " / " in action.help, (parser.prog, action.dest)
         seen += bool(text)
     assert seen >= 14  # terrain, its 10 commands, forms' 4
+
+
+def test_options_left_out_take_their_settings(tmp_path: Path) -> None:
+    """terrain.toml (and $TERRAIN_*/$KOBO_URL) set the command line's defaults, as they do
+    for `terrain serve` and the flows: a data manager who sets the EU server or the
+    warehouse there does not sync against another server or query another file."""
+    from warehouse.store import Warehouse
+
+    (tmp_path / "terrain.toml").write_text('warehouse_path = "data/programme.duckdb"\n', encoding="utf-8")
+    (tmp_path / "data").mkdir()
+    with Warehouse(tmp_path / "data" / "programme.duckdb") as warehouse:
+        warehouse.con.execute("CREATE TABLE main.marker AS SELECT 7 AS seven")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TERRAIN_") and k not in ("KOBO_URL", "KOBO_TOKEN")}
+    found = subprocess.run([*TERRAIN, "sql", "select seven from marker"], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=120, env={**env, "PYTHONPATH": str(ROOT)})
+    assert found.returncode == 0 and " 7" in found.stdout, found.stderr[-2000:]
+    elsewhere = subprocess.run([*TERRAIN, "sync", "--no-attachments"], cwd=tmp_path, capture_output=True, text=True,
+                               timeout=120, env={**env, "PYTHONPATH": str(ROOT), "TERRAIN_KOBO_URL": "http://127.0.0.1:9",
+                                                 "KOBO_TOKEN": "x" * 40})
+    assert elsewhere.returncode == 1 and "127.0.0.1:9" in elsewhere.stderr, elsewhere.stderr[-2000:]
