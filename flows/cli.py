@@ -190,9 +190,10 @@ def cmd_sync(args: argparse.Namespace) -> int:
                           write_back=args.write_back)
     for s in summaries:
         _say(f"{s['form_id']} ({s['asset_uid']}) : {s['pulled']} reçues : {s['new']} nouvelles, {s['edited']} "
-             f"modifiées, {s['deleted']} supprimées, {s['quarantined']} en quarantaine, {s['seconds']} s",
-             f"pulled {s['pulled']}: new {s['new']}, edited {s['edited']}, deleted {s['deleted']}, "
-             f"quarantined {s['quarantined']}")
+             f"modifiées, {s['unchanged']} inchangées ; {s['deleted']} supprimées sur le serveur ; "
+             f"{s['quarantined']} mises en quarantaine par cette synchronisation ; {s['seconds']} s",
+             f"pulled {s['pulled']}: new {s['new']}, edited {s['edited']}, unchanged {s['unchanged']}; deleted on "
+             f"the server {s['deleted']}; quarantined by this sync {s['quarantined']}")
     return 0
 
 
@@ -245,17 +246,20 @@ def cmd_corrections(args: argparse.Namespace) -> int:
             "SELECT q.root_uuid, q.submission_id, q.reasons FROM quality.quarantine q WHERE q.root_uuid IN "
             "(SELECT root_uuid FROM meta.corrections WHERE status = 'applied') ORDER BY q.submission_id").fetchall()
     checked, kept = sum(r.submissions for r in rebuilt), sum(r.quarantined for r in rebuilt)
-    _say(f"{applied} corrections appliquées ; {checked} soumissions vérifiées de nouveau, dont {kept} encore en "
-         f"quarantaine",
-         f"{applied} corrections applied; {checked} submissions checked again, {kept} of them still in quarantine")
+    # Counts over every correction recorded (files add up), not this file's lines only.
+    _say(f"{applied} correction(s) appliquée(s) en tout (ce fichier et les précédents) ; {checked} soumission(s) "
+         f"vérifiée(s) de nouveau, dont {kept} encore en quarantaine",
+         f"{applied} correction(s) applied in all (this file and earlier ones); {checked} submission(s) checked "
+         f"again, {kept} of them still in quarantine")
     for root, submission_id, reasons in still[:SHOWN_STILL_QUARANTINED]:
-        print(f"  toujours en quarantaine / still in quarantine : {root} (_id {submission_id}) : {reasons}")
+        print(f"  corrigée mais toujours en quarantaine / corrected but still in quarantine : {root} "
+              f"(_id {submission_id}) : {reasons}")
     if len(still) > SHOWN_STILL_QUARANTINED:
         more = len(still) - SHOWN_STILL_QUARANTINED
         print(f"  ... et {more} de plus (terrain report les liste toutes) / and {more} more (terrain report lists "
               f"them all)")
     for problem in problems:
-        print(f"  non appliquée / not applied : {problem}")
+        print(f"  non appliquée (ce fichier ou un précédent) / not applied (this file or an earlier one) : {problem}")
     return 1 if problems else 0
 
 
@@ -324,7 +328,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     rows = ", ".join(f"{name} {count}" for name, count in counts.items())
     print(f"Lignes par table / Rows per table: {rows}")
     print(f"Durée en secondes / Seconds taken: {time.monotonic() - started:.1f}")
-    print('Essayez / Try: .venv/bin/terrain sql "select region, count(*) from households group by region"')
+    where = "" if args.warehouse == DEFAULT_WAREHOUSE else f" --warehouse {args.warehouse}"
+    print(f'Essayez / Try: .venv/bin/terrain sql "select region, count(*) from households group by region"{where}')
     return 0
 
 
@@ -346,11 +351,11 @@ def cmd_kobo_server(args: argparse.Namespace) -> int:
                            f"cannot listen on 127.0.0.1:{args.port} ({error.strerror}): another program uses "
                            f"it? Choose another --port") from None
     server = seeded.server
-    print(f"Local KoboToolbox-compatible server on {server.url}")
-    print("Token: export KOBO_TOKEN=<the token shown once below>")
+    print(f"Serveur local compatible KoboToolbox / Local KoboToolbox-compatible server: {server.url}")
+    print("Jeton (affiché une fois ci-dessous) / Token (shown once below): export KOBO_TOKEN=<...>")
     print(seeded.token)
     for form_id, asset in seeded.assets.items():
-        print(f"  {form_id}: asset {asset.uid}, {len(asset.submissions)} submissions")
+        print(f"  {form_id}: asset {asset.uid}, {len(asset.submissions)} soumissions / submissions")
     server.start()
     try:
         while True:
@@ -410,13 +415,14 @@ def build_parser() -> argparse.ArgumentParser:
     sync.set_defaults(func=cmd_sync)
 
     sql = sub.add_parser("sql", help="exécute une requête SQL sur l'entrepôt et affiche un tableau / run one SQL query on the warehouse and print a table")
-    sql.add_argument("query")
+    sql.add_argument("query", help="la requête SQL (DuckDB) / the SQL query (DuckDB)")
     sql.add_argument("--full", action="store_true", help=f"valeurs entières (sinon coupées à {CELL_WIDTH} caractères) / show whole values (cells are cut at {CELL_WIDTH} characters)")
     sql.add_argument("--warehouse", help="l'entrepôt (défaut : warehouse_path de terrain.toml ou $TERRAIN_WAREHOUSE, sinon terrain.duckdb) / the warehouse (default: terrain.toml's warehouse_path or $TERRAIN_WAREHOUSE, else terrain.duckdb)")
     sql.set_defaults(func=cmd_sql)
 
     export = sub.add_parser("export", help="écrit les tables sans données personnelles en Parquet, CSV ou XLSX / write the tables without personal data as Parquet, CSV or XLSX")
-    export.add_argument("--format", choices=["parquet", "csv", "xlsx"], default="parquet")
+    export.add_argument("--format", choices=["parquet", "csv", "xlsx"], default="parquet",
+                        help="format des fichiers (défaut : parquet) / file format (default: parquet)")
     export.add_argument("--out", default="exports", help="dossier de sortie (défaut : exports) / output folder (default: exports)")
     export.add_argument("--table", action="append", help="table à exporter ; à répéter ; défaut : toutes / table to export; repeat for several; default: all")
     export.add_argument("--language", default="fr", help="langue des libellés de colonnes XLSX (fr ou en) / language of the XLSX column labels (fr or en)")
@@ -445,9 +451,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     server = sub.add_parser("kobo-server", help="lance le serveur local compatible KoboToolbox au premier plan / run the local KoboToolbox-compatible server in the foreground")
-    server.add_argument("--port", type=_port, default=8000)
-    server.add_argument("--submissions", type=int, default=DEMO_SUBMISSIONS)
-    server.add_argument("--seed", type=int, default=2026)
+    server.add_argument("--port", type=_port, default=8000, help="port sur 127.0.0.1 (défaut : 8000) / port on 127.0.0.1 "
+                        "(default: 8000)")
+    server.add_argument("--submissions", type=int, default=DEMO_SUBMISSIONS,
+                        help="soumissions générées par formulaire / generated submissions per form")
+    server.add_argument("--seed", type=int, default=2026, help="graine des données générées / seed of the generated data")
     server.set_defaults(func=cmd_kobo_server)
     return parser
 

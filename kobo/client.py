@@ -193,8 +193,10 @@ class KoboClient:
                 if not retryable(error):
                     raise
                 if attempt == self.retries:
-                    raise ServerUnavailable(f"{error.fr} (abandon après {self.retries + 1} essais)",
-                                            f"{error.en} (gave up after {self.retries + 1} attempts)") from None
+                    raise ServerUnavailable(f"{error.fr} (abandon après {self.retries + 1} essais ; vérifiez l'adresse "
+                                            f"du serveur et la connexion, ou réessayez plus tard)",
+                                            f"{error.en} (gave up after {self.retries + 1} attempts; check the server "
+                                            f"address and the connection, or try again later)") from None
                 delay = getattr(error, "retry_after", None)
                 if delay is None:
                     delay = min(self.max_backoff, self.backoff * 2 ** attempt) * random.uniform(0.5, 1.0)

@@ -94,9 +94,9 @@ def test_corrections_from_xlsx_through_the_command_line(seeded, warehouse_path, 
     result = subprocess.run([sys.executable, "-m", "flows.cli", "corrections", str(tmp_path / "corrections.xlsx"),
                              "--warehouse", str(warehouse_path)], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 1  # one correction targets nothing
-    assert "2 corrections applied" in result.stdout
+    assert "2 correction(s) applied in all" in result.stdout
     assert "no_such_field" in result.stdout and "the form has no field" in result.stdout
-    [still] = [line for line in result.stdout.splitlines() if "toujours en quarantaine / still in quarantine" in line]
+    [still] = [line for line in result.stdout.splitlines() if "toujours en quarantaine / corrected but still in quarantine" in line]
     assert other in still and "= -1" in still  # with the reason it is still kept out
     with Warehouse(warehouse_path) as warehouse:
         assert not in_quarantine(warehouse, root)
