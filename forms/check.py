@@ -22,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Literal, NamedTuple, TextIO
 
-from forms.build import SHEET_ORDER, build_form
+from forms.build import SHEET_ORDER, build_form, recorded_versions, version_problem
 from forms.errors import ExpressionError, FormError
 from forms.expressions import FUNCTIONS, Node, parse
 from forms.source import FormSource, load_source, source_paths
@@ -129,6 +129,9 @@ CATALOGUE: dict[str, Rule] = {
                   "facile à voir.",
                   "The version '{version}' is not in the form yyyymmddNN (a real date then a two-digit counter, "
                   "e.g. 2026112401). Versions must keep increasing; the date makes that easy to see."),
+    "TF208": Rule("error", "version not raised for a change",
+                  "{detail}",
+                  "{detail}"),
 }
 
 FIRST_DATA_ROW = 2  # the .xlsx has the header on row 1, as pyxform's "[row : N]" counts
@@ -164,12 +167,15 @@ class Problem:
     column: str | None
     message: str  # in English
     message_fr: str = ""
+    line: int | None = None  # in a markdown source, the line of the row (rows count as in the .xlsx)
 
     def __str__(self) -> str:
-        """The French line first (when there is one), then the English one beneath it."""
+        """The French line first (when there is one), then the English one beneath it;
+        a markdown source's line as editors show it, ``file.md:20``."""
         def line(words: tuple[str, str, str], warning: str, colon: str, message: str) -> str:
-            place = [self.form] + [f"{label} {value}" for label, value in
-                                   zip(words, (self.sheet, self.row, self.column)) if value]
+            where = f"{self.form}:{self.line}" if self.line else self.form
+            place = [where] + [f"{label} {value}" for label, value in
+                               zip(words, (self.sheet, self.row, self.column)) if value]
             tag = self.code if self.severity == "error" else f"{self.code} {warning}"
             return f"{', '.join(place)}{colon} [{tag}] {message}"
 
@@ -185,6 +191,7 @@ class _Findings:
 
     form: str
     problems: list[Problem] = field(default_factory=list)
+    source: FormSource | None = None  # once read: a markdown source gives its rows' lines
 
     def add(self, code: str, sheet: str | None, row: int | None, column: str | None, **details: object) -> None:
         rule = CATALOGUE[code]
@@ -192,7 +199,13 @@ class _Findings:
         en = {k: v.en if isinstance(v, Both) else v for k, v in details.items()}
         self.problems.append(Problem(code, rule.severity, self.form, sheet, row, column,
                                      rule.en.format(sheet=sheet, row=row, column=column, **en),
-                                     rule.fr.format(sheet=sheet, row=row, column=column, **fr)))
+                                     rule.fr.format(sheet=sheet, row=row, column=column, **fr),
+                                     self._line(sheet, row)))
+
+    def _line(self, sheet: str | None, row: int | None) -> int | None:
+        found = self.source.sheets.get(sheet or "") if self.source else None
+        index = (row or 0) - FIRST_DATA_ROW
+        return found.lines[index] if found and 0 <= index < len(found.lines) else None
 
 
 # --- reading the source ---------------------------------------------------------------
@@ -472,6 +485,7 @@ def check_source(path: Path) -> list[Problem]:
         findings.add("TF106", None, None, None,
                      detail=Both(_without_origin(error.fr, path), _without_origin(error.en, path)))
         return findings.problems
+    findings.source = source
     for check in CHECKS:
         check(source, findings)
     if not any(p.severity == "error" for p in findings.problems):
@@ -482,6 +496,10 @@ def check_source(path: Path) -> list[Problem]:
         else:
             for warning in built.warnings:
                 _add_pyxform(findings, "TF190", warning)
+            # As `terrain forms build` would refuse it: a change with no higher version.
+            if problem := version_problem(built, recorded_versions()):
+                row, _ = next(_rows(source, "settings"), (None, {}))
+                findings.add("TF208", "settings", row, "version", detail=Both(problem.fr, problem.en))
     return sorted(findings.problems, key=_order(source))
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import csv
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from forms.errors import FormError
@@ -23,6 +23,7 @@ class Sheet:
     name: str
     header: list[str]
     rows: list[list[str]]
+    lines: list[int] = field(default_factory=list)  # a markdown source's line of each row (none for .xlsx)
 
     def records(self) -> list[dict[str, str]]:
         return [{h: v for h, v in zip(self.header, row) if v} for row in self.rows]
@@ -72,6 +73,7 @@ def read_markdown_sheets(text: str, origin: str = "form") -> dict[str, Sheet]:
             current.header = cells[1:]
         elif any(cells[1:]):
             current.rows.append(cells[1:] + [""] * (len(current.header) - len(cells[1:])))
+            current.lines.append(number)
     return sheets
 
 

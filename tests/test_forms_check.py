@@ -48,11 +48,16 @@ def reported(path: Path, code: str, sheet: str | None, row: int | None, column: 
     out = io.StringIO()
     assert run_check([path], out=out) == (1 if CATALOGUE[code].severity == "error" else 0)
     printed = out.getvalue()
+    where = "broken.md"
+    if row and path.suffix == ".md":  # the markdown line of the row, as editors show it
+        line = problems[0].line
+        assert line and path.read_text(encoding="utf-8").splitlines()[line - 1].lstrip().startswith("|")
+        where = f"broken.md:{line}"
     place = [f"{label} {value}" for label, value in (("sheet", sheet), ("row", row), ("column", column)) if value]
-    assert ", ".join(["broken.md"] + place) + f": [{code}" in printed
+    assert ", ".join([where] + place) + f": [{code}" in printed
     assert str(problems[0]) in printed
     french = [f"{label} {value}" for label, value in (("feuille", sheet), ("ligne", row), ("colonne", column)) if value]
-    assert ", ".join(["broken.md"] + french) + f" : [{code}" in printed  # French first, English beneath
+    assert ", ".join([where] + french) + f" : [{code}" in printed  # French first, English beneath
     assert problems[0].message_fr and printed.index(problems[0].message_fr) < printed.index(problems[0].message)
     return problems[0]
 
@@ -423,6 +428,22 @@ def test_every_catalogue_code_is_well_formed_and_tested() -> None:
         assert f"def test_{code}" in tests or f'"{code}"' in tests.split("# --- our forms")[0], code
 
 
+def test_TF208_a_changed_form_needs_a_higher_version(tmp_path: Path) -> None:
+    """What `terrain forms build` refuses, the check says first: our form changed under
+    the version recorded, or a version moved back without a change."""
+    source = (SOURCES_DIR / "household_survey.md").read_text(encoding="utf-8")
+    changed = tmp_path / "household_survey.md"
+    changed.write_text(source.replace("Photo de la concession", "Photo de la maison"), encoding="utf-8")
+    [problem] = [p for p in check_source(changed) if p.severity == "error"]
+    assert (problem.code, problem.sheet, problem.column) == ("TF208", "settings", "version")
+    assert "raise 'version'" in problem.message and "augmentez 'version'" in problem.message_fr
+    older = tmp_path / "older" / "household_survey.md"
+    older.parent.mkdir()
+    older.write_text(source.replace("| household_survey | 2026112401 |", "| household_survey | 2025010101 |"),
+                     encoding="utf-8")
+    assert [p.code for p in check_source(older) if p.severity == "error"] == ["TF208"]
+
+
 def test_terrain_forms_check_command(tmp_path: Path) -> None:
     path = write_form(tmp_path, """
 | survey |
@@ -433,7 +454,9 @@ def test_terrain_forms_check_command(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "flows.cli", "forms", "check", str(path)], cwd=ROOT,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
-    assert "broken.md, sheet survey, row 3, column type: [TF103]" in result.stdout
+    line = 1 + path.read_text(encoding="utf-8").splitlines().index("| | select_one water_source | source | Source | Source |")
+    assert f"broken.md:{line}, feuille survey, ligne 3, colonne type : [TF103]" in result.stdout
+    assert f"broken.md:{line}, sheet survey, row 3, column type: [TF103]" in result.stdout
     assert "'water_source'" in result.stdout
 
 
