@@ -232,6 +232,36 @@ def test_ctrl_c_or_sigterm_stops_a_sync_at_once_and_the_next_one_resumes(prefect
     assert got["households"] + got["quarantine"] == 400 == got["raw"]
 
 
+def test_stopping_a_sync_drops_the_attachment_downloads_not_started(household, tmp_path) -> None:
+    """Leaving the download pool used to run every queued download first: a SIGTERM
+    during the attachments waited for all of them (minutes on a slow link). Only those
+    under way end now."""
+    slow = seeded_server([household], 120, seed=8, faults=FaultPlan(latency_seconds=0.2))
+    warehouse = tmp_path / "terrain.duckdb"
+    log = tmp_path / "sync.log"
+    with slow.server:
+        with log.open("w") as handle:
+            sync = subprocess.Popen([str(BIN / "terrain"), "sync", "--url", slow.server.url, "--warehouse",
+                                     str(warehouse)], cwd=tmp_path, env=base_env(tmp_path, KOBO_TOKEN=slow.token),
+                                    stdout=handle, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 120
+            while "attachments to download" not in log.read_text():
+                assert sync.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(0.1)
+            time.sleep(1.0)
+            os.kill(sync.pid, signal.SIGTERM)
+            sync.wait(timeout=60)
+        finally:
+            if sync.poll() is None:
+                os.killpg(sync.pid, signal.SIGKILL)
+    output = log.read_text()
+    wanted = int(output.split(" attachments to download")[0].rsplit("/ ", 1)[-1])
+    stored = [p for p in (tmp_path / "attachments").rglob("*") if p.is_file() and not p.name.endswith(".part")]
+    assert sync.returncode == 143, output[-3000:]
+    assert wanted > 100 and len(stored) < wanted / 2, (len(stored), wanted)
+
+
 def test_sigterm_during_a_duckdb_query_is_still_a_sigterm(household, tmp_path, monkeypatch) -> None:
     """DuckDB turns the handler's exception, raised while a query runs, into
     RuntimeError('Query interrupted') with that exception as its context: the sync

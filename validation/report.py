@@ -873,9 +873,11 @@ TEMPLATE_HELP = [
      "row_key is the row of a repeat group (e.g. 2, or 1.3); empty for the rest of the form.", False),
     ("5. Les autres colonnes sont du contexte : elles ne sont pas lues. / The other columns are context: they are "
      "not read.", False),
-    ("6. Une correction passe à la prochaine construction ; la soumission sort de la quarantaine si elle passe "
-     "alors tous les contrôles. / A correction applies on the next build; the submission leaves the quarantine "
-     "if it then passes every check.", False),
+    ("6. Appliquez le fichier avec : terrain corrections <fichier> ; les soumissions corrigées sont vérifiées de "
+     "nouveau aussitôt, et sortent de la quarantaine si elles passent alors tous les contrôles. Les corrections "
+     "restent appliquées à chaque synchronisation. / Apply the file with: terrain corrections <file>; the "
+     "corrected submissions are checked again at once, and leave the quarantine if they then pass every check. "
+     "The corrections stay applied at every sync.", False),
     ("7. Chaque fichier s'ajoute aux corrections déjà enregistrées : ce modèle ne liste que les erreurs ouvertes, "
      "les corrections d'hier restent. Si la réponse change sur le serveur après une correction, celle-ci n'est "
      "plus appliquée et est signalée. / Each file adds to the corrections already recorded: this template lists "

@@ -110,25 +110,37 @@ def fetch_pending_attachments(client: Downloader, warehouse: Warehouse, store: A
             local.client = client.copy() if hasattr(client, "copy") else client
         return store.fetch(local.client, row[3], asset_uid, row[2])
 
-    said = time.monotonic()
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="attachment") as pool:
         futures = {pool.submit(fetch, row): row for row in wanted}
-        for future in as_completed(futures):
-            root_uuid, submission_id, attachment_uid, url, xpath, file_name, mimetype = futures[future]
-            try:
-                sha256, size, path = future.result()
-            except Exception as error:  # noqa: BLE001 - one missing file must not stop the sync
-                log.warning("pièce jointe %s de la soumission %s non téléchargée / attachment %s of submission %s "
-                            "could not be downloaded: %s", file_name, submission_id, file_name, submission_id, error)
-                counts.failed += 1
-                continue
-            counts.downloaded += 1
-            warehouse.con.execute(
-                "INSERT INTO attachments VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                [asset_uid, attachment_uid, root_uuid, submission_id, xpath, file_name, mimetype, sha256, size,
-                 str(path), dt.datetime.now(dt.timezone.utc)])
-            if note and time.monotonic() - said >= PROGRESS_SECONDS:
-                note(f"pièces jointes : {counts.downloaded + counts.failed} sur {len(wanted)} / attachments: "
-                     f"{counts.downloaded + counts.failed} of {len(wanted)} done")
-                said = time.monotonic()
+        try:
+            _record_downloads(warehouse, asset_uid, futures, counts, len(wanted), note)
+        except BaseException:
+            # Ctrl+C, SIGTERM, a failed write: the downloads not started are dropped (leaving
+            # the pool would otherwise run them all first); those under way end on their own.
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
     return counts
+
+
+def _record_downloads(warehouse: Warehouse, asset_uid: str, futures: dict, counts: AttachmentCounts, total: int,
+                      note: Callable[[str], None] | None) -> None:
+    """Records each download as it ends, and says how far it is every PROGRESS_SECONDS."""
+    said = time.monotonic()
+    for future in as_completed(futures):
+        root_uuid, submission_id, attachment_uid, url, xpath, file_name, mimetype = futures[future]
+        try:
+            sha256, size, path = future.result()
+        except Exception as error:  # noqa: BLE001 - one missing file must not stop the sync
+            log.warning("pièce jointe %s de la soumission %s non téléchargée / attachment %s of submission %s "
+                        "could not be downloaded: %s", file_name, submission_id, file_name, submission_id, error)
+            counts.failed += 1
+            continue
+        counts.downloaded += 1
+        warehouse.con.execute(
+            "INSERT INTO attachments VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            [asset_uid, attachment_uid, root_uuid, submission_id, xpath, file_name, mimetype, sha256, size,
+             str(path), dt.datetime.now(dt.timezone.utc)])
+        if note and time.monotonic() - said >= PROGRESS_SECONDS:
+            note(f"pièces jointes : {counts.downloaded + counts.failed} sur {total} / attachments: "
+                 f"{counts.downloaded + counts.failed} of {total} done")
+            said = time.monotonic()
