@@ -10,9 +10,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import duckdb
 import pytest
@@ -53,6 +55,24 @@ def prefect_server(tmp_path_factory) -> Iterator[tuple[str, Path]]:
 
 def run(args: list[str], env: dict[str, str], timeout: float = 120, cwd: Path = REPO) -> subprocess.CompletedProcess:
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@contextmanager
+def duckdb_session(path: Path, read_only: bool = False) -> Iterator[Callable[[float], None]]:
+    """A DuckDB session in another process holding the file (an analyst's), until it
+    ends; yields ``release_after(seconds)``, which ends it that much later."""
+    session = subprocess.Popen([sys.executable, "-c", f"import duckdb, sys\ncon = duckdb.connect({str(path)!r}, "
+                                f"read_only={read_only})\nprint('open', flush=True); sys.stdin.readline()"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def release_after(seconds: float) -> None:
+        threading.Timer(seconds, lambda: (session.stdin.write("\n"), session.stdin.flush())).start()
+
+    try:
+        assert session.stdout.readline().strip() == "open"
+        yield release_after
+    finally:
+        session.communicate("\n", timeout=10)
 
 
 def counts(path: Path) -> dict[str, int]:
@@ -266,8 +286,6 @@ def test_sigterm_during_a_duckdb_query_is_still_a_sigterm(household, tmp_path, m
     """DuckDB turns the handler's exception, raised while a query runs, into
     RuntimeError('Query interrupted') with that exception as its context: the sync
     records and raises the SIGTERM (Terminated: exit 143), not a Ctrl+C."""
-    import threading
-
     from flows.cli import _terminate
     from flows.sync import SyncSettings, sync_asset
     from forms.errors import Terminated
@@ -325,50 +343,33 @@ def test_commands_wait_for_a_sync_instead_of_failing(tmp_path, command: list[str
 def test_a_sync_waits_for_another_program_to_close_the_warehouse(tmp_path) -> None:
     """An analyst's DuckDB session holds the file (DuckDB lets no other process open it):
     a sync's warehouse waits for it to close, up to its wait, rather than failing."""
-    import threading
-
     from warehouse.store import Warehouse, WarehouseInUse
 
     path = tmp_path / "terrain.duckdb"
     Warehouse(path).close()
-    session = subprocess.Popen([sys.executable, "-c", f"import duckdb, sys\ncon = duckdb.connect({str(path)!r})\n"
-                                "print('open', flush=True); sys.stdin.readline()"],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert session.stdout.readline().strip() == "open"
+    with duckdb_session(path) as release_after:
         with pytest.raises(WarehouseInUse, match="in use by another run"):
             Warehouse(path)  # no wait: at once, as before
-        threading.Timer(2.0, session.stdin.write, ("\n",)).start()
-        threading.Timer(2.1, session.stdin.flush).start()
+        release_after(2.0)
         started = time.monotonic()
         with Warehouse(path, wait_seconds=60) as warehouse:
             assert warehouse.con.execute("select 1").fetchone() == (1,)
         assert 1.5 < time.monotonic() - started < 30
-    finally:
-        session.communicate(timeout=10)
 
 
 def test_a_writing_command_waits_for_a_reader_and_a_reader_inside_a_writer_does_not(tmp_path) -> None:
     """Readers take no lock (a report, an analyst's DuckDB): terrain rebuild failed at once
     while one held the file; it waits for it now. And a process that holds the writer lock
     reads at once (its own lock is no one to wait for)."""
-    import threading
-
     from warehouse.lock import read_when_free
     from warehouse.store import Warehouse
 
     warehouse = tmp_path / "terrain.duckdb"
     Warehouse(warehouse).close()
-    reader = subprocess.Popen([sys.executable, "-c", f"import duckdb, sys\ncon = duckdb.connect({str(warehouse)!r}, "
-                               "read_only=True)\nprint('reading', flush=True); sys.stdin.readline()"],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert reader.stdout.readline().strip() == "reading"
-        threading.Timer(2.0, lambda: (reader.stdin.write("\n"), reader.stdin.flush())).start()
+    with duckdb_session(warehouse, read_only=True) as release_after:
+        release_after(2.0)
         done = run([str(BIN / "terrain"), "rebuild", "--warehouse", str(warehouse)],
                    base_env(tmp_path, TERRAIN_LOCK_TIMEOUT="60"), cwd=tmp_path)
-    finally:
-        reader.communicate(timeout=10)
     assert done.returncode == 0, done.stderr[-3000:]
     started = time.monotonic()
     with WriterLock(warehouse, timeout=0):
@@ -529,19 +530,12 @@ def test_a_sync_waits_once_for_a_program_holding_the_warehouse_not_once_per_form
     seeded = seeded_server([household, project_form("training_attendance"), project_form("water_point_inspection")],
                            20, seed=5)
     warehouse = tmp_path / "terrain.duckdb"
-    session = subprocess.Popen([sys.executable, "-c", f"import duckdb, sys\ncon = duckdb.connect({str(warehouse)!r})\n"
-                                "print('open', flush=True); sys.stdin.readline()"],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     script = ("from flows.pipeline import sync_all\n"
               f"state = sync_all(kobo_url={seeded.server.url!r}, warehouse_path={str(warehouse)!r}, "
               "download_attachments=False, return_state=True)\nprint('failed' if state.is_failed() else 'ok')")
-    try:
-        assert session.stdout.readline().strip() == "open"
-        with seeded.server:
-            done = run([sys.executable, "-c", script], base_env(home, PREFECT_API_URL=api_url, KOBO_TOKEN=seeded.token,
-                                                               TERRAIN_LOCK_TIMEOUT="2"))
-    finally:
-        session.communicate("\n", timeout=10)
+    with duckdb_session(warehouse), seeded.server:
+        done = run([sys.executable, "-c", script], base_env(home, PREFECT_API_URL=api_url, KOBO_TOKEN=seeded.token,
+                                                           TERRAIN_LOCK_TIMEOUT="2"))
     output = done.stdout + done.stderr
     assert done.stdout.strip().splitlines()[-1] == "failed", output[-3000:]
     assert output.count("waiting up to 2 s for it to close") == 1, output[-3000:]  # the first form only
