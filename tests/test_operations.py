@@ -57,6 +57,14 @@ def run(args: list[str], env: dict[str, str], timeout: float = 120, cwd: Path = 
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def wait_in_log(process: subprocess.Popen, log: Path, text: str, seconds: float) -> None:
+    """Until ``text`` shows in the running process's log (it must not end first)."""
+    deadline = time.monotonic() + seconds
+    while text not in log.read_text():
+        assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.1)
+
+
 @contextmanager
 def duckdb_session(path: Path, read_only: bool = False) -> Iterator[Callable[[float], None]]:
     """A DuckDB session in another process holding the file (an analyst's), until it
@@ -226,10 +234,7 @@ def test_ctrl_c_or_sigterm_stops_a_sync_at_once_and_the_next_one_resumes(prefect
             sync = subprocess.Popen(command, cwd=tmp_path, env=base_env(home, KOBO_TOKEN=slow.token),
                                     stdout=handle, stderr=subprocess.STDOUT, text=True, start_new_session=True)
         try:
-            deadline = time.monotonic() + 90
-            while "page 3," not in log.read_text():
-                assert sync.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-                time.sleep(0.1)
+            wait_in_log(sync, log, "page 3,", 90)
             if stop == "ctrl_c":
                 os.killpg(sync.pid, signal.SIGINT)
             else:
@@ -265,10 +270,7 @@ def test_stopping_a_sync_drops_the_attachment_downloads_not_started(household, t
                                      str(warehouse)], cwd=tmp_path, env=base_env(tmp_path, KOBO_TOKEN=slow.token),
                                     stdout=handle, stderr=subprocess.STDOUT, text=True, start_new_session=True)
         try:
-            deadline = time.monotonic() + 120
-            while "attachments to download" not in log.read_text():
-                assert sync.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-                time.sleep(0.1)
+            wait_in_log(sync, log, "attachments to download", 120)
             time.sleep(1.0)
             os.kill(sync.pid, signal.SIGTERM)
             sync.wait(timeout=60)
