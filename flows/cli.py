@@ -174,12 +174,17 @@ def cmd_sync(args: argparse.Namespace) -> int:
     from flows.serve import temporary_api_apart_from_ctrl_c
     from flows.sync import resolve_token
     from kobo.client import KoboClient
+    from kobo.errors import ProjectNotFound
 
     # Check the server and token before starting the flow, so that a wrong token or
-    # project gives one clear line instead of a failed flow run.
+    # address gives one clear message instead of a failed flow run. A project not found
+    # does not stop the others: the flow syncs them and reports it (as sync_all does).
     with KoboClient(args.url, resolve_token()) as client:
         for uid in args.asset or []:
-            client.get_asset(uid)
+            try:
+                client.get_asset(uid)
+            except ProjectNotFound:
+                continue
         if not args.asset:
             client.list_assets()
 

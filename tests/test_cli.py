@@ -147,3 +147,18 @@ def test_options_left_out_take_their_settings(tmp_path: Path) -> None:
                                timeout=120, env={**env, "PYTHONPATH": str(ROOT), "TERRAIN_KOBO_URL": "http://127.0.0.1:9",
                                                  "KOBO_TOKEN": "x" * 40})
     assert elsewhere.returncode == 1 and "127.0.0.1:9" in elsewhere.stderr, elsewhere.stderr[-2000:]
+
+
+def test_a_project_not_found_does_not_stop_the_others(seeded, tmp_path: Path) -> None:
+    """One mistyped --asset stopped the whole sync before any project was pulled; the
+    others are synced now, and the run ends saying which one was not found."""
+    warehouse = tmp_path / "w.duckdb"
+    result = run("sync", "--url", seeded.server.url, "--asset", "aDoesNotExist0000000000", "--asset",
+                 seeded.assets["household_survey"].uid, "--warehouse", str(warehouse), "--no-attachments",
+                 env={"KOBO_TOKEN": seeded.token})
+    assert result.returncode == 1
+    assert "1 formulaire(s) sur 2 en échec" in result.stderr and "projet introuvable" in result.stderr
+    assert "aDoesNotExist0000000000" in result.stderr and "Traceback" not in result.stderr[-400:]
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        assert con.execute("select count(*) from raw.submissions").fetchone()[0] == len(
+            seeded.assets["household_survey"].submissions)
