@@ -197,7 +197,11 @@ class Warehouse:
         if not read_only:
             fix_malloc_thresholds()
         self.memory_limit = _memory_set_by_user() or f"{DEFAULT_MEMORY_LIMIT_MB}MB"
-        self.con = self._connect_waiting(wait_seconds, reopening=False)
+        self.con = self._connect_waiting(wait_seconds, gave_up=(
+            f"un autre programme (une session DuckDB ?) garde l'entrepôt {self.path} depuis plus de "
+            f"{wait_seconds:.0f} s : fermez-le, puis réessayez",
+            f"another program (a DuckDB session?) has kept the warehouse {self.path} for over "
+            f"{wait_seconds:.0f} s: close it, then try again") if wait_seconds else None)
         if not read_only:
             self._create_schema()
             self._fill_lookup_keys()
@@ -317,31 +321,29 @@ class Warehouse:
         reading it): this waits up to ``wait_seconds`` for it to let go."""
         self.close()
         release_freed_memory()
-        self.con = self._connect_waiting(wait_seconds, reopening=True)
+        self.con = self._connect_waiting(wait_seconds, gave_up=(
+            f"la synchronisation s'est arrêtée un instant pour rouvrir l'entrepôt {self.path}, et un "
+            f"autre programme l'a ouvert entre-temps (une session DuckDB qui le lit ?) et l'a gardé "
+            f"{wait_seconds:.0f} s : fermez-le et relancez la synchronisation ; tout ce qui a été "
+            f"synchronisé est gardé",
+            f"the sync paused to reopen the warehouse {self.path}, and another program opened it "
+            f"meanwhile (a DuckDB session reading it?) and kept it for {wait_seconds:.0f} s: close it "
+            f"and sync again; everything synced so far is kept"))
 
-    def _connect_waiting(self, wait_seconds: float, reopening: bool) -> duckdb.DuckDBPyConnection:
-        """_connect, waiting up to ``wait_seconds`` while another program holds the file."""
+    def _connect_waiting(self, wait_seconds: float,
+                         gave_up: tuple[str, str] | None = None) -> duckdb.DuckDBPyConnection:
+        """_connect, waiting up to ``wait_seconds`` while another program holds the file;
+        then WarehouseInUse with ``gave_up`` (French, English), or as _connect raised it."""
         deadline = time.monotonic() + wait_seconds
         warned = False
         while True:
             try:
                 return self._connect()
-            except WarehouseInUse as in_use:
+            except WarehouseInUse:
                 if time.monotonic() >= deadline:
-                    if not reopening:
-                        raise in_use if not wait_seconds else WarehouseInUse(
-                            f"un autre programme (une session DuckDB ?) garde l'entrepôt {self.path} depuis plus de "
-                            f"{wait_seconds:.0f} s : fermez-le, puis réessayez",
-                            f"another program (a DuckDB session?) has kept the warehouse {self.path} for over "
-                            f"{wait_seconds:.0f} s: close it, then try again") from None
-                    raise WarehouseInUse(
-                        f"la synchronisation s'est arrêtée un instant pour rouvrir l'entrepôt {self.path}, et un "
-                        f"autre programme l'a ouvert entre-temps (une session DuckDB qui le lit ?) et l'a gardé "
-                        f"{wait_seconds:.0f} s : fermez-le et relancez la synchronisation ; tout ce qui a été "
-                        f"synchronisé est gardé",
-                        f"the sync paused to reopen the warehouse {self.path}, and another program opened it "
-                        f"meanwhile (a DuckDB session reading it?) and kept it for {wait_seconds:.0f} s: close it "
-                        f"and sync again; everything synced so far is kept") from None
+                    if gave_up is None:
+                        raise
+                    raise WarehouseInUse(*gave_up) from None
                 if not warned:
                     log.warning("l'entrepôt %s est ouvert par un autre programme ; attente de sa fermeture, %.0f s "
                                 "au plus / the warehouse %s is open in another program; waiting up to %.0f s for "
