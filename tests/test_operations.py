@@ -65,6 +65,20 @@ def wait_in_log(process: subprocess.Popen, log: Path, text: str, seconds: float)
         time.sleep(0.1)
 
 
+def stop_when_logged(process: subprocess.Popen, log: Path, text: str, signum: int, *, group: bool = False,
+                     after: float = 0.0, seconds: float = 90, wait: float = 30) -> None:
+    """Sends ``signum`` (to the process group with ``group``) ``after`` seconds once ``text``
+    shows in the log, then waits ``wait`` seconds for the end; kills the group if it lasts."""
+    try:
+        wait_in_log(process, log, text, seconds)
+        time.sleep(after)
+        (os.killpg if group else os.kill)(process.pid, signum)
+        process.wait(timeout=wait)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
 @contextmanager
 def duckdb_session(path: Path, read_only: bool = False) -> Iterator[Callable[[float], None]]:
     """A DuckDB session in another process holding the file (an analyst's), until it
@@ -233,16 +247,10 @@ def test_ctrl_c_or_sigterm_stops_a_sync_at_once_and_the_next_one_resumes(prefect
         with log.open("w") as handle:  # no PREFECT_API_URL: the temporary server of a terminal user
             sync = subprocess.Popen(command, cwd=tmp_path, env=base_env(home, KOBO_TOKEN=slow.token),
                                     stdout=handle, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        try:
-            wait_in_log(sync, log, "page 3,", 90)
-            if stop == "ctrl_c":
-                os.killpg(sync.pid, signal.SIGINT)
-            else:
-                os.kill(sync.pid, signal.SIGTERM)
-            sync.wait(timeout=30)
-        finally:
-            if sync.poll() is None:
-                os.killpg(sync.pid, signal.SIGKILL)
+        if stop == "ctrl_c":  # a terminal signals the whole group; a service manager the process
+            stop_when_logged(sync, log, "page 3,", signal.SIGINT, group=True)
+        else:
+            stop_when_logged(sync, log, "page 3,", signal.SIGTERM)
         output = log.read_text()
         assert sync.returncode == (130 if stop == "ctrl_c" else 143), output[-3000:]
         said = "interrupted" if stop == "ctrl_c" else "stopped (SIGTERM)"
@@ -269,14 +277,7 @@ def test_stopping_a_sync_drops_the_attachment_downloads_not_started(household, t
             sync = subprocess.Popen([str(BIN / "terrain"), "sync", "--url", slow.server.url, "--warehouse",
                                      str(warehouse)], cwd=tmp_path, env=base_env(tmp_path, KOBO_TOKEN=slow.token),
                                     stdout=handle, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        try:
-            wait_in_log(sync, log, "attachments to download", 120)
-            time.sleep(1.0)
-            os.kill(sync.pid, signal.SIGTERM)
-            sync.wait(timeout=60)
-        finally:
-            if sync.poll() is None:
-                os.killpg(sync.pid, signal.SIGKILL)
+        stop_when_logged(sync, log, "attachments to download", signal.SIGTERM, after=1.0, seconds=120, wait=60)
     output = log.read_text()
     wanted = int(output.split(" attachments to download")[0].rsplit("/ ", 1)[-1])
     stored = [p for p in (tmp_path / "attachments").rglob("*") if p.is_file() and not p.name.endswith(".part")]
