@@ -461,7 +461,10 @@ def write_back_statuses(client: KoboClient, warehouse: Warehouse, asset_uid: str
         on_server.update((int(row["_id"]), None) for row in page.results)
     # A status Terrain set (and the server took) as it is still wanted needs no reading:
     # on the server it is either that one, or a person's, left alone either way.
-    unread = sorted(i for i, status in wanted.items() if i not in on_server and ours.get(i, ())[:2] != (status, True))
+    unread = {i for i, status in wanted.items() if i not in on_server and ours.get(i, ())[:2] != (status, True)}
+    # An unconfirmed record is read even when its submission is no longer wanted (edited
+    # since, or deleted): else it would stay unsettled for good.
+    unread = sorted(unread | {i for i, (_, confirmed, _) in ours.items() if not confirmed and i not in on_server})
     for start in range(0, len(unread), client.page_size):
         for page in client.iter_pages(asset_uid, fields=STATUS_FIELDS, ids=unread[start:start + client.page_size]):
             on_server.update((int(row["_id"]), (row.get("_validation_status") or {}).get("uid"))
@@ -470,14 +473,15 @@ def write_back_statuses(client: KoboClient, warehouse: Warehouse, asset_uid: str
     # Unconfirmed records (a run stopped around its request) are settled by what the server
     # holds: the status sent (the request went through), the one Terrain had set before (it
     # did not), or another (a person's since, or none: the record is no longer Terrain's).
+    # One the server no longer has (deleted there) is forgotten too.
     sent, not_sent, not_ours = [], [], []
     for i, (status, confirmed, previous) in list(ours.items()):
-        if confirmed or i not in on_server:
+        if confirmed:
             continue
-        if on_server[i] == status:
+        if i in on_server and on_server[i] == status:
             sent.append(i)
             ours[i] = (status, True, None)
-        elif previous is not None and on_server[i] == previous:
+        elif i in on_server and previous is not None and on_server[i] == previous:
             not_sent.append(i)
             ours[i] = (previous, True, None)
         else:

@@ -254,6 +254,26 @@ def test_a_status_that_was_never_sent_is_not_taken_for_terrains_later(seeded, wa
     assert status.get("uid") == ON_HOLD and status.get("by_whom") == "superviseur"
 
 
+def test_an_unconfirmed_status_of_a_submission_deleted_since_is_settled(seeded, warehouse_path) -> None:
+    """A run stopped around a request leaves its record unconfirmed; when the submission
+    is then deleted on the server, it is no longer wanted, and its record was never read
+    again nor settled. It is now read, found gone, and forgotten."""
+    asset = seeded.assets["household_survey"]
+    settings = SyncSettings(download_attachments=False, write_back=True)
+    with KoboClient(seeded.server.url, seeded.token) as client, Warehouse(warehouse_path) as warehouse:
+        sync_asset(client, warehouse, asset.uid, settings=settings)
+        dictionary = warehouse.latest_dictionaries()[0]
+        gone, kept = (r[0] for r in warehouse.con.execute(
+            "select submission_id from households order by submission_id limit 2").fetchall())
+        record_status_to_send(warehouse, asset.uid, [gone, kept], ON_HOLD)  # the run stopped before sending
+        seeded.server.delete_submission(asset.uid, gone)
+        sync_asset(client, warehouse, asset.uid, settings=SyncSettings(download_attachments=False, reconcile="always"))
+        write_back_statuses(client, warehouse, asset.uid, dictionary)
+        records = dict(warehouse.con.execute("select submission_id, (status, confirmed) from meta.status_writes "
+                                             "where submission_id in (?, ?)", [gone, kept]).fetchall())
+    assert records == {kept: (APPROVED, True)}
+
+
 def test_a_correction_is_not_applied_to_an_answer_that_changed_under_it(seeded, warehouse_path, tmp_path: Path) -> None:
     """row_key is a position: when a member is removed on the server, the next members
     move up. The correction of member 3 must not land on whoever is third now."""
