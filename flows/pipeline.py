@@ -264,8 +264,8 @@ def publish_quality_summary(warehouse_path: str) -> None:
     publish_summary("data-quality", "Qualité des données / Data quality", markdown)
 
 
-def _failed_summary(asset_uid: str, state: Any) -> dict[str, Any]:
-    error = state.result(raise_on_failure=False)
+def _failed_summary(asset_uid: str, state: Any, error: Any) -> dict[str, Any]:
+    """The summary row of a form whose task failed with ``error`` (its state's result)."""
     recorded = getattr(error, "terrain_summary", None)
     summary = dict(recorded) if recorded else SyncSummary(form_id="?", asset_uid=asset_uid).as_dict()
     summary["status"] = "failed"
@@ -295,8 +295,12 @@ def _sync(settings: Settings, asset_uids: Iterable[str], title: str) -> list[dic
             form_settings = settings
             for uid in uids:
                 state = sync_form_task(form_settings, uid, return_state=True)
-                summaries.append(state.result() if state.is_completed() else _failed_summary(uid, state))
-                if not state.is_completed() and isinstance(state.result(raise_on_failure=False), WarehouseInUse):
+                if state.is_completed():
+                    summaries.append(state.result())
+                    continue
+                error = state.result(raise_on_failure=False)
+                summaries.append(_failed_summary(uid, state, error))
+                if isinstance(error, WarehouseInUse):
                     # Waited lock_timeout_seconds for another program holding the file: the
                     # next forms do not wait as long again each.
                     form_settings = replace(settings, lock_timeout_seconds=0)
