@@ -17,7 +17,7 @@ from kobo.seed import seeded_server
 from kobo.server import FaultPlan
 from warehouse import store
 from warehouse.load import FormLoader
-from warehouse.store import Warehouse
+from warehouse.store import Warehouse, WarehouseError
 
 from test_sync_kobo import warehouse_snapshot  # noqa: E402  (tests/ is on sys.path)
 
@@ -332,11 +332,13 @@ def test_last_seen_moves_for_what_a_sync_receives_again_and_first_seen_stays(hou
     assert all(row[3] == old[3] for row, old in zip(after[:-100], before[:-100]))
 
 
-def test_attachments_to_fetch_are_found_a_slice_of_submissions_at_a_time(household, tmp_path: Path) -> None:
+def test_attachments_to_fetch_are_found_a_slice_of_submissions_at_a_time(household, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """Finding the attachments to download parses every current submission's payload:
     all of a project's in one query ran out of memory from about 2,000 households with
     photos (DuckDB holds the parse of a whole vector). Here 1,200 households and a 60 MB
     limit: the single query fails, the slices find the same attachments."""
+    from warehouse import attachments
     from warehouse.attachments import pending_attachments
     from warehouse.store import named_queries
 
@@ -352,3 +354,9 @@ def test_attachments_to_fetch_are_found_a_slice_of_submissions_at_a_time(househo
         with pytest.raises(duckdb.OutOfMemoryException):
             warehouse.con.execute(named_queries("land_raw.sql")["pending_attachments"], whole).fetchall()
         assert sorted(pending_attachments(warehouse, uid)) == everything
+        # Should even a slice not fit, the message speaks of the attachments, not of a batch.
+        monkeypatch.setattr(attachments, "PENDING_SLICE", 10_000)
+        with pytest.raises(WarehouseError) as failed:
+            pending_attachments(warehouse, uid)
+        assert "attachments to download could not be listed" in str(failed.value)
+        assert "batch" not in str(failed.value)

@@ -69,6 +69,11 @@ class AttachmentStore:
         return sha256, size, final
 
 
+# What a failed listing leaves undone: the data is landed already.
+ATTACHMENTS_NOT_LISTED = ("les pièces jointes à télécharger n'ont pas pu être listées (les données, elles, sont "
+                          "gardées) ; la prochaine synchronisation les téléchargera",
+                          "the attachments to download could not be listed (the data itself is kept); the next "
+                          "sync will download them")
 PENDING_SLICE = 500  # submissions whose payloads one pending_attachments query parses
 
 
@@ -81,7 +86,7 @@ def pending_attachments(warehouse: Warehouse, asset_uid: str) -> list[tuple]:
         "AND deleted_at IS NULL) GROUP BY slice ORDER BY 1", [PENDING_SLICE, asset_uid]).fetchall()
     query = named_queries("land_raw.sql")["pending_attachments"]
     found: list[tuple] = []
-    with warehouse.writing():  # out of memory, a full disk: a clear message
+    with warehouse.writing(ATTACHMENTS_NOT_LISTED):  # out of memory, a full disk: a clear message
         for low, high in slices:
             found += warehouse.con.execute(query, {"asset_uid": asset_uid, "low": low, "high": high}).fetchall()
     return found

@@ -68,6 +68,9 @@ WRITER_SETTINGS = [
 ROW_GROUP_ROWS = 16_384
 WAREHOUSE_ALIAS = "warehouse"  # the writer's name for the attached file (readers keep DuckDB's own)
 CLOSE_CHECKPOINT_BYTES = 16 * 2**20
+# What a failed write of a sync's batch leaves undone (Warehouse.writing).
+BATCH_LOST = ("rien de ce lot n'a été gardé, la prochaine synchronisation reprend à ce lot",
+              "nothing of this batch was kept, the next sync starts again from it")
 TABLE_COLUMNS = ("SELECT c.schema_name, c.table_name, c.column_name, c.data_type FROM duckdb_columns() AS c "
                  "JOIN duckdb_tables() AS t USING (database_name, schema_name, table_name) "
                  "WHERE c.database_name = current_database() AND NOT t.temporary")
@@ -419,9 +422,12 @@ class Warehouse:
         self.close()
 
     @contextmanager
-    def writing(self) -> Iterator[None]:
+    def writing(self, lost: tuple[str, str] = BATCH_LOST) -> Iterator[None]:
         """Turns a failed write (a full disk, a file that cannot grow) into a clear error;
-        the transaction around it is rolled back, so the warehouse stays as it was."""
+        the transaction around it is rolled back, so the warehouse stays as it was.
+        ``lost`` says, in French and English, what the failure leaves undone (a sync's batch
+        by default)."""
+        lost_fr, lost_en = lost
         try:
             yield
         except (duckdb.FatalException, duckdb.OutOfMemoryException, duckdb.TransactionException,
@@ -432,32 +438,27 @@ class Warehouse:
                 # Writing the log out (a checkpoint, within a commit) failed, and DuckDB stopped
                 # the database (an attached one says so in a failed commit): the batches
                 # committed before are in the log, this one is not.
-                raise WarehouseError(f"DuckDB s'est arrêté en écrivant l'entrepôt {self.path} : {first_line} ; les "
-                                     f"lots synchronisés avant celui-ci sont gardés dans son journal et écrits à sa "
-                                     f"prochaine ouverture, la prochaine synchronisation reprend à ce lot. "
-                                     f"{advice_fr}",
+                raise WarehouseError(f"DuckDB s'est arrêté en écrivant l'entrepôt {self.path} : {first_line} ; ce "
+                                     f"qui a été enregistré avant est gardé dans son journal et écrit à sa prochaine "
+                                     f"ouverture ; {lost_fr}. {advice_fr}",
                                      f"DuckDB stopped while writing out the warehouse {self.path}: {first_line}; "
-                                     f"the batches synced before this one are kept in its log and written out when "
-                                     f"it is next opened, the next sync starts again from this one. "
-                                     f"{advice_en}") from None
+                                     f"what was committed before is kept in its log and written out when it is next "
+                                     f"opened; {lost_en}. {advice_en}") from None
             # DuckDB reports memory it could not find at commit as a failed commit ("failed to
             # pin block", "could not allocate block"): a form of 150 text questions needs more
             # than the default limit.
             if isinstance(error, duckdb.OutOfMemoryException) or (
                     isinstance(error, duckdb.TransactionException) and COMMIT_OUT_OF_MEMORY.search(str(error))):
-                raise WarehouseError(f"l'entrepôt {self.path} a manqué de mémoire : rien de ce lot n'a été gardé, "
-                                     f"la prochaine synchronisation reprend à ce lot. {advice_fr} "
+                raise WarehouseError(f"l'entrepôt {self.path} a manqué de mémoire : {lost_fr}. {advice_fr} "
                                      f"(DuckDB : {first_line})",
-                                     f"the warehouse {self.path} ran out of memory: nothing of this batch was kept, "
-                                     f"the next sync starts again from it. {advice_en} "
+                                     f"the warehouse {self.path} ran out of memory: {lost_en}. {advice_en} "
                                      f"(DuckDB: {first_line})") from None
             disk = isinstance(error, duckdb.IOException)
             why_fr = "disque plein, ou pas de place ?" if disk else "DuckDB a refusé l'enregistrement"
             why_en = "disk full, or no space for it?" if disk else "DuckDB refused the commit"
-            raise WarehouseError(f"impossible d'écrire l'entrepôt {self.path} ({why_fr}) : {first_line} ; rien de ce "
-                                 f"lot n'a été gardé, la prochaine synchronisation reprend à ce lot",
-                                 f"could not write the warehouse {self.path} ({why_en}): {first_line}; nothing of this "
-                                 f"batch was kept, the next sync starts again from it") from None
+            raise WarehouseError(f"impossible d'écrire l'entrepôt {self.path} ({why_fr}) : {first_line} ; {lost_fr}",
+                                 f"could not write the warehouse {self.path} ({why_en}): {first_line}; {lost_en}"
+                                 ) from None
 
     def _more_memory_advice(self) -> tuple[str, str]:
         more = max(256, math.ceil(2 * megabytes(self.memory_limit)))
