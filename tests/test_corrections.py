@@ -4,9 +4,11 @@ correction puts it back; a correction that targets nothing is reported."""
 from __future__ import annotations
 
 import csv
+from contextlib import contextmanager
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import openpyxl
 
@@ -115,11 +117,27 @@ def test_a_quarantined_submission_edited_on_the_server_leaves_the_quarantine(see
         assert warehouse.con.execute("select count(*) from households where root_uuid = ?", [root]).fetchone()[0] == 1
 
 
+WRITE_BACK = SyncSettings(download_attachments=False, write_back=True)
+
+
+@contextmanager
+def synced_with_write_back(seeded, warehouse_path, **client_options) -> Iterator[tuple]:
+    """The household project synced with write-back: (asset, client, warehouse, dictionary)."""
+    asset = seeded.assets["household_survey"]
+    with KoboClient(seeded.server.url, seeded.token, **client_options) as client, Warehouse(warehouse_path) as warehouse:
+        sync_asset(client, warehouse, asset.uid, settings=WRITE_BACK)
+        yield asset, client, warehouse, warehouse.latest_dictionaries()[0]
+
+
+def first_clean_ids(warehouse: Warehouse, count: int) -> list[int]:
+    return [r[0] for r in warehouse.con.execute("select submission_id from households order by submission_id limit ?",
+                                                [count]).fetchall()]
+
+
 def test_write_back_puts_quarantined_on_hold_and_clean_approved(seeded, warehouse_path) -> None:
     asset = seeded.assets["household_survey"]
-    settings = SyncSettings(download_attachments=False, write_back=True)
     with KoboClient(seeded.server.url, seeded.token) as client, Warehouse(warehouse_path) as warehouse:
-        summary = sync_asset(client, warehouse, asset.uid, settings=settings)
+        summary = sync_asset(client, warehouse, asset.uid, settings=WRITE_BACK)
         quarantined = {r[0] for r in warehouse.con.execute("select submission_id from quality.quarantine").fetchall()}
     statuses = {s["_id"]: (s.get("_validation_status") or {}).get("uid") for s in asset.submissions}
     assert summary.statuses_written == len(asset.submissions)
@@ -130,10 +148,7 @@ def test_write_back_puts_quarantined_on_hold_and_clean_approved(seeded, warehous
 def test_write_back_leaves_alone_a_status_a_supervisor_set(seeded, warehouse_path) -> None:
     """Statuses change on the server without the submission changing: the write-back reads
     them there, and changes only those nobody set or that Terrain set itself."""
-    asset = seeded.assets["household_survey"]
-    settings = SyncSettings(download_attachments=False, write_back=True)
-    with KoboClient(seeded.server.url, seeded.token) as client, Warehouse(warehouse_path) as warehouse:
-        sync_asset(client, warehouse, asset.uid, settings=settings)
+    with synced_with_write_back(seeded, warehouse_path) as (asset, client, warehouse, _):
         quarantined = sorted(r[0] for r in warehouse.con.execute("select submission_id from quality.quarantine").fetchall())
         clean = sorted(r[0] for r in warehouse.con.execute("select submission_id from households").fetchall())
         decisions = {clean[0]: "validation_status_not_approved", clean[1]: "validation_status_on_hold",
@@ -141,7 +156,7 @@ def test_write_back_leaves_alone_a_status_a_supervisor_set(seeded, warehouse_pat
         for submission_id, status in decisions.items():
             seeded.server.set_validation_status(asset.uid, submission_id, status, "superviseur")
         seeded.server.set_validation_status(asset.uid, clean[2], None, "superviseur")  # cleared: Terrain's again
-        summary = sync_asset(client, warehouse, asset.uid, settings=settings)
+        summary = sync_asset(client, warehouse, asset.uid, settings=WRITE_BACK)
     statuses = {s["_id"]: (s.get("_validation_status") or {}).get("uid") for s in asset.submissions}
     assert summary.statuses_written == 1
     assert {i: statuses[i] for i in decisions} == decisions
@@ -182,11 +197,7 @@ def test_write_back_reads_only_the_statuses_that_matter(seeded, warehouse_path) 
     """Once Terrain has set the statuses, the next write-back does not read every
     submission's status again (1,000 requests at 1,000,000 submissions): only those with
     no status, and those whose wanted status is not the one Terrain set."""
-    asset = seeded.assets["household_survey"]
-    settings = SyncSettings(download_attachments=False, write_back=True)
-    with KoboClient(seeded.server.url, seeded.token, page_size=20) as client, Warehouse(warehouse_path) as warehouse:
-        sync_asset(client, warehouse, asset.uid, settings=settings)
-        dictionary = warehouse.latest_dictionaries()[0]
+    with synced_with_write_back(seeded, warehouse_path, page_size=20) as (asset, client, warehouse, dictionary):
         before = seeded.server.requests_served
         assert write_back_statuses(client, warehouse, asset.uid, dictionary) == 0
         assert seeded.server.requests_served - before == 1  # the (empty) list of submissions with no status
@@ -204,13 +215,8 @@ def test_write_back_keeps_its_statuses_across_a_run_stopped_around_a_request(see
     are Terrain's: the one it meant to send (the request went through) or the one it had
     set before (it did not); any other is a person's. Recorded only after, as before, a
     request that went through was taken for a person's status, left as it was for good."""
-    asset = seeded.assets["household_survey"]
-    settings = SyncSettings(download_attachments=False, write_back=True)
-    with KoboClient(seeded.server.url, seeded.token) as client, Warehouse(warehouse_path) as warehouse:
-        sync_asset(client, warehouse, asset.uid, settings=settings)
-        dictionary = warehouse.latest_dictionaries()[0]
-        unsent, sent = (r[0] for r in warehouse.con.execute(
-            "select submission_id from households order by submission_id limit 2").fetchall())
+    with synced_with_write_back(seeded, warehouse_path) as (asset, client, warehouse, dictionary):
+        unsent, sent = first_clean_ids(warehouse, 2)
         first = warehouse.con.execute("select min(submission_id) from quality.quarantine").fetchone()[0]
         # unsent: Terrain had set "on hold" (confirmed), then recorded "approved" and stopped
         # before sending it: the server still holds Terrain's "on hold".
@@ -238,12 +244,8 @@ def test_a_status_that_was_never_sent_is_not_taken_for_terrains_later(seeded, wa
     """Terrain approved X, then recorded "on hold" for it and the request failed; the next
     run finds the server still holding "approved" (the request never arrived) and settles
     the record back to it. A supervisor who then puts X on hold is not overruled."""
-    asset = seeded.assets["household_survey"]
-    settings = SyncSettings(download_attachments=False, write_back=True)
-    with KoboClient(seeded.server.url, seeded.token) as client, Warehouse(warehouse_path) as warehouse:
-        sync_asset(client, warehouse, asset.uid, settings=settings)
-        dictionary = warehouse.latest_dictionaries()[0]
-        x = warehouse.con.execute("select min(submission_id) from households").fetchone()[0]
+    with synced_with_write_back(seeded, warehouse_path) as (asset, client, warehouse, dictionary):
+        [x] = first_clean_ids(warehouse, 1)
         record_status_to_send(warehouse, asset.uid, [x], ON_HOLD)  # the request failed, or the run stopped
         assert write_back_statuses(client, warehouse, asset.uid, dictionary) == 0
         assert warehouse.con.execute("select status, confirmed, previous from meta.status_writes where "
@@ -258,13 +260,8 @@ def test_an_unconfirmed_status_of_a_submission_deleted_since_is_settled(seeded, 
     """A run stopped around a request leaves its record unconfirmed; when the submission
     is then deleted on the server, it is no longer wanted, and its record was never read
     again nor settled. It is now read, found gone, and forgotten."""
-    asset = seeded.assets["household_survey"]
-    settings = SyncSettings(download_attachments=False, write_back=True)
-    with KoboClient(seeded.server.url, seeded.token) as client, Warehouse(warehouse_path) as warehouse:
-        sync_asset(client, warehouse, asset.uid, settings=settings)
-        dictionary = warehouse.latest_dictionaries()[0]
-        gone, kept = (r[0] for r in warehouse.con.execute(
-            "select submission_id from households order by submission_id limit 2").fetchall())
+    with synced_with_write_back(seeded, warehouse_path) as (asset, client, warehouse, dictionary):
+        gone, kept = first_clean_ids(warehouse, 2)
         record_status_to_send(warehouse, asset.uid, [gone, kept], ON_HOLD)  # the run stopped before sending
         seeded.server.delete_submission(asset.uid, gone)
         sync_asset(client, warehouse, asset.uid, settings=SyncSettings(download_attachments=False, reconcile="always"))
