@@ -215,11 +215,12 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from warehouse.exports import export_tables
+    from warehouse.exports import export_tables, exportable
 
     with _writing(args.warehouse, "export") as warehouse:
-        tables = warehouse.refresh_analyst_tables()
-        result = export_tables(warehouse.con, args.table or tables, Path(args.out), args.format, args.language)
+        warehouse.refresh_analyst_tables()
+        result = export_tables(warehouse.con, args.table or exportable(warehouse.con), Path(args.out), args.format,
+                               args.language)
     for path in result.files:
         print(path)
     print(", ".join(f"{table} {rows} lignes / rows" for table, rows in result.rows.items()))
@@ -425,11 +426,11 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("--warehouse", help="l'entrepôt (défaut : warehouse_path de terrain.toml ou $TERRAIN_WAREHOUSE, sinon terrain.duckdb) / the warehouse (default: terrain.toml's warehouse_path or $TERRAIN_WAREHOUSE, else terrain.duckdb)")
     sql.set_defaults(func=cmd_sql)
 
-    export = sub.add_parser("export", help="écrit les tables sans données personnelles en Parquet, CSV ou XLSX / write the tables without personal data as Parquet, CSV or XLSX")
+    export = sub.add_parser("export", help="écrit les tables sans données personnelles et les indicateurs en Parquet, CSV ou XLSX / write the tables without personal data and the indicators as Parquet, CSV or XLSX")
     export.add_argument("--format", choices=["parquet", "csv", "xlsx"], default="parquet",
                         help="format des fichiers (défaut : parquet) / file format (default: parquet)")
     export.add_argument("--out", default="exports", help="dossier de sortie (défaut : exports) / output folder (default: exports)")
-    export.add_argument("--table", action="append", help="table à exporter ; à répéter ; défaut : toutes / table to export; repeat for several; default: all")
+    export.add_argument("--table", action="append", help="table (ou indicateur : marts.<nom>) à exporter ; à répéter ; défaut : tous / table (or indicator: marts.<name>) to export; repeat for several; default: all")
     export.add_argument("--language", default="fr", help="langue des libellés de colonnes XLSX (fr ou en) / language of the XLSX column labels (fr or en)")
     export.add_argument("--warehouse", help="l'entrepôt (défaut : warehouse_path de terrain.toml ou $TERRAIN_WAREHOUSE, sinon terrain.duckdb) / the warehouse (default: terrain.toml's warehouse_path or $TERRAIN_WAREHOUSE, else terrain.duckdb)")
     export.set_defaults(func=cmd_export)

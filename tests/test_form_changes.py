@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import openpyxl
 import pytest
 
 from flows.sync import SyncSettings, SyncSummary, sync_asset
@@ -255,6 +256,43 @@ def test_analyst_tables_and_labelled_views_cover_every_version(tmp_path: Path, m
         warehouse.refresh_analyst_tables()
         analyst = warehouse.con.execute("select head_name, head_phone from analyst.tiny order by submission_id").fetchall()
         labelled = warehouse.con.execute("select latrine from fr.tiny where latrine is not null").fetchall()
+        view_columns = {r[0] for r in warehouse.con.execute("select column_name from information_schema.columns "
+                                                            "where table_schema = 'fr' and table_name = 'tiny'").fetchall()}
     assert analyst[0][0] is not None and analyst[1][1] is not None
     assert "Assétou Maïga" not in analyst[0][0] and "+223" not in analyst[1][1] and len(analyst[0][0]) == 64
     assert labelled == [("Oui",)]
+    # The labelled views are for analysts too: personal answers are left out of them.
+    assert "latrine" in view_columns and not {"head_name", "head_phone"} & view_columns
+
+
+def test_labels_are_those_of_the_version_deployed_last(tmp_path: Path, monkeypatch) -> None:
+    """Version "10" follows "9" (and a form-builder project's versions have random names):
+    the labels analysts read, in the views, the marts' lookups and the XLSX headers, are
+    the version deployed last's, not the greatest version name's."""
+    from warehouse.exports import export_tables
+
+    monkeypatch.setenv("TERRAIN_PII_SALT", "sel-de-test")
+
+    def version(name: str, question: str, functional: str) -> dict[str, Any]:
+        served = content([{"type": "select_one status", "name": "status", "label": [question]}], name)
+        served["choices"] = [{"list_name": "status", "name": "functional", "label": [functional]}]
+        served["translations"] = ["Français (fr)"]
+        return served
+
+    asset = tiny_asset(version("9", "Etat (faute)", "Fonctionel (faute)"))
+    path = tmp_path / "w.duckdb"
+    with LocalKoboServer({TOKEN: "someone"}, [asset]) as server:
+        server.add_submissions(asset.uid, [{"status": "functional"}])
+        redeploy(asset, version("10", "État du point d'eau", "Fonctionnel"))
+        server.add_submissions(asset.uid, [{"status": "functional"}])
+        sync(server, path)
+    with Warehouse(path) as warehouse:
+        assert warehouse.latest_dictionaries()[0].version == "10"
+        labelled = warehouse.con.execute("select distinct status from fr.tiny").fetchall()
+        latest = warehouse.con.execute("select label from meta.latest_choice_labels where choice_name = 'functional'"
+                                       ).fetchall()
+        tables = warehouse.refresh_analyst_tables()
+        workbook = export_tables(warehouse.con, tables, tmp_path / "xlsx", "xlsx").files[0]
+    assert labelled == [("Fonctionnel",)] and latest == [("Fonctionnel",)]
+    header = [c.value for c in openpyxl.load_workbook(workbook)["tiny"][1]]
+    assert "État du point d'eau\n(status)" in header

@@ -3,6 +3,7 @@ personal data and exports."""
 
 from __future__ import annotations
 
+import datetime as dt
 import subprocess
 import sys
 from pathlib import Path
@@ -163,20 +164,22 @@ def test_marts_on_a_small_hand_made_data_set(household, tmp_path: Path) -> None:
         wp = con.execute("select commune, commune_label, month, water_points_inspected, functional, not_functional, "
                          "functionality_rate from marts.water_point_functionality").fetchall()
         assert [w[:2] + w[3:] for w in wp] == [("dembela", "Dembela", 4, 2, 1, 0.5)]
-        assert str(wp[0][2])[:7] == "2026-10"
-        service = dict(con.execute("select service_level, households from marts.household_water_service").fetchall())
-        assert service == {"basic": 1, "limited": 1, "surface_water": 1}
+        assert wp[0][2] == dt.date(2026, 10, 1)  # a month is a DATE, its first day
+        service = con.execute("select commune_label, service_level, households from marts.household_water_service"
+                              ).fetchall()
+        assert {s[0] for s in service} == {"Tella"}
+        assert {s[1]: s[2] for s in service} == {"basic": 1, "limited": 1, "surface_water": 1}
         training = con.execute("select sex, age_group, participants, mean_score_gain from marts.training_participation "
                                "order by sex, age_group").fetchall()
         assert training == [("female", "15-24", 1, 6.0), ("female", "25-34", 1, 2.0), ("male", "25-34", 1, 0.0)]
-        avec = con.execute("select households, avec_households, avec_membership_rate, total_savings_fcfa, "
-                           "mean_savings_fcfa from marts.avec_savings").fetchall()
-        assert avec == [(3, 2, 0.667, 80000, 40000)]
+        avec = con.execute("select commune_label, households, avec_households, avec_membership_rate, "
+                           "total_savings_fcfa, mean_savings_fcfa from marts.avec_savings").fetchall()
+        assert avec == [("Tella", 3, 2, 0.667, 80000, 40000)]
 
 
 def test_exports_leave_out_personal_data_and_never_write_formulas(seeded, warehouse_path, tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    from warehouse.exports import export_tables
+    from warehouse.exports import export_tables, exportable
 
     monkeypatch.setenv("TERRAIN_PII_SALT", "test-salt")
     asset = seeded.assets["household_survey"]
@@ -195,12 +198,16 @@ def test_exports_leave_out_personal_data_and_never_write_formulas(seeded, wareho
         columns = {r[0] for r in warehouse.con.execute("select column_name from information_schema.columns "
                                                        "where table_schema = 'analyst' and table_name = 'households'").fetchall()}
         assert "location_accuracy" not in columns and "head_age" in columns
-        results = {fmt: export_tables(warehouse.con, tables, tmp_path / fmt, fmt) for fmt in ("parquet", "csv", "xlsx")}
-    assert {p.name for p in results["parquet"].files} == {f"{t}.parquet" for t in tables}
+        everything = exportable(warehouse.con)  # the indicators too, as marts.<name>
+        assert everything[:len(tables)] == sorted(tables) and "marts.avec_savings" in everything
+        results = {fmt: export_tables(warehouse.con, everything, tmp_path / fmt, fmt) for fmt in ("parquet", "csv", "xlsx")}
+        savings = warehouse.con.execute("select * from marts.avec_savings").fetchall()
+    assert {p.name for p in results["parquet"].files} == {f"{t}.parquet" for t in everything}
+    assert duckdb.sql(f"select * from '{tmp_path / 'parquet' / 'marts.avec_savings.parquet'}'").fetchall() == savings
     parquet_rows = duckdb.sql(f"select count(*) from '{tmp_path / 'parquet' / 'households.parquet'}'").fetchone()[0]
     assert parquet_rows == results["parquet"].rows["households"]
     workbook = openpyxl.load_workbook(results["xlsx"].files[0])
-    assert set(workbook.sheetnames) == set(tables)
+    assert set(workbook.sheetnames) == set(everything)
     sheet = workbook["households"]
     header = [c.value for c in sheet[1]]
     assert "Principale source d'eau de boisson du ménage\n(water_source)" in header

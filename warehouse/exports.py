@@ -1,9 +1,5 @@
-"""What analysts take away: tables without personal data, as Parquet, CSV or XLSX.
-
-Fields the form marks ``terrain_pii`` (names, phones, exact household GPS) never leave
-the warehouse as they are: text becomes a salted SHA-256 (the same person gives the
-same hash, so counts and joins still work), and a GPS point is rounded to 0.01°
-(about 1 km) without altitude and accuracy. The salt lives outside the warehouse.
+"""What analysts take away: tables without personal data (see warehouse/pii.py) and the
+indicator marts, as Parquet, CSV or XLSX. The salt lives outside the warehouse.
 """
 
 from __future__ import annotations
@@ -17,12 +13,14 @@ from pathlib import Path
 import duckdb
 import xlsxwriter
 
-from forms.dictionary import FieldDictionary, Table
+from forms.dictionary import FieldDictionary
 from forms.errors import TerrainError
-from warehouse.labels import language_code
+from warehouse.labels import COLUMN_LABELS, language_code
+from warehouse.pii import without_personal_data
 from warehouse.store import quote
 
 ANALYST_SCHEMA = "analyst"
+MARTS_SCHEMA = "marts"
 SALT_ENV = "TERRAIN_PII_SALT"
 XLSX_MAX_ROWS = 1_048_575  # Excel's limit, less the header row
 FORMATS = ("parquet", "csv", "xlsx")
@@ -45,30 +43,6 @@ def pii_salt(warehouse_path: Path) -> str:
     return salt_file.read_text(encoding="utf-8").strip()
 
 
-def _analyst_select(table: Table) -> str:
-    replaced, excluded = [], []
-    for f in table.fields:
-        if not f.pii:
-            continue
-        if f.xlsform_type == "geopoint":
-            for part in ("latitude", "longitude"):
-                column = f'"{f.column}_{part}"'
-                replaced.append(f"round({column}, 2) AS {column}")
-            excluded += [f'"{f.column}_altitude"', f'"{f.column}_accuracy"']
-        elif f.xlsform_type == "select_multiple":
-            excluded += [f'"{column}"' for column, _ in f.columns()]
-        else:
-            column = f'"{f.column}"'
-            replaced.append(f"CASE WHEN {column} IS NULL THEN NULL ELSE sha256($salt || CAST({column} AS VARCHAR)) END "
-                            f"AS {column}")
-    select = "t.*"
-    if excluded:
-        select += f" EXCLUDE ({', '.join(excluded)})"
-    if replaced:
-        select += f" REPLACE ({', '.join(replaced)})"
-    return select
-
-
 def refresh_analyst_tables(con: duckdb.DuckDBPyConnection, dictionaries: list[FieldDictionary], salt: str) -> list[str]:
     """Rebuilds ``analyst.<table>`` for every clean table: the same rows without personal data."""
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {ANALYST_SCHEMA}")
@@ -76,7 +50,7 @@ def refresh_analyst_tables(con: duckdb.DuckDBPyConnection, dictionaries: list[Fi
     for dictionary in dictionaries:
         for table in dictionary.tables.values():
             sql = (f'CREATE OR REPLACE TABLE {ANALYST_SCHEMA}."{table.name}" AS '
-                   f'SELECT {_analyst_select(table)} FROM main."{table.name}" t')
+                   f'SELECT {without_personal_data(table, salted=True)} FROM main."{table.name}" t')
             con.execute(sql, {"salt": salt} if "$salt" in sql else None)
             names.append(table.name)
     return names
@@ -88,15 +62,28 @@ class ExportResult:
     rows: dict[str, int]
 
 
+def exportable(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """What can be exported: each analyst table by its name, each mart as ``marts.<name>``."""
+    return [name if schema == ANALYST_SCHEMA else f"{schema}.{name}" for schema, name in con.execute(
+        "SELECT table_schema, table_name FROM information_schema.tables WHERE table_catalog = current_database() "
+        "AND table_schema IN (?, ?) ORDER BY table_schema = ? DESC, table_name",
+        [ANALYST_SCHEMA, MARTS_SCHEMA, ANALYST_SCHEMA]).fetchall()]
+
+
+def _relation(name: str) -> str:
+    """The relation an exportable name reads: ``analyst."<table>"`` or ``marts."<mart>"``."""
+    schema, _, table = name.rpartition(".") if name.startswith(f"{MARTS_SCHEMA}.") else (ANALYST_SCHEMA, "", name)
+    return f"{schema}.{quote(table)}"
+
+
 def export_tables(con: duckdb.DuckDBPyConnection, tables: list[str], out_dir: Path, fmt: str,
                   language: str = "fr") -> ExportResult:
-    """Writes ``analyst.<table>`` for each table: one Parquet or CSV file per table, or one
-    XLSX workbook with a sheet per table and the column labels in ``language``."""
+    """Writes each of ``tables`` (see exportable): one Parquet or CSV file each, or one XLSX
+    workbook with a sheet each and the column labels in ``language``."""
     if fmt not in FORMATS:
         raise ExportError(f"format d'export inconnu '{fmt}' : choisissez parmi {', '.join(FORMATS)}",
                           f"unknown export format '{fmt}': use one of {', '.join(FORMATS)}")
-    known = [row[0] for row in con.execute(
-        "SELECT table_name FROM information_schema.tables WHERE table_schema = ? ORDER BY 1", [ANALYST_SCHEMA]).fetchall()]
+    known = exportable(con)
     unknown = [t for t in tables if t not in known]
     if unknown:
         raise ExportError(f"pas de table {', '.join(unknown)} à exporter ; les tables sont : "
@@ -108,14 +95,14 @@ def export_tables(con: duckdb.DuckDBPyConnection, tables: list[str], out_dir: Pa
                           f"{', '.join(languages) or 'aucune'}",
                           f"no labels in the language '{language}': the forms have {', '.join(languages) or 'none'}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = {t: con.execute(f'SELECT count(*) FROM {ANALYST_SCHEMA}."{t}"').fetchone()[0] for t in tables}
+    rows = {t: con.execute(f"SELECT count(*) FROM {_relation(t)}").fetchone()[0] for t in tables}
     if fmt in ("parquet", "csv"):
         files = []
         for table in tables:
             path = out_dir / f"{table}.{fmt}"
             options = "FORMAT parquet" if fmt == "parquet" else "FORMAT csv, HEADER true"
             target = str(path).replace("'", "''")
-            con.execute(f"COPY (SELECT * FROM {ANALYST_SCHEMA}.\"{table}\") TO '{target}' ({options})")
+            con.execute(f"COPY (SELECT * FROM {_relation(table)}) TO '{target}' ({options})")
             files.append(path)
         return ExportResult(files=files, rows=rows)
     path = out_dir / "terrain.xlsx"
@@ -133,20 +120,18 @@ def _write_workbook(con: duckdb.DuckDBPyConnection, tables: list[str], path: Pat
     date = workbook.add_format({"num_format": "yyyy-mm-dd"})
     stamp = workbook.add_format({"num_format": "yyyy-mm-dd hh:mm"})
     for table in tables:
-        count = con.execute(f'SELECT count(*) FROM {ANALYST_SCHEMA}."{table}"').fetchone()[0]
+        count = con.execute(f"SELECT count(*) FROM {_relation(table)}").fetchone()[0]
         if count > XLSX_MAX_ROWS:
             raise ExportError(f"{table} a {count} lignes, plus qu'Excel n'en permet ({XLSX_MAX_ROWS}) : "
                               f"exportez-la en Parquet ou en CSV",
                               f"{table} has {count} rows, more than Excel allows ({XLSX_MAX_ROWS}): "
                               f"export it as Parquet or CSV instead")
-        labels = dict(con.execute(
-            "SELECT column_name, arg_max(label, version) FROM meta.field_labels WHERE table_name = ? AND language = ? "
-            "GROUP BY column_name", [table, language]).fetchall())
+        labels = dict(con.execute(COLUMN_LABELS, {"table": table, "language": language}).fetchall())
         # A cursor of its own: con.execute() would replace this result with the next query's.
         # It starts in DuckDB's default database, not in the one a writer attached: hence
         # the table's database named.
         database = con.execute("SELECT current_database()").fetchone()[0]
-        cursor = con.cursor().execute(f"SELECT * FROM {quote(database)}.{ANALYST_SCHEMA}.{quote(table)}")
+        cursor = con.cursor().execute(f"SELECT * FROM {quote(database)}.{_relation(table)}")
         columns = [d[0] for d in cursor.description]
         sheet = workbook.add_worksheet(table[:31])
         for index, column in enumerate(columns):
@@ -185,4 +170,4 @@ def _write_cell(sheet, row: int, column: int, value, date_format, stamp_format) 
         sheet.write_string(row, column, str(value))
 
 
-__all__ = ["ExportError", "export_tables", "language_code", "pii_salt", "refresh_analyst_tables"]
+__all__ = ["ExportError", "export_tables", "exportable", "language_code", "pii_salt", "refresh_analyst_tables"]

@@ -4,6 +4,11 @@ Every field and choice label of every form version goes to ``meta.field_labels``
 ``meta.choice_labels``. For each language (``fr``, ``en``) a schema holds one view per
 clean table where choice codes read as their labels (``fr.households.water_source``
 = 'Forage équipé de pompe'); column names stay the same, so queries work in both.
+The views are for analysts: personal data is left out (warehouse/pii.py).
+
+A label is the one of the version deployed last that has it (meta.form_versions), not
+of the "highest" version name: "10" sorts before "9", and a project built in
+KoboToolbox's form builder has random version names.
 """
 
 from __future__ import annotations
@@ -14,8 +19,16 @@ import duckdb
 import pandas as pd
 
 from forms.dictionary import FieldDictionary
+from warehouse.pii import without_personal_data
 
 LATEST_LABELS = "meta.latest_choice_labels"
+# Newest first: deployed last (a version never seen deployed: seen last), then the name.
+NEWEST_LABEL = ("arg_max(l.label, (v.last_deployed IS NOT NULL, coalesce(v.last_deployed, v.first_seen), "
+                "l.version)) AS label")
+VERSION_OF_LABEL = "LEFT JOIN meta.form_versions AS v USING (form_id, version)"
+# The label of each column of a table in a language ($table, $language).
+COLUMN_LABELS = (f"SELECT l.column_name, {NEWEST_LABEL} FROM meta.field_labels AS l {VERSION_OF_LABEL} "
+                 "WHERE l.table_name = $table AND l.language = $language GROUP BY ALL")
 
 
 def language_code(language: str) -> str:
@@ -56,11 +69,11 @@ def store_labels(con: duckdb.DuckDBPyConnection, dictionary: FieldDictionary) ->
 
 def create_labelled_views(con: duckdb.DuckDBPyConnection, dictionary: FieldDictionary) -> None:
     """(Re)creates ``<language>.<table>`` views for every table of the form. Labels come from
-    the latest version that names the choice, so older codes keep their label."""
+    the version deployed last that names the choice, so older codes keep their label."""
     con.execute(f"""
         CREATE OR REPLACE VIEW {LATEST_LABELS} AS
-        SELECT form_id, list_name, choice_name, language, arg_max(label, version) AS label
-        FROM meta.choice_labels GROUP BY ALL""")
+        SELECT l.form_id, l.list_name, l.choice_name, l.language, {NEWEST_LABEL}
+        FROM meta.choice_labels AS l {VERSION_OF_LABEL} GROUP BY ALL""")
     form = literal(dictionary.form_id)
     for language in dictionary.languages:
         code = language_code(language)
@@ -68,7 +81,7 @@ def create_labelled_views(con: duckdb.DuckDBPyConnection, dictionary: FieldDicti
         for table in dictionary.tables.values():
             replaced = []
             for f in table.fields:
-                if not f.list_name or f.xlsform_type not in ("select_one", "select_multiple"):
+                if not f.list_name or f.xlsform_type not in ("select_one", "select_multiple") or f.pii:
                     continue
                 column, lang, name = f'"{f.column}"', literal(code), literal(f.list_name)
                 match = (f"l.form_id = {form} AND l.list_name = {name} AND l.language = {lang}")
@@ -80,5 +93,5 @@ def create_labelled_views(con: duckdb.DuckDBPyConnection, dictionary: FieldDicti
                         f"(SELECT list(coalesce(l.label, u.x) ORDER BY u.i) FROM (SELECT unnest(t.{column}) AS x, "
                         f"unnest(range(1, len(t.{column}) + 1)) AS i) u LEFT JOIN {LATEST_LABELS} l ON {match} "
                         f"AND l.choice_name = u.x) AS {column}")
-            select = f"t.* REPLACE ({', '.join(replaced)})" if replaced else "t.*"
+            select = without_personal_data(table, salted=False, replaced=replaced)
             con.execute(f'CREATE OR REPLACE VIEW "{code}"."{table.name}" AS SELECT {select} FROM main."{table.name}" t')

@@ -7,7 +7,7 @@
 -- phone offline for weeks uploads old inspections after newer ones).
 CREATE OR REPLACE VIEW marts.water_point_functionality AS
 WITH latest AS (
-    SELECT commune, date_trunc('month', today) AS month, water_point_id,
+    SELECT commune, CAST(date_trunc('month', today) AS DATE) AS month, water_point_id,
            arg_max(functional_status, (today, coalesce("start", submission_time), submission_time)) AS status
     FROM main.water_points
     GROUP BY ALL
@@ -46,11 +46,14 @@ WITH levels AS (
     FROM main.households
     WHERE consent = 'yes'
 )
-SELECT commune, service_level, count(*) AS households,
-       round(count(*) / sum(count(*)) OVER (PARTITION BY commune), 3) AS share_of_commune
-FROM levels
-GROUP BY commune, service_level
-ORDER BY commune, service_level;
+SELECT v.commune, l.label AS commune_label, v.service_level, count(*) AS households,
+       round(count(*) / sum(count(*)) OVER (PARTITION BY v.commune), 3) AS share_of_commune
+FROM levels AS v
+LEFT JOIN meta.latest_choice_labels AS l
+       ON l.form_id = 'household_survey' AND l.list_name = 'commune' AND l.language = 'fr'
+      AND l.choice_name = v.commune
+GROUP BY v.commune, l.label, v.service_level
+ORDER BY v.commune, v.service_level;
 
 -- name: training_participation
 -- Training participants by topic, sex and age group, with the mean score gain
@@ -75,13 +78,16 @@ ORDER BY ALL;
 -- name: avec_savings
 -- AVEC (village savings and loan association) membership and savings by commune.
 CREATE OR REPLACE VIEW marts.avec_savings AS
-SELECT commune,
+SELECT h.commune, l.label AS commune_label,
        count(*) AS households,
        count(*) FILTER (WHERE avec_member = 'yes') AS avec_households,
        round(count(*) FILTER (WHERE avec_member = 'yes') / count(*), 3) AS avec_membership_rate,
        coalesce(sum(avec_savings_fcfa), 0)::BIGINT AS total_savings_fcfa,
        round(avg(avec_savings_fcfa) FILTER (WHERE avec_member = 'yes'))::BIGINT AS mean_savings_fcfa
-FROM main.households
-WHERE consent = 'yes'
+FROM main.households AS h
+LEFT JOIN meta.latest_choice_labels AS l
+       ON l.form_id = 'household_survey' AND l.list_name = 'commune' AND l.language = 'fr'
+      AND l.choice_name = h.commune
+WHERE h.consent = 'yes'
 GROUP BY ALL
-ORDER BY commune;
+ORDER BY h.commune;
