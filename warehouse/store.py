@@ -557,13 +557,19 @@ class Warehouse:
 
     def refresh_analyst_tables(self) -> list[str]:
         """Rebuilds the analyst schema (clean tables without personal data): a column is
-        left out or hashed if any version of its form marks it personal."""
+        left out or hashed if any version of its form marks it personal. The labelled
+        views and the marts are made again too (a sync makes them only with a new form
+        version), so a warehouse written by an older Terrain reads as this one's."""
         from warehouse.exports import pii_salt, refresh_analyst_tables
 
         forms = [row[0] for row in self.con.execute(
             "SELECT DISTINCT form_id FROM meta.form_versions ORDER BY 1").fetchall()]
+        dictionaries = [self.every_version(form) for form in forms]
         with self.transaction():
-            return refresh_analyst_tables(self.con, [self.every_version(form) for form in forms], pii_salt(self.path))
+            for dictionary in dictionaries:
+                create_labelled_views(self.con, dictionary)
+            self.create_marts()
+            return refresh_analyst_tables(self.con, dictionaries, pii_salt(self.path))
 
     def _table_exists(self, name: str) -> bool:
         return bool(self.con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'main' "
