@@ -245,18 +245,15 @@ def cmd_corrections(args: argparse.Namespace) -> int:
     from warehouse.rebuild import apply_corrections_file
 
     with _writing(args.warehouse, "corrections") as warehouse:
-        rebuilt, problems = apply_corrections_file(warehouse, Path(args.file))
+        done = apply_corrections_file(warehouse, Path(args.file))
         applied = warehouse.con.execute("SELECT count(*) FROM meta.corrections WHERE status = 'applied'").fetchone()[0]
-        # The corrected submissions still kept out, and why (another error than the one fixed?).
-        still = warehouse.con.execute(
-            "SELECT q.root_uuid, q.submission_id, q.reasons FROM quality.quarantine q WHERE q.root_uuid IN "
-            "(SELECT root_uuid FROM meta.corrections WHERE status = 'applied') ORDER BY q.submission_id").fetchall()
-    checked, kept = sum(r.submissions for r in rebuilt), sum(r.quarantined for r in rebuilt)
+    checked, still = sum(r.submissions for r in done.rebuilt), done.still_quarantined
     # Counts over every correction recorded (files add up), not this file's lines only.
     _say(f"{applied} correction(s) appliquée(s) en tout (ce fichier et les précédents) ; {checked} soumission(s) "
-         f"vérifiée(s) de nouveau, dont {kept} encore en quarantaine",
+         f"vérifiée(s) de nouveau, dont {len(still)} encore en quarantaine",
          f"{applied} correction(s) applied in all (this file and earlier ones); {checked} submission(s) checked "
-         f"again, {kept} of them still in quarantine")
+         f"again, {len(still)} of them still in quarantine")
+    # The corrected submissions still kept out, and why (another error than the one fixed?).
     for root, submission_id, reasons in still[:SHOWN_STILL_QUARANTINED]:
         print(f"  corrigée mais toujours en quarantaine / corrected but still in quarantine : {root} "
               f"(_id {submission_id}) : {reasons}")
@@ -264,9 +261,12 @@ def cmd_corrections(args: argparse.Namespace) -> int:
         more = len(still) - SHOWN_STILL_QUARANTINED
         print(f"  ... et {more} de plus (terrain report les liste toutes) / and {more} more (terrain report lists "
               f"them all)")
-    for problem in problems:
-        print(f"  non appliquée (ce fichier ou un précédent) / not applied (this file or an earlier one) : {problem}")
-    return 1 if problems else 0
+    for problem in done.problems:
+        print(f"  non appliquée / not applied : {problem}")
+    for problem in done.earlier_problems:
+        print(f"  toujours non appliquée, d'un fichier précédent (à réécrire ou à annuler) / still not applied, from "
+              f"an earlier file (write it again or cancel it) : {problem}")
+    return 1 if done.problems else 0  # this file's lines: an earlier file's were said when it was applied
 
 
 def cmd_report(args: argparse.Namespace) -> int:

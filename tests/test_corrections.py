@@ -52,7 +52,7 @@ def test_a_correction_applied_then_reverted(seeded, warehouse_path, tmp_path: Pa
             {"root_uuid": "uuid:not-a-submission", "field": "head_age", "row_key": "", "new_value": "40",
              "reason": "typo", "author": "Mariam"},
         ])
-        rebuilt, problems = apply_corrections_file(warehouse, corrections)
+        problems = apply_corrections_file(warehouse, corrections).problems
         assert not in_quarantine(warehouse, root)
         table = "household_members" if row_key else "households"
         where = "root_uuid = ? and row_key = ?" if row_key else "root_uuid = ?"
@@ -60,15 +60,18 @@ def test_a_correction_applied_then_reverted(seeded, warehouse_path, tmp_path: Pa
                                      [root, row_key] if row_key else [root]).fetchone()[0] == int(fixed)
         log = warehouse.con.execute("select author, reason, status from meta.corrections where root_uuid = ?", [root]).fetchone()
         assert log == ("Mariam (data manager)", "Confirmé par téléphone avec l'enquêteur", "applied")
-        assert problems == ["uuid:not-a-submission head_age (ligne / row -) : aucune soumission avec ce root_uuid "
-                            "dans l'entrepôt / no submission with this root_uuid in the warehouse"]
+        target_nothing = ("uuid:not-a-submission head_age : aucune soumission avec ce root_uuid dans l'entrepôt / "
+                          "no submission with this root_uuid in the warehouse")
+        assert problems == [f"corrections.csv ligne 3 / line 3 : {target_nothing}"]  # where to find it in the file
         # The raw history keeps what the enumerator sent.
         assert value in warehouse.con.execute("select payload::varchar from raw.submissions where root_uuid = ?",
                                               [root]).fetchone()[0]
 
         # Tomorrow's file, without that line, undoes nothing; "(annuler)" does.
         tomorrow = write_csv(tmp_path / "tomorrow.csv", [])
-        apply_corrections_file(warehouse, tomorrow)
+        applied = apply_corrections_file(warehouse, tomorrow)
+        # Yesterday's line that targets nothing is recalled, as yesterday's file's, not as this one's.
+        assert applied.problems == [] and applied.earlier_problems == [f"corrections.csv : {target_nothing}"]
         assert not in_quarantine(warehouse, root)
         assert warehouse.con.execute("select status from meta.corrections where root_uuid = ?", [root]).fetchone() == (
             "applied",)
@@ -78,6 +81,42 @@ def test_a_correction_applied_then_reverted(seeded, warehouse_path, tmp_path: Pa
         apply_corrections_file(warehouse, cancelled)
         assert in_quarantine(warehouse, root)
         assert warehouse.con.execute("select count(*) from meta.corrections where root_uuid = ?", [root]).fetchone() == (0,)
+
+
+def write_xlsx(path: Path, rows: list[dict]) -> Path:
+    workbook = openpyxl.Workbook()
+    workbook.active.append(["root_uuid", "field", "row_key", "new_value", "reason", "author"])
+    for row in rows:
+        workbook.active.append([row.get(c, "") for c in ("root_uuid", "field", "row_key", "new_value", "reason", "author")])
+    workbook.save(path)
+    return path
+
+
+def test_the_written_template_recalls_unapplied_corrections_and_takes_an_undo_as_applied(
+        seeded, warehouse_path, tmp_path: Path) -> None:
+    """The template the report writes lists, after the open errors, the corrections not
+    applied (here one targeting nothing), as corrections_template_rows says. And a file
+    whose "(annuler)" line was applied is not taken for one holding unapplied lines (it
+    was, at every report after, and each wrote a new template beside it)."""
+    from validation.report import write_corrections_template
+
+    with KoboClient(seeded.server.url, seeded.token) as client, Warehouse(warehouse_path) as warehouse:
+        sync_asset(client, warehouse, seeded.assets["household_survey"].uid, settings=NO_FILES)
+        root, column, row_key, value = quarantined_for(warehouse, "constraint")
+        answer = {"root_uuid": root, "field": column, "row_key": row_key or ""}
+        apply_corrections_file(warehouse, write_xlsx(tmp_path / "monday.xlsx", [
+            {**answer, "new_value": str(int(value) // 10), "reason": "Vérifié", "author": "Mariam"},
+            {"root_uuid": "uuid:not-a-submission", "field": "head_age", "new_value": "40", "author": "Mariam"}]))
+        cancel = write_xlsx(tmp_path / "corrections.xlsx", [{**answer, "new_value": "(annuler)", "author": "Mariam"}])
+        apply_corrections_file(warehouse, cancel)
+        assert in_quarantine(warehouse, root)
+    written = write_corrections_template(warehouse_path, cancel)
+    assert written == cancel  # its only line is applied: the new template takes its place
+    sheet = openpyxl.load_workbook(written).worksheets[0]
+    header = [c.value for c in sheet[1]]
+    recalled = [row for row in sheet.iter_rows(min_row=2, values_only=True)
+                if row[header.index("check")] == "correction_no_target"]
+    assert [row[0] for row in recalled] == ["uuid:not-a-submission"]
 
 
 def test_corrections_from_xlsx_through_the_command_line(seeded, warehouse_path, tmp_path: Path) -> None:
@@ -97,7 +136,9 @@ def test_corrections_from_xlsx_through_the_command_line(seeded, warehouse_path, 
                              "--warehouse", str(warehouse_path)], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 1  # one correction targets nothing
     assert "2 correction(s) applied in all" in result.stdout
-    assert "no_such_field" in result.stdout and "the form has no field" in result.stdout
+    assert "1 of them still in quarantine" in result.stdout  # as many as listed below
+    [unapplied] = [line for line in result.stdout.splitlines() if "no_such_field" in line]
+    assert "corrections.xlsx ligne 3 / line 3" in unapplied and "the form has no field" in unapplied
     [still] = [line for line in result.stdout.splitlines() if "toujours en quarantaine / corrected but still in quarantine" in line]
     assert other in still and "= -1" in still  # with the reason it is still kept out
     with Warehouse(warehouse_path) as warehouse:

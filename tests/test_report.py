@@ -404,6 +404,36 @@ def test_a_missing_warehouse_is_a_clear_error(tmp_path: Path) -> None:
         write_report(tmp_path / "none.duckdb", tmp_path / "report.xlsx")
 
 
+def test_a_report_short_of_memory_says_which_setting_to_raise(synced: Synced, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """DuckDB's out-of-memory error reached the data manager as a traceback, with no word
+    of the setting to raise."""
+    import shutil
+
+    import duckdb
+
+    def copied(name: str) -> Path:  # the module's warehouse is open here (the con fixture)
+        copy = shutil.copy(synced.path, tmp_path / name)
+        shutil.copy(f"{synced.path}.wal", f"{copy}.wal")
+        return copy
+
+    monkeypatch.setenv("TERRAIN_DUCKDB_MEMORY", "16MB")
+    # The log of the last sync, replayed as the file is opened, did not fit: that said so,
+    # not that the file was not a usable warehouse.
+    with pytest.raises(WarehouseError) as failed:
+        write_report(copied("with_log.duckdb"), tmp_path / "report.xlsx")
+    assert "could not be replayed in memory" in failed.value.en and "TERRAIN_DUCKDB_MEMORY=256MB" in failed.value.en
+    # Written out, the file opens; the report itself does not fit.
+    copy = copied("copy.duckdb")
+    duckdb.connect(str(copy)).close()  # a checkpoint on closing
+    assert not Path(f"{copy}.wal").exists()
+    with pytest.raises(WarehouseError) as failed:
+        write_report(copy, tmp_path / "report.xlsx")
+    assert "the report was not written" in failed.value.en and "TERRAIN_DUCKDB_MEMORY=256MB" in failed.value.en
+    assert "le rapport n'a pas été écrit" in failed.value.fr
+    assert not (tmp_path / "report.xlsx").exists()
+
+
 def test_an_empty_warehouse_gives_a_report_without_charts(tmp_path: Path) -> None:
     Warehouse(tmp_path / "empty.duckdb").close()
     path = write_report(tmp_path / "empty.duckdb", tmp_path / "report.xlsx")

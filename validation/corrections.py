@@ -47,23 +47,25 @@ class CorrectionsResult:
     problems: list[str]
 
 
-def read_corrections(path: Path) -> list[dict[str, str]]:
-    """Rows of a corrections file (.csv or .xlsx), with the columns of COLUMNS."""
+def read_corrections(path: Path) -> list[dict[str, Any]]:
+    """Rows of a corrections file (.csv or .xlsx), with the columns of COLUMNS and the
+    row's ``line`` in the file (the header is line 1)."""
     if not path.exists():
         raise CorrectionsError(f"pas de fichier de corrections à {path}", f"no corrections file at {path}")
     if path.suffix.lower() == ".csv":
         text = _csv_text(path)
         header = text.partition("\n")[0]
         # French Excel saves "CSV (séparateur: point-virgule)" with semicolons.
-        rows = list(csv.DictReader(io.StringIO(text, newline=""),
-                                   delimiter=";" if header.count(";") > header.count(",") else ","))
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=";" if header.count(";") > header.count(",") else ",")
+        rows = [{**row, "line": reader.line_num} for row in reader]  # a quoted answer may span lines
     elif path.suffix.lower() in (".xlsx", ".xlsm"):
         import openpyxl
 
         sheet = openpyxl.load_workbook(path, read_only=True, data_only=True).worksheets[0]
         values = list(sheet.iter_rows(values_only=True))
         header = [str(h or "").strip() for h in values[0]] if values else []
-        rows = [{h: ("" if v is None else str(v)) for h, v in zip(header, row)} for row in values[1:]]
+        rows = [{**{h: ("" if v is None else str(v)) for h, v in zip(header, row)}, "line": number}
+                for number, row in enumerate(values[1:], start=2)]
     else:
         raise CorrectionsError(f"{path.name} : un fichier de corrections est en .csv ou .xlsx",
                                f"{path.name}: a corrections file is .csv or .xlsx")
@@ -73,8 +75,9 @@ def read_corrections(path: Path) -> list[dict[str, str]]:
                                f"{', '.join(COLUMNS)})",
                                f"{path.name}: the columns {', '.join(missing)} are missing (expected: {', '.join(COLUMNS)})")
     cleaned = []
-    for row in rows:
-        row = {c: (row.get(c) or "").strip() for c in COLUMNS}
+    for line in rows:
+        row: dict[str, Any] = {c: (line.get(c) or "").strip() for c in COLUMNS}
+        row["line"] = line["line"]  # the file's line, to say where a problem is
         # A row left empty (e.g. from the prefilled template) corrects nothing; erasing an
         # answer must be said explicitly.
         if row["root_uuid"] and row["new_value"]:

@@ -50,21 +50,45 @@ def rebuild_asset(warehouse: Warehouse, asset_uid: str, roots: set[str] | None =
     return RebuildResult(asset_uid=asset_uid, form_id=form_id, submissions=total, quarantined=quarantined)
 
 
-def apply_corrections_file(warehouse: Warehouse, path: Path) -> tuple[list[RebuildResult], list[str]]:
+@dataclass
+class AppliedCorrections:
+    """What applying a corrections file did."""
+
+    rebuilt: list[RebuildResult]
+    problems: list[str]  # this file's lines not applied, each with its line number
+    earlier_problems: list[str]  # lines of earlier files still not applied (outdated, targeting nothing)
+    still_quarantined: list[tuple[str, int, str]]  # (root_uuid, _id, reasons) of the retyped still kept out
+
+
+def apply_corrections_file(warehouse: Warehouse, path: Path) -> AppliedCorrections:
     """Imports the corrections file and retypes the submissions whose corrections changed;
-    returns what was retyped and the corrections that target nothing."""
+    says which lines were not applied (this file's by their line), and which retyped
+    submissions are still kept out, and why."""
     from validation.corrections import import_corrections, read_corrections
 
     rows = read_corrections(path)
+    lines = {(r["root_uuid"], r["field"], r["row_key"]): r["line"] for r in rows}  # the last line of an answer wins
     now = dt.datetime.now(dt.timezone.utc)
     with warehouse.transaction():
         result = import_corrections(warehouse.con, rows, str(path), now)
     assets = [r[0] for r in warehouse.con.execute("SELECT DISTINCT asset_uid FROM raw.submissions ORDER BY 1").fetchall()]
     rebuilt = [rebuild_asset(warehouse, uid, result.changed_roots) for uid in assets] if result.changed_roots else []
-    problems = [f"{root} {name} (ligne / row {row_key or '-'}) : {problem}" for root, name, row_key, problem in warehouse.con.execute(
-        "SELECT root_uuid, field, row_key, problem FROM meta.corrections WHERE status IN ('no_target', 'outdated') "
-        "ORDER BY ALL").fetchall()]
-    return rebuilt, problems
+    problems: list[tuple[int, str]] = []
+    earlier: list[str] = []
+    for root, name, row_key, problem, source in warehouse.con.execute(
+            "SELECT root_uuid, field, row_key, problem, source_file FROM meta.corrections "
+            "WHERE status IN ('no_target', 'outdated') ORDER BY ALL").fetchall():
+        answer = f"{root} {name}" + (f" (row_key {row_key})" if row_key else "")
+        line = lines.get((root, name, row_key))
+        if line is None:
+            earlier.append(f"{Path(source).name} : {answer} : {problem}")
+        else:
+            problems.append((line, f"{path.name} ligne {line} / line {line} : {answer} : {problem}"))
+    still = warehouse.con.execute(
+        "SELECT root_uuid, submission_id, reasons FROM quality.quarantine "
+        "WHERE list_contains(CAST($roots AS VARCHAR[]), root_uuid) ORDER BY submission_id",
+        {"roots": sorted(result.changed_roots)}).fetchall()
+    return AppliedCorrections(rebuilt, [text for _, text in sorted(problems)], earlier, still)
 
 
 def rebuild_all(warehouse: Warehouse) -> list[RebuildResult]:

@@ -282,7 +282,9 @@ class Warehouse:
                                   f"il aura fini",
                                   f"the warehouse {self.path} is in use by another run; try again when it has "
                                   f"finished")
-        if replaying and COMMIT_OUT_OF_MEMORY.search(text):
+        # A reader replays the log too (in memory, without writing it out): "replaying WAL".
+        if (replaying or "replaying WAL" in text) and (
+                COMMIT_OUT_OF_MEMORY.search(text) or isinstance(error, duckdb.OutOfMemoryException)):
             advice_fr, advice_en = self._more_memory_advice()
             return WarehouseError(f"le journal d'une exécution interrompue de {self.path} ({self.path}.wal, gardé "
                                   f"tel quel) n'a pas pu être relu en mémoire. {advice_fr} "
@@ -449,16 +451,30 @@ class Warehouse:
             # than the default limit.
             if isinstance(error, duckdb.OutOfMemoryException) or (
                     isinstance(error, duckdb.TransactionException) and COMMIT_OUT_OF_MEMORY.search(str(error))):
-                raise WarehouseError(f"l'entrepôt {self.path} a manqué de mémoire : {lost_fr}. {advice_fr} "
-                                     f"(DuckDB : {first_line})",
-                                     f"the warehouse {self.path} ran out of memory: {lost_en}. {advice_en} "
-                                     f"(DuckDB: {first_line})") from None
+                raise self._out_of_memory(error, lost) from None
             disk = isinstance(error, duckdb.IOException)
             why_fr = "disque plein, ou pas de place ?" if disk else "DuckDB a refusé l'enregistrement"
             why_en = "disk full, or no space for it?" if disk else "DuckDB refused the commit"
             raise WarehouseError(f"impossible d'écrire l'entrepôt {self.path} ({why_fr}) : {first_line} ; {lost_fr}",
                                  f"could not write the warehouse {self.path} ({why_en}): {first_line}; {lost_en}"
                                  ) from None
+
+    @contextmanager
+    def reading(self, lost: tuple[str, str]) -> Iterator[None]:
+        """Turns a query short of memory (a report, an export) into a clear error saying
+        what was not done (``lost``, in French and English) and which setting to raise."""
+        try:
+            yield
+        except duckdb.OutOfMemoryException as error:
+            raise self._out_of_memory(error, lost) from None
+
+    def _out_of_memory(self, error: duckdb.Error, lost: tuple[str, str]) -> WarehouseError:
+        first_line = str(error).splitlines()[0]
+        advice_fr, advice_en = self._more_memory_advice()
+        return WarehouseError(f"l'entrepôt {self.path} a manqué de mémoire : {lost[0]}. {advice_fr} "
+                              f"(DuckDB : {first_line})",
+                              f"the warehouse {self.path} ran out of memory: {lost[1]}. {advice_en} "
+                              f"(DuckDB: {first_line})")
 
     def _more_memory_advice(self) -> tuple[str, str]:
         more = max(256, math.ceil(2 * megabytes(self.memory_limit)))
