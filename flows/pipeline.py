@@ -27,6 +27,7 @@ not stop the others; the run then fails at the end, after the summary.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import time
 from dataclasses import asdict, replace
@@ -54,6 +55,21 @@ RETRY_DELAYS = [10, 60]  # seconds; the client already retried each request a fe
 SUMMARY_COLUMNS = ("formulaire / form", "projet / project", "reçues / pulled", "nouvelles / new",
                    "modifiées / edited", "supprimées / deleted", "en quarantaine / quarantined", "secondes / seconds",
                    "état / status")
+
+
+class _NoTracebackForExplainedErrors(logging.Filter):
+    """A TerrainError says what happened and what to do, in French and in English;
+    Prefect's traceback of it (a failed task, a failed flow) only buried that for a data
+    manager. Any other exception keeps its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], TerrainError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+for _engine_logger in ("prefect.flow_runs", "prefect.task_runs"):
+    logging.getLogger(_engine_logger).addFilter(_NoTracebackForExplainedErrors())
 
 
 class RunFailed(TerrainError):
@@ -133,14 +149,17 @@ def sync_form_task(settings: Settings, asset_uid: str) -> dict[str, Any]:
     """Syncs one project; holds the writer lock (re-entrant: free when the flow holds it)."""
     logger = get_run_logger()
     recorder = _Recorder(make_progress(logger.info))
+    form_id = None
     try:
         with WriterLock(settings.warehouse_path, settings.lock_timeout_seconds, purpose="sync"), \
                 _client(settings) as client, \
                 Warehouse(settings.warehouse_path, wait_seconds=settings.lock_timeout_seconds) as warehouse:
+            form_id = warehouse.form_of(asset_uid)  # named in the summary even if the sync fails before it starts
             summary = sync_asset(client, warehouse, asset_uid, recorder, settings.sync_settings())
     except Exception as error:
         # The flow's summary shows what the form did before it failed.
-        error.terrain_summary = recorder.summary.as_dict() if recorder.summary else None  # type: ignore[attr-defined]
+        done = recorder.summary or (SyncSummary(form_id=form_id, asset_uid=asset_uid) if form_id else None)
+        error.terrain_summary = done.as_dict() if done else None  # type: ignore[attr-defined]
         raise
     return summary.as_dict()
 

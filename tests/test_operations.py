@@ -576,6 +576,21 @@ def test_one_failing_form_does_not_stop_the_others(prefect_server, seeded, tmp_p
     # sync_form: the same project again, alone: nothing new.
     again = result["again"]
     assert (again["asset_uid"], again["status"], again["new"], again["edited"], again["deleted"]) == (uid, "ok", 0, 0, 0)
+    # An error Terrain explains (in both languages) is logged without a Python traceback.
+    assert "Traceback" not in done.stdout + done.stderr
+    assert "aNoSuchProjectXXXXXXXXX" in done.stdout + done.stderr
+    # A project synced before and failing before its sync starts (here: gone from the
+    # server) is named by its form, not "?".
+    gone = seeded.server.assets.pop(uid)
+    try:
+        script = ("from flows.pipeline import sync_form\n"
+                  f"state = sync_form({uid!r}, kobo_url={seeded.server.url!r}, warehouse_path={str(warehouse)!r}, "
+                  "download_attachments=False, return_state=True)\n"
+                  "print(state.result(raise_on_failure=False))")
+        failed = run([sys.executable, "-c", script], base_env(home, PREFECT_API_URL=api_url, KOBO_TOKEN=seeded.token))
+    finally:
+        seeded.server.assets[uid] = gone
+    assert f"1 of 1 form(s) failed: household_survey ({uid}): " in failed.stdout, failed.stdout[-2000:]
 
 
 def test_publish_forms_publishes_each_form_and_reports(prefect_server, tmp_path) -> None:

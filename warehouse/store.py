@@ -770,6 +770,11 @@ class Warehouse:
             self.con.unregister("issue_frame")
 
     # -- sync state ---------------------------------------------------------------------
+    def form_of(self, asset_uid: str) -> str | None:
+        """The form_id a project was last synced as (None: never synced)."""
+        row = self.con.execute("SELECT form_id FROM meta.sync_state WHERE asset_uid = ?", [asset_uid]).fetchone()
+        return row[0] if row else None
+
     def watermark(self, asset_uid: str) -> int | None:
         row = self.con.execute("SELECT watermark FROM meta.sync_state WHERE asset_uid = ?", [asset_uid]).fetchone()
         return row[0] if row else None
