@@ -57,14 +57,26 @@ SUMMARY_COLUMNS = ("formulaire / form", "projet / project", "reçues / pulled", 
                    "état / status")
 
 
+# Prefect's words when Ctrl+C or SIGTERM stops a run (prefect/states.py), and Terrain's.
+STOPPED_BY_SIGNAL = ("Crash detected! Execution was aborted by an interrupt signal.",
+                     "Crash detected! Execution was aborted by a termination signal.")
+STOPPED_SAID = ("exécution arrêtée par Ctrl+C ou un signal d'arrêt : ce qui a été enregistré est gardé, la "
+                "prochaine synchronisation reprend là / run stopped by Ctrl+C or a stop signal: what was committed "
+                "is kept, the next sync resumes from there")
+
+
 class _NoTracebackForExplainedErrors(logging.Filter):
     """A TerrainError says what happened and what to do, in French and in English;
     Prefect's traceback of it (a failed task, a failed flow) only buried that for a data
-    manager. Any other exception keeps its traceback."""
+    manager. Any other exception keeps its traceback. A run stopped on purpose (Ctrl+C,
+    SIGTERM) is not an ERROR "Crash detected!": it is said as a warning, in both languages."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and isinstance(record.exc_info[1], TerrainError):
             record.exc_info, record.exc_text = None, None
+        if record.msg in STOPPED_BY_SIGNAL:
+            record.msg, record.args = STOPPED_SAID, ()
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
 
 

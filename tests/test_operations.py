@@ -256,6 +256,7 @@ def test_ctrl_c_or_sigterm_stops_a_sync_at_once_and_the_next_one_resumes(prefect
         said = "interrupted" if stop == "ctrl_c" else "stopped (SIGTERM)"
         assert f"terrain: {said}; what was committed before is kept" in output
         assert "Traceback" not in output
+        assert "Crash detected" not in output and "run stopped by Ctrl+C or a stop signal" in output
         with duckdb.connect(str(warehouse), read_only=True) as con:
             assert con.execute("select status from meta.sync_runs").fetchall() == [("interrupted",)]
         slow.server.faults = FaultPlan()
