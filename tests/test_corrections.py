@@ -92,6 +92,25 @@ def write_xlsx(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def test_a_corrections_file_may_name_its_columns_in_french_or_in_both(tmp_path: Path) -> None:
+    """The template's headings are French first ("nouvelle_valeur / new_value"); a file a
+    data manager makes may use the French names alone, or the English ones."""
+    from validation.corrections import read_corrections
+
+    french = tmp_path / "french.csv"
+    french.write_text("root_uuid;champ;rang;nouvelle_valeur;raison;auteur\nuuid:x;member_age;2;40;vérifié;Awa\n",
+                      encoding="utf-8")
+    both = tmp_path / "both.xlsx"
+    workbook = openpyxl.Workbook()
+    workbook.active.append(["root_uuid", "champ / field", "rang / row_key", "nouvelle_valeur / new_value",
+                            "raison / reason", "auteur / author"])
+    workbook.active.append(["uuid:x", "member_age", "2", "40", "vérifié", "Awa"])
+    workbook.save(both)
+    for path in (french, both):
+        assert [(r["root_uuid"], r["field"], r["row_key"], r["new_value"], r["author"], r["line"])
+                for r in read_corrections(path)] == [("uuid:x", "member_age", "2", "40", "Awa", 2)]
+
+
 def test_the_written_template_recalls_unapplied_corrections_and_takes_an_undo_as_applied(
         seeded, warehouse_path, tmp_path: Path) -> None:
     """The template the report writes lists, after the open errors, the corrections not
@@ -113,7 +132,7 @@ def test_the_written_template_recalls_unapplied_corrections_and_takes_an_undo_as
     written = write_corrections_template(warehouse_path, cancel)
     assert written == cancel  # its only line is applied: the new template takes its place
     sheet = openpyxl.load_workbook(written).worksheets[0]
-    header = [c.value for c in sheet[1]]
+    header = [c.value.rsplit(" / ", 1)[-1] for c in sheet[1]]
     recalled = [row for row in sheet.iter_rows(min_row=2, values_only=True)
                 if row[header.index("check")] == "correction_no_target"]
     assert [row[0] for row in recalled] == ["uuid:not-a-submission"]

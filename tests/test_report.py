@@ -358,9 +358,10 @@ def test_corrections_template(con, synced: Synced, tmp_path: Path) -> None:
 
     path = write_corrections_template(synced.path, tmp_path / "corrections.xlsx")
     sheet = openpyxl.load_workbook(path).worksheets[0]
-    header = [c.value for c in sheet[1]]
+    header = [c.value.rsplit(" / ", 1)[-1] for c in sheet[1]]  # French first: "nouvelle_valeur / new_value"
     assert header == TEMPLATE_COLUMNS
     assert set(CORRECTION_COLUMNS) <= set(header)
+    assert sheet.cell(1, header.index("new_value") + 1).value == "nouvelle_valeur / new_value"
     for column in ("form_id", "table", "check", "current_value", "message"):
         assert column in header
     body = list(sheet.iter_rows(min_row=2, values_only=True))

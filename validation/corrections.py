@@ -32,6 +32,22 @@ from forms.errors import TerrainError
 from warehouse.typing import root_uuid_of
 
 COLUMNS = ("root_uuid", "field", "row_key", "new_value", "reason", "author")
+# Each column's French name: a heading may be either, or both as the template writes
+# them ("nouvelle_valeur / new_value").
+FRENCH_COLUMNS = {"root_uuid": "root_uuid", "field": "champ", "row_key": "rang", "new_value": "nouvelle_valeur",
+                  "reason": "raison", "author": "auteur"}
+_COLUMN_OF_FRENCH = {french: column for column, french in FRENCH_COLUMNS.items()}
+
+
+def column_heading(column: str, french: str) -> str:
+    """A heading in both languages, French first (one word when both are the same)."""
+    return column if french == column else f"{french} / {column}"
+
+
+def _column_of(heading: str) -> str:
+    """The column a heading names: 'new_value', 'nouvelle_valeur' or 'nouvelle_valeur / new_value'."""
+    name = heading.strip().rsplit("/", 1)[-1].strip()
+    return _COLUMN_OF_FRENCH.get(name, name)
 ERASE = {"(vide)", "(empty)"}  # new_value that removes an answer
 UNDO = {"(annuler)", "(undo)"}  # new_value that cancels the recorded correction
 
@@ -57,23 +73,25 @@ def read_corrections(path: Path) -> list[dict[str, Any]]:
         header = text.partition("\n")[0]
         # French Excel saves "CSV (séparateur: point-virgule)" with semicolons.
         reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=";" if header.count(";") > header.count(",") else ",")
-        rows = [{**row, "line": reader.line_num} for row in reader]  # a quoted answer may span lines
+        rows = [{**{_column_of(h or ""): v for h, v in row.items()}, "line": reader.line_num}  # a quoted answer
+                for row in reader]                                                              # may span lines
     elif path.suffix.lower() in (".xlsx", ".xlsm"):
         import openpyxl
 
         sheet = openpyxl.load_workbook(path, read_only=True, data_only=True).worksheets[0]
         values = list(sheet.iter_rows(values_only=True))
-        header = [str(h or "").strip() for h in values[0]] if values else []
+        header = [_column_of(str(h or "")) for h in values[0]] if values else []
         rows = [{**{h: ("" if v is None else str(v)) for h, v in zip(header, row)}, "line": number}
                 for number, row in enumerate(values[1:], start=2)]
     else:
         raise CorrectionsError(f"{path.name} : un fichier de corrections est en .csv ou .xlsx",
                                f"{path.name}: a corrections file is .csv or .xlsx")
-    missing = [c for c in ("root_uuid", "field", "new_value") if rows and c not in rows[0]]
+    missing = ", ".join(column_heading(c, FRENCH_COLUMNS[c]) for c in ("root_uuid", "field", "new_value")
+                        if rows and c not in rows[0])
     if missing:
-        raise CorrectionsError(f"{path.name} : il manque les colonnes {', '.join(missing)} (attendues : "
-                               f"{', '.join(COLUMNS)})",
-                               f"{path.name}: the columns {', '.join(missing)} are missing (expected: {', '.join(COLUMNS)})")
+        expected = ", ".join(column_heading(c, FRENCH_COLUMNS[c]) for c in COLUMNS)
+        raise CorrectionsError(f"{path.name} : il manque les colonnes {missing} (attendues : {expected})",
+                               f"{path.name}: the columns {missing} are missing (expected: {expected})")
     cleaned = []
     for line in rows:
         row: dict[str, Any] = {c: (line.get(c) or "").strip() for c in COLUMNS}

@@ -30,6 +30,7 @@ import duckdb
 import xlsxwriter
 from xlsxwriter.utility import xl_range_abs, xl_rowcol_to_cell
 
+from validation.corrections import FRENCH_COLUMNS, UNDO, CorrectionsError, column_heading, read_corrections
 from warehouse.staging import json_path
 from warehouse.store import Warehouse, quote
 from warehouse.xpath_sql import sql_literal
@@ -94,6 +95,11 @@ OPEN_ISSUE_HEADINGS = [
 TEMPLATE_COLUMNS = ["root_uuid", "field", "row_key", "new_value", "reason", "author",
                     "form_id", "table", "submission_id", "enumerator", "check", "current_value", "message"]
 TEMPLATE_EDITABLE = ("new_value", "reason", "author")
+# The template's headings, French first (the file is read back by either name: see
+# validation/corrections.py); the context columns are not read back.
+TEMPLATE_FRENCH = {**FRENCH_COLUMNS, "form_id": "formulaire", "table": "table", "submission_id": "_id",
+                   "enumerator": "enquêteur", "check": "contrôle", "current_value": "valeur_actuelle",
+                   "message": "message"}
 
 
 # -- data ---------------------------------------------------------------------------------
@@ -869,15 +875,15 @@ def _template_rows(con: duckdb.DuckDBPyConnection) -> Iterator[dict[str, Any]]:
 TEMPLATE_HELP = [
     ("Mode d'emploi / How to use", True),
     ("", False),
-    ("1. Remplissez new_value, reason et author sur les lignes à corriger (colonnes jaunes). / Fill in new_value, "
-     "reason and author on the rows to correct (yellow columns).", False),
-    ("2. Une ligne dont new_value est vide est ignorée. Pour effacer une réponse, écrivez (vide) ; pour annuler une "
+    ("1. Remplissez nouvelle_valeur, raison et auteur sur les lignes à corriger (colonnes jaunes). / Fill in "
+     "new_value, reason and author on the rows to correct (yellow columns).", False),
+    ("2. Une ligne dont nouvelle_valeur est vide est ignorée. Pour effacer une réponse, écrivez (vide) ; pour annuler une "
      "correction déjà faite, (annuler). / A row with an empty new_value is skipped. To erase an answer, write "
      "(empty); to cancel a correction made before, (undo).", False),
-    ("3. new_value est la réponse telle que le formulaire l'enregistre (le code du choix, pas son libellé ; "
+    ("3. nouvelle_valeur est la réponse telle que le formulaire l'enregistre (le code du choix, pas son libellé ; "
      "plusieurs choix séparés par des espaces ; dates AAAA-MM-JJ). / new_value is the answer as the form stores "
      "it (the choice's code, not its label; several choices separated by spaces; dates YYYY-MM-DD).", False),
-    ("4. row_key désigne la ligne d'un groupe répété (par ex. 2, ou 1.3) ; vide pour le reste du formulaire. / "
+    ("4. rang désigne la ligne d'un groupe répété (par ex. 2, ou 1.3) ; vide pour le reste du formulaire. / "
      "row_key is the row of a repeat group (e.g. 2, or 1.3); empty for the rest of the form.", False),
     ("5. Les autres colonnes sont du contexte : elles ne sont pas lues. / The other columns are context: they are "
      "not read.", False),
@@ -898,8 +904,6 @@ def _not_over_unapplied_corrections(con: duckdb.DuckDBPyConnection, path: Path) 
     """Where the template goes: ``path``, unless the file there holds corrections a data
     manager wrote and did not apply yet (yesterday's template, filled in); then beside it,
     with the date and time in its name, so that work is not written over."""
-    from validation.corrections import UNDO, CorrectionsError, read_corrections
-
     if not path.exists():
         return path
     try:
@@ -940,7 +944,8 @@ def write_corrections_template(warehouse_path: str | Path, out_path: str | Path)
                   "form_id": 24, "table": 20, "submission_id": 12, "enumerator": 14, "check": 20,
                   "current_value": 18, "message": 80}
         for column, name in enumerate(TEMPLATE_COLUMNS):
-            sheet.write_string(0, column, name, formats.editable if name in TEMPLATE_EDITABLE else formats.header)
+            sheet.write_string(0, column, column_heading(name, TEMPLATE_FRENCH[name]),
+                               formats.editable if name in TEMPLATE_EDITABLE else formats.header)
             # Typed answers stay text ("007" keeps its zeros).
             sheet.set_column(column, column, widths[name], formats.text if name in TEMPLATE_EDITABLE else None)
         # The open errors, then the corrections recorded and not applied (outdated, or
