@@ -134,6 +134,7 @@ def cmd_forms_publish(args: argparse.Namespace) -> int:
     if args.asset and len(form_ids) != 1:
         raise TerrainError("--asset demande exactement un --form : un projet contient un seul formulaire",
                            "--asset needs exactly one --form: a project holds one form")
+    _refuse_unchecked(form_ids)
     with KoboClient(args.url, resolve_token()) as client:
         for form_id in form_ids:
             result = publish_form(client, project_form(form_id), existing_uid=args.asset)
@@ -142,6 +143,27 @@ def cmd_forms_publish(args: argparse.Namespace) -> int:
             _say(f"{form_id} : {action_fr} dans le projet {result.asset_uid}, version {result.version_id}",
                  f"{form_id}: {action_en} as project {result.asset_uid}, version {result.version_id}")
     return 0
+
+
+def _refuse_unchecked(form_ids: list[str]) -> None:
+    """Publishes only what `forms check` and `forms build` accept: a form with an error,
+    or changed without a higher version, would otherwise reach the phones as it is."""
+    from forms.build import project_form, recorded_versions, version_problem
+    from forms.check import check_all
+    from forms.errors import FormError
+    from forms.source import source_paths
+
+    sources = [path for path in source_paths() if path.stem in form_ids]  # a source is named by its form_id
+    errors = [p for found in check_all(sources).values() for p in found if p.severity == "error"]
+    for problem in errors:
+        print(problem)
+    recorded = recorded_versions()
+    versions = [p for p in (version_problem(project_form(form_id), recorded) for form_id in form_ids) if p]
+    if errors or versions:
+        said_fr = [f"{len(errors)} erreur(s) ci-dessus (terrain forms check)"] if errors else []
+        said_en = [f"{len(errors)} error(s) above (terrain forms check)"] if errors else []
+        raise FormError("rien n'est publié : " + " ; ".join(said_fr + [p.fr for p in versions]),
+                        "nothing was published: " + "; ".join(said_en + [p.en for p in versions]))
 
 
 def cmd_forms_diff(args: argparse.Namespace) -> int:

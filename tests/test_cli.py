@@ -105,6 +105,34 @@ def test_forms_publish_creates_then_redeploys_on_the_local_server() -> None:
     assert token not in first.stdout + first.stderr + again.stdout + again.stderr
 
 
+def test_forms_publish_refuses_what_forms_check_or_build_refuse(tmp_path: Path) -> None:
+    """A form changed without a higher version, or with an error `forms check` reports,
+    went to KoboToolbox as it was (redeployed under the old version, a warning at most)."""
+    import shutil
+
+    from kobo.server import LocalKoboServer
+
+    copy = tmp_path / "terrain"  # the project as a data manager has it, one source edited
+    for name in subprocess.run(["git", "ls-files", "flows", "forms", "kobo", "validation", "warehouse"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout.split():
+        (copy / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, copy / name)
+    source = copy / "forms" / "sources" / "household_survey.md"
+    text = source.read_text(encoding="utf-8")
+    source.write_text(text.replace("| | image | photo | Photo de la concession | Photo of the compound |",
+                                   "| | image | photo | Photo de la concession | |"), encoding="utf-8")
+    token = "c0ffee" * 6 + "abcd"
+    with LocalKoboServer({token: "data_manager"}) as server:
+        refused = subprocess.run([sys.executable, "-m", "flows.cli", "forms", "publish", "--url", server.url,
+                                  "--form", "household_survey"], cwd=copy, capture_output=True, text=True,
+                                 timeout=300, env={**os.environ, "KOBO_TOKEN": token, "PYTHONPATH": str(copy)})
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert not server.assets  # nothing reached the server
+    assert "[TF201]" in refused.stdout  # the English label left empty, said as `forms check` says it
+    assert "nothing was published: 1 error(s) above (terrain forms check); household_survey: " in refused.stderr
+    assert "raise" in refused.stderr.split("nothing was published")[1]  # and the version to raise
+
+
 def test_every_command_explains_itself_in_french_then_english() -> None:
     """`terrain <command> --help` prints (argparse %-formats help texts: a stray % would
     fail only when someone asks for help), each option's help French first."""
