@@ -308,15 +308,22 @@ def merge_versions(versions: list[FieldDictionary]) -> FieldDictionary:
     select_multiple with the choices of every version (each has its boolean column)."""
     newest = versions[-1]
     personal = {(f.table, f.column) for d in versions for f in d.fields() if f.pii}
+
+    def place(f: Field) -> str:
+        """A field's first physical column: a geopoint "home" fills home_latitude..., and
+        a text "home" of another version the column home; both are kept (keyed by their
+        name alone, the newer replaced the older, whose columns then went unhidden)."""
+        return f.columns()[0][0]
+
     tables: dict[str, Table] = {}
     for version in versions:
         for table in version.tables.values():
-            fields = {f.column: f for f in (tables[table.name].fields if table.name in tables else [])}
+            fields = {place(f): f for f in (tables[table.name].fields if table.name in tables else [])}
             for f in table.fields:
-                earlier = fields.get(f.column)
+                earlier = fields.get(place(f))
                 if earlier is not None and f.xlsform_type == earlier.xlsform_type == "select_multiple":
                     f = replace(f, choice_names=list(dict.fromkeys(earlier.choice_names + f.choice_names)))
-                fields[f.column] = f
+                fields[place(f)] = f
             tables[table.name] = replace(table, fields=[replace(f, pii=f.pii or (f.table, f.column) in personal)
                                                         for f in fields.values()])
     choices = {name: items for version in versions for name, items in version.choices.items()}

@@ -265,6 +265,40 @@ def test_analyst_tables_and_labelled_views_cover_every_version(tmp_path: Path, m
     assert "latrine" in view_columns and not {"head_name", "head_phone"} & view_columns
 
 
+@pytest.mark.parametrize("first, second", [("geopoint", "text"), ("text", "geopoint")])
+def test_a_personal_question_that_changed_type_stays_hidden_in_both_types(tmp_path: Path, monkeypatch,
+                                                                         first: str, second: str) -> None:
+    """A personal question "home", a GPS point in one version and a text in the other: the
+    merged dictionary kept one field per name, and the other type's columns (the exact
+    point, or the text) reached the labelled views and the analyst tables in clear."""
+    monkeypatch.setenv("TERRAIN_PII_SALT", "sel-de-test")
+    answers = {"geopoint": "12.345678 -8.123456 310 4", "text": "+223 76 12 34 56"}
+
+    def version(kind: str, name: str) -> dict[str, Any]:
+        served = content([{"type": kind, "name": "home", "terrain_pii": "yes"}, {"type": "text", "name": "village"}],
+                         name)
+        served["translations"] = ["Français (fr)"]
+        return served
+
+    asset = tiny_asset(version(first, "1"))
+    path = tmp_path / "w.duckdb"
+    with LocalKoboServer({TOKEN: "someone"}, [asset]) as server:
+        server.add_submissions(asset.uid, [{"home": answers[first], "village": "Kona"}])
+        redeploy(asset, version(second, "2"))
+        server.add_submissions(asset.uid, [{"home": answers[second], "village": "Sikasso"}])
+        sync(server, path)
+    with Warehouse(path) as warehouse:
+        warehouse.refresh_analyst_tables()
+        seen = {relation: warehouse.con.execute(f"select * from {relation}").fetchdf()
+                for relation in ("fr.tiny", "analyst.tiny")}
+    for relation, frame in seen.items():
+        assert not {"home_altitude", "home_accuracy"} & set(frame.columns), relation
+        assert frame["home_latitude"].dropna().tolist() == [12.35], relation
+        texts = frame["home"].dropna().tolist() if "home" in frame.columns else []
+        assert all(len(text) == 64 and "+223" not in text for text in texts), relation
+    assert "home" not in seen["fr.tiny"].columns and len(seen["analyst.tiny"]["home"].dropna()) == 1
+
+
 def test_labels_are_those_of_the_version_deployed_last(tmp_path: Path, monkeypatch) -> None:
     """Version "10" follows "9" (and a form-builder project's versions have random names):
     the labels analysts read, in the views, the marts' lookups and the XLSX headers, are
