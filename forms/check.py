@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Literal, NamedTuple, TextIO
 
 from forms.build import SHEET_ORDER, build_form, recorded_versions, version_problem
+from forms.dictionary import NOT_PERSONAL_WORDS, PERSONAL_WORDS
 from forms.errors import ExpressionError, FormError
 from forms.expressions import FUNCTIONS, Node, parse
 from forms.source import FormSource, load_source, source_paths
@@ -132,6 +133,13 @@ CATALOGUE: dict[str, Rule] = {
     "TF208": Rule("error", "version not raised for a change",
                   "{detail}",
                   "{detail}"),
+    "TF209": Rule("error", "terrain_pii not understood",
+                  "La valeur '{value}' de terrain_pii n'est pas comprise : écrivez yes (ou oui) pour une donnée "
+                  "qui identifie une personne (sur un groupe : toutes ses questions), ou laissez vide. Sinon la "
+                  "donnée sortirait en clair dans les exports.",
+                  "The terrain_pii value '{value}' is not understood: write yes (or oui) for data that "
+                  "identifies a person (on a group: all its questions), or leave it empty. Otherwise the data "
+                  "would leave in clear in the exports."),
 }
 
 FIRST_DATA_ROW = 2  # the .xlsx has the header on row 1, as pyxform's "[row : N]" counts
@@ -432,6 +440,14 @@ def _check_settings(source: FormSource, findings: _Findings) -> None:
         findings.add("TF207", "settings", row, "version", version=version)
 
 
+def _check_personal_marks(source: FormSource, findings: _Findings) -> None:
+    """TF209: a terrain_pii Terrain does not read as yes or no (e.g. "x", "personnel")."""
+    for row, record in _rows(source, "survey"):
+        value = record.get("terrain_pii", "")
+        if value.strip().lower() not in PERSONAL_WORDS + NOT_PERSONAL_WORDS:
+            findings.add("TF209", "survey", row, "terrain_pii", value=value)
+
+
 def _is_dated_version(version: str) -> bool:
     try:
         datetime.strptime(version[:8], "%Y%m%d")
@@ -442,7 +458,7 @@ def _is_dated_version(version: str) -> bool:
 
 CHECKS: tuple[Callable[[FormSource, _Findings], None], ...] = (
     _check_names, _check_references, _check_expressions, _check_choice_lists, _check_translations,
-    _check_settings,
+    _check_settings, _check_personal_marks,
 )
 
 

@@ -373,6 +373,16 @@ def _and(*expressions: str | None) -> str | None:
     return " and ".join(f"({e})" for e in present)
 
 
+# terrain_pii: what marks a question (or a group: all its questions) personal, and what
+# says it is not; `forms check` refuses any other value (TF209).
+PERSONAL_WORDS = ("yes", "oui", "true", "vrai", "1")
+NOT_PERSONAL_WORDS = ("", "no", "non", "false", "faux", "0")
+
+
+def is_personal(value: Any) -> bool:
+    return str(value if value is not None else "").strip().lower() in PERSONAL_WORDS
+
+
 def build_dictionary(compiled: dict[str, Any]) -> FieldDictionary:
     """Derives the field dictionary from pyxform's compiled survey (ConvertResult._pyxform)."""
     form_id = compiled.get("id_string") or compiled.get("name")
@@ -400,21 +410,24 @@ def build_dictionary(compiled: dict[str, Any]) -> FieldDictionary:
         return table, _ColumnNamer(reserved)
 
     def walk(children: list[dict], path: list[str], table: Table, namer: _ColumnNamer,
-             relevant: str | None, in_meta: bool) -> None:
+             relevant: str | None, in_meta: bool, personal: bool = False) -> None:
         for child in children:
             kind = PYXFORM_TYPE_NAMES.get(child.get("type", ""), child.get("type", ""))
             name = child["name"]
             bind = child.get("bind", {}) or {}
             own_relevant = _and(relevant, bind.get("relevant"))
+            own_personal = personal or is_personal(child.get("terrain_pii"))  # a group's mark: all its questions
             labels = _labels(child.get("label"), default_language)
             note_languages(labels)
             if kind == "group":
-                walk(child.get("children", []), path + [name], table, namer, own_relevant, in_meta or name == "meta")
+                walk(child.get("children", []), path + [name], table, namer, own_relevant, in_meta or name == "meta",
+                     own_personal)
                 continue
             if kind == "repeat":
                 key = "/".join(path + [name])
                 repeat_table, repeat_namer = new_table(child.get("terrain_table") or name, table.name, key, labels)
-                walk(child.get("children", []), path + [name], repeat_table, repeat_namer, own_relevant, False)
+                walk(child.get("children", []), path + [name], repeat_table, repeat_namer, own_relevant, False,
+                     own_personal)
                 continue
             if kind in NO_DATA_TYPES or (in_meta and name in SKIPPED_META):
                 continue
@@ -440,7 +453,7 @@ def build_dictionary(compiled: dict[str, Any]) -> FieldDictionary:
                 constraint_message=message,
                 choice_filter=child.get("choice_filter"),
                 calculation=bind.get("calculate"),
-                pii=str(child.get("terrain_pii", "")).strip().lower() in ("yes", "true", "1"),
+                pii=own_personal,
                 fake=child.get("terrain_fake"),
                 parameters=_parameters(child.get("parameters")),
                 choice_names=choice_names,

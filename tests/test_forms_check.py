@@ -428,6 +428,33 @@ def test_every_catalogue_code_is_well_formed_and_tested() -> None:
         assert f"def test_{code}" in tests or f'"{code}"' in tests.split("# --- our forms")[0], code
 
 
+def test_TF209_a_personal_mark_terrain_does_not_understand(tmp_path: Path) -> None:
+    """terrain_pii "x" (or "personnel") was read as not personal, silently: the names went
+    out in clear. "oui" is understood, and on a group marks each of its questions."""
+    from forms.build import build_form
+
+    path = write_form(tmp_path, """
+| survey |
+| | type | name | label::Français (fr) | label::English (en) | terrain_pii |
+| | text | head_name | Nom | Name | personnel |
+""")
+    problem = reported(path, "TF209", "survey", 2, "terrain_pii")
+    assert "'personnel' is not understood" in problem.message
+    marked = write_form(tmp_path, """
+| survey |
+| | type | name | label::Français (fr) | label::English (en) | terrain_pii |
+| | text | head_name | Nom | Name | oui |
+| | begin_group | contact | Contact | Contact | yes |
+| | text | phone | Téléphone | Phone | |
+| | geopoint | home | Position | Position | |
+| | end_group | | | | |
+| | integer | size | Taille | Size | non |
+""")
+    assert [p.code for p in check_source(marked)] == []
+    personal = {f.name: f.pii for f in build_form(marked).dictionary.fields()}
+    assert personal == {"head_name": True, "phone": True, "home": True, "size": False}
+
+
 def test_TF208_a_changed_form_needs_a_higher_version(tmp_path: Path) -> None:
     """What `terrain forms build` refuses, the check says first: our form changed under
     the version recorded, or a version moved back without a change."""
