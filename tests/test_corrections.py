@@ -109,6 +109,12 @@ def test_a_corrections_file_may_name_its_columns_in_french_or_in_both(tmp_path: 
     for path in (french, both):
         assert [(r["root_uuid"], r["field"], r["row_key"], r["new_value"], r["author"], r["line"])
                 for r in read_corrections(path)] == [("uuid:x", "member_age", "2", "40", "Awa", 2)]
+    # A row's line is where it starts, after a reason written on several lines.
+    spanning = tmp_path / "spanning.csv"
+    spanning.write_text('root_uuid,field,row_key,new_value,reason,author\n'
+                        'uuid:a,head_age,,42,"vu avec\nl\'enquêteur\npar téléphone",Awa\n'
+                        'uuid:b,head_age,,43,ok,Awa\n', encoding="utf-8")
+    assert [(r["root_uuid"], r["line"]) for r in read_corrections(spanning)] == [("uuid:a", 2), ("uuid:b", 5)]
 
 
 def test_the_written_template_recalls_unapplied_corrections_and_takes_an_undo_as_applied(
@@ -126,9 +132,16 @@ def test_the_written_template_recalls_unapplied_corrections_and_takes_an_undo_as
         apply_corrections_file(warehouse, write_xlsx(tmp_path / "monday.xlsx", [
             {**answer, "new_value": str(int(value) // 10), "reason": "Vérifié", "author": "Mariam"},
             {"root_uuid": "uuid:not-a-submission", "field": "head_age", "new_value": "40", "author": "Mariam"}]))
+        # Two lines for one answer: the last is applied (the first is not "not applied").
+        twice = write_xlsx(tmp_path / "twice.xlsx", [{**answer, "new_value": "7", "author": "Mariam"},
+                                                     {**answer, "new_value": str(int(value) // 10), "author": "Mariam"}])
+        apply_corrections_file(warehouse, twice)
+    assert write_corrections_template(warehouse_path, twice) == twice
+    with Warehouse(warehouse_path) as warehouse:
         cancel = write_xlsx(tmp_path / "corrections.xlsx", [{**answer, "new_value": "(annuler)", "author": "Mariam"}])
-        apply_corrections_file(warehouse, cancel)
+        cancelled = apply_corrections_file(warehouse, cancel)
         assert in_quarantine(warehouse, root)
+        assert cancelled.still_quarantined == []  # back in quarantine, but nothing was corrected
     written = write_corrections_template(warehouse_path, cancel)
     assert written == cancel  # its only line is applied: the new template takes its place
     sheet = openpyxl.load_workbook(written).worksheets[0]

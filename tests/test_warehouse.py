@@ -222,6 +222,24 @@ def test_exports_leave_out_personal_data_and_never_write_formulas(seeded, wareho
     assert any(c.value == '=HYPERLINK("http://x")' for c in cells)
 
 
+def test_tables_alike_in_their_first_31_characters_get_sheets_of_their_own(tmp_path: Path) -> None:
+    """Excel's sheet names hold 31 characters: two long repeat tables alike up to there
+    stopped the whole XLSX export (DuplicateWorksheetName)."""
+    from warehouse.exports import export_tables, exportable
+
+    tables = ["household_members_vaccinations_2025", "household_members_vaccinations_2026"]
+    with Warehouse(tmp_path / "w.duckdb") as warehouse:
+        warehouse.con.execute("create schema if not exists analyst")
+        for number, table in enumerate(tables):
+            warehouse.con.execute(f'create table analyst."{table}" as select {number} as root_uuid')
+        warehouse.con.execute("insert into meta.field_labels values ('f', '1', ?, 'root_uuid', 'root_uuid', "
+                              "'root_uuid', 'text', null, false, 'fr', 'Clé')", [tables[0]])
+        [path] = export_tables(warehouse.con, exportable(warehouse.con), tmp_path / "out", "xlsx").files
+    workbook = openpyxl.load_workbook(path)
+    assert workbook.sheetnames == [tables[0][:31], tables[1][:29] + "~2"]
+    assert [workbook[name].cell(2, 1).value for name in workbook.sheetnames] == [0, 1]
+
+
 def test_a_commit_short_of_memory_says_which_setting_to_raise(tmp_path) -> None:
     """A batch of a very wide table (150 text columns) does not fit the default memory at
     its commit: DuckDB calls it a failed commit; the data manager is told to raise

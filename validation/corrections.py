@@ -73,8 +73,11 @@ def read_corrections(path: Path) -> list[dict[str, Any]]:
         header = text.partition("\n")[0]
         # French Excel saves "CSV (séparateur: point-virgule)" with semicolons.
         reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=";" if header.count(";") > header.count(",") else ",")
-        rows = [{**{_column_of(h or ""): v for h, v in row.items()}, "line": reader.line_num}  # a quoted answer
-                for row in reader]                                                              # may span lines
+        reader.fieldnames  # noqa: B018 - reads the header: line_num is then where it ends
+        rows, ended = [], reader.line_num
+        for row in reader:  # a row's line is where it starts: a quoted answer may span lines
+            rows.append({**{_column_of(h or ""): v for h, v in row.items()}, "line": ended + 1})
+            ended = reader.line_num
     elif path.suffix.lower() in (".xlsx", ".xlsm"):
         import openpyxl
 

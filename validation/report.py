@@ -919,7 +919,8 @@ def _not_over_unapplied_corrections(con: duckdb.DuckDBPyConnection, path: Path) 
             return answer in corrected
         return (*answer, row["new_value"]) not in recorded
 
-    unapplied = [r for r in written if unapplied_line(r)]
+    last_lines = {(r["root_uuid"], r["field"], r["row_key"]): r for r in written}  # as the import reads them
+    unapplied = [r for r in last_lines.values() if unapplied_line(r)]
     if not unapplied:
         return path
     beside = path.with_name(f"{path.stem}_{dt.datetime.now():%Y-%m-%d_%H%M%S}{path.suffix}")

@@ -23,6 +23,7 @@ ANALYST_SCHEMA = "analyst"
 MARTS_SCHEMA = "marts"
 SALT_ENV = "TERRAIN_PII_SALT"
 XLSX_MAX_ROWS = 1_048_575  # Excel's limit, less the header row
+EXCEL_SHEET_NAME_MAX = 31
 FORMATS = ("parquet", "csv", "xlsx")
 
 
@@ -110,6 +111,19 @@ def export_tables(con: duckdb.DuckDBPyConnection, tables: list[str], out_dir: Pa
     return ExportResult(files=[path], rows=rows)
 
 
+def sheet_names(tables: list[str]) -> dict[str, str]:
+    """Each table's sheet name: Excel allows 31 characters, and two names alike in their
+    first 31 (household_members_vaccinations_2025 and _2026) get a number ("~2")."""
+    names: dict[str, str] = {}
+    for table in tables:
+        name, number = table[:EXCEL_SHEET_NAME_MAX], 1
+        while name.lower() in (taken.lower() for taken in names.values()):  # Excel ignores case
+            number += 1
+            name = f"{table[:EXCEL_SHEET_NAME_MAX - len(str(number)) - 1]}~{number}"
+        names[table] = name
+    return names
+
+
 def _write_workbook(con: duckdb.DuckDBPyConnection, tables: list[str], path: Path, language: str) -> None:
     workbook = xlsxwriter.Workbook(str(path), {
         # Text from the field stays text: "=HYPERLINK(...)" in an answer is never a formula.
@@ -118,6 +132,7 @@ def _write_workbook(con: duckdb.DuckDBPyConnection, tables: list[str], path: Pat
     })
     header = workbook.add_format({"bold": True, "text_wrap": True, "valign": "top", "bg_color": "#DDEBF7"})
     date = workbook.add_format({"num_format": "yyyy-mm-dd"})
+    sheets = sheet_names(tables)
     stamp = workbook.add_format({"num_format": "yyyy-mm-dd hh:mm"})
     for table in tables:
         count = con.execute(f"SELECT count(*) FROM {_relation(table)}").fetchone()[0]
@@ -133,7 +148,7 @@ def _write_workbook(con: duckdb.DuckDBPyConnection, tables: list[str], path: Pat
         database = con.execute("SELECT current_database()").fetchone()[0]
         cursor = con.cursor().execute(f"SELECT * FROM {quote(database)}.{_relation(table)}")
         columns = [d[0] for d in cursor.description]
-        sheet = workbook.add_worksheet(table[:31])
+        sheet = workbook.add_worksheet(sheets[table])
         for index, column in enumerate(columns):
             label = labels.get(column)
             sheet.write_string(0, index, f"{label}\n({column})" if label else column, header)

@@ -84,9 +84,12 @@ def apply_corrections_file(warehouse: Warehouse, path: Path) -> AppliedCorrectio
             earlier.append(f"{Path(source).name} : {answer} : {problem}")
         else:
             problems.append((line, f"{path.name} ligne {line} / line {line} : {answer} : {problem}"))
+    # Retyped for an applied correction, and still kept out (not for a line that targets
+    # nothing, is outdated or was cancelled: those corrected nothing).
     still = warehouse.con.execute(
         "SELECT root_uuid, submission_id, reasons FROM quality.quarantine "
-        "WHERE list_contains(CAST($roots AS VARCHAR[]), root_uuid) ORDER BY submission_id",
+        "WHERE list_contains(CAST($roots AS VARCHAR[]), root_uuid) "
+        "AND root_uuid IN (SELECT root_uuid FROM meta.corrections WHERE status = 'applied') ORDER BY submission_id",
         {"roots": sorted(result.changed_roots)}).fetchall()
     return AppliedCorrections(rebuilt, [text for _, text in sorted(problems)], earlier, still)
 
