@@ -116,20 +116,32 @@ def read_admin_units(path: Path = ADMIN_UNITS_CSV) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def admin_unit_choices(units: list[dict[str, str]]) -> list[dict[str, str]]:
-    """One choice per unit and level, each filtered on its parent level (for choice_filter)."""
+def admin_unit_choices(units: list[dict[str, str]], origin: str = ADMIN_UNITS_CSV.name) -> list[dict[str, str]]:
+    """One choice per unit and level, each filtered on its parent level (for choice_filter).
+    A code names one unit: the same village code under two communes would leave one of
+    them out of its commune's list (an enumerator there could not finish the form), and
+    merge two villages in the warehouse; it is refused, with the rows to fix."""
     choices: list[dict[str, str]] = []
-    seen: set[tuple[str, str]] = set()
-    for unit in units:
+    seen: dict[tuple[str, str], tuple[str, int]] = {}  # (level, code) -> (parent code, CSV line)
+    for line, unit in enumerate(units, start=2):
         for depth, level in enumerate(ADMIN_LEVELS):
-            key = (level, unit[level])
+            parent = ADMIN_LEVELS[depth - 1] if depth else None
+            key, parent_code = (level, unit[level]), unit[parent] if parent else ""
             if key in seen:
+                first_parent, first_line = seen[key]
+                if first_parent != parent_code:
+                    raise FormError(
+                        f"{origin}, ligne {line} : le code {level} '{unit[level]}' est déjà celui d'un "
+                        f"{level} de {parent} '{first_parent}' (ligne {first_line}) ; donnez-lui un code à lui, par "
+                        f"exemple '{unit[level]}_{parent_code}'",
+                        f"{origin}, line {line}: the {level} code '{unit[level]}' is already a {level} "
+                        f"of {parent} '{first_parent}' (line {first_line}); give it a code of its own, e.g. "
+                        f"'{unit[level]}_{parent_code}'")
                 continue
-            seen.add(key)
+            seen[key] = (parent_code, line)
             choice = {"list_name": level, "name": unit[level], "label": unit[f"{level}_label"]}
-            if depth:
-                parent = ADMIN_LEVELS[depth - 1]
-                choice[parent] = unit[parent]
+            if parent:
+                choice[parent] = parent_code
             choices.append(choice)
     return choices
 
@@ -161,7 +173,7 @@ def load_source(path: Path, admin_units: Path = ADMIN_UNITS_CSV) -> FormSource:
                 choices.header.append(level)
                 for row in choices.rows:
                     row.append("")
-        for choice in admin_unit_choices(read_admin_units(admin_units)):
+        for choice in admin_unit_choices(read_admin_units(admin_units), admin_units.name):
             row = []
             for column in choices.header:
                 row.append(choice["label"] if column in label_columns else choice.get(column, ""))

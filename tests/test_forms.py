@@ -68,6 +68,26 @@ def test_dictionary_describes_tables_types_and_labels(household) -> None:
     assert d.choices["cercle"][0].filters == {"region": "sikasso"}
 
 
+def test_a_village_code_used_under_two_communes_is_refused_with_its_lines(tmp_path: Path) -> None:
+    """Village names repeat across Mali; a row added with a code another commune's village
+    has left the new commune's list empty (its enumerators could not finish a form) and
+    would merge two villages in the warehouse. `forms check` names both lines."""
+    from forms.check import check_source
+    from forms.source import ADMIN_UNITS_CSV, load_source
+
+    rows = ADMIN_UNITS_CSV.read_text(encoding="utf-8").splitlines()
+    kafana = next(i for i, row in enumerate(rows) if ",kafana," in row) + 1
+    units = tmp_path / "admin_units.csv"
+    units.write_text("\n".join(rows + ["sikasso,Sikasso,sikasso,Sikasso,kapala,Kapala,kafana,Kafana,11.2,-5.9"]) + "\n",
+                     encoding="utf-8")
+    with pytest.raises(FormError) as refused:
+        load_source(SOURCES_DIR / "household_survey.md", admin_units=units)
+    assert (f"admin_units.csv, line {len(rows) + 1}: the village code 'kafana' is already a village of commune "
+            f"'dembela' (line {kafana}); give it a code of its own, e.g. 'kafana_kapala'") == refused.value.en
+    assert "admin_units.csv, ligne" in refused.value.fr
+    assert [p.code for p in check_source(SOURCES_DIR / "household_survey.md")] == []  # the project's own list is fine
+
+
 def test_column_names_are_unique_short_and_deterministic(tmp_path: Path) -> None:
     source = """
 | survey |
