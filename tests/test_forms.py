@@ -68,6 +68,50 @@ def test_dictionary_describes_tables_types_and_labels(household) -> None:
     assert d.choices["cercle"][0].filters == {"region": "sikasso"}
 
 
+def test_forms_diff_sees_every_change_a_data_manager_makes(tmp_path: Path) -> None:
+    """A relabelled choice, a new constraint message, a changed choice filter, a question
+    no longer marked personal: "Aucune différence" was printed for each."""
+    from forms.build import build_form
+    from forms.diff import diff_dictionaries
+
+    def form(version: str, **changes: str) -> Path:
+        text = f"""
+| survey |
+| | type | name | label::Français (fr) | label::English (en) | constraint | constraint_message::Français (fr) | constraint_message::English (en) | choice_filter | terrain_pii |
+| | select_one place | place | Lieu | Place | | | | | |
+| | select_one spot | spot | Point | Spot | | | | {changes.get("filter", "place=${place}")} | |
+| | integer | age | Âge | Age | . < 120 | {changes.get("message", "Trop âgé")} | Too old | | |
+| | text | name | Nom | Name | | | | | {changes.get("pii", "yes")} |
+
+| choices |
+| | list_name | name | label::Français (fr) | label::English (en) | place |
+| | place | north | {changes.get("north", "Nord")} | North | |
+| | spot | well | Puits | Well | north |
+
+| settings |
+| | form_id | version | default_language |
+| | tiny | {version} | Français (fr) |
+"""
+        path = tmp_path / version / "tiny.md"
+        path.parent.mkdir()
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    old = build_form(form("2026010101")).dictionary
+    same = build_form(form("2026010102")).dictionary
+    assert diff_dictionaries(old, same) == []
+    new = build_form(form("2026010103", north="Nord du cercle", message="Âge trop grand", filter="place=${place} or true()",
+                          pii="")).dictionary
+    lines = diff_dictionaries(old, new)
+    assert len(lines) == 4, lines
+    assert any(line.startswith("~ choix north de la liste place : libellé / label : ") and "Nord du cercle" in line
+               for line in lines)
+    assert any(line.startswith("~ question age : message de contrainte / constraint message : ") and
+               "Âge trop grand" in line for line in lines)
+    assert any(line.startswith("~ question spot : filtre de choix / choice filter : ") for line in lines)
+    assert "~ question name : donnée personnelle / personal data : oui / yes -> non / no" in lines
+
+
 def test_a_village_code_used_under_two_communes_is_refused_with_its_lines(tmp_path: Path) -> None:
     """Village names repeat across Mali; a row added with a code another commune's village
     has left the new commune's list empty (its enumerators could not finish a form) and

@@ -65,8 +65,9 @@ def test_a_second_form_version_loads_beside_the_first_without_loss(household, tm
     diff = subprocess.run([sys.executable, "-m", "flows.cli", "forms", "diff", "household_survey", "2026112401",
                            "2026112402", "--warehouse", str(path)], cwd=ROOT, capture_output=True, text=True)
     assert diff.returncode == 0, diff.stderr
-    assert "+ question water/latrine (select_one) added" in diff.stdout
-    assert "- question water/water_treated (select_one) removed" in diff.stdout
+    assert "+ question water/latrine (select_one) ajoutée à la table households" in diff.stdout
+    assert "- question water/water_treated (select_one) retirée" in diff.stdout
+    assert " / removed; its column households.water_treated keeps the answers" in diff.stdout
 
 
 def test_rebuild_from_raw_gives_identical_clean_tables(household, tmp_path: Path) -> None:
