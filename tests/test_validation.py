@@ -26,8 +26,7 @@ def clean(household) -> dict:
 
 
 def _issues(household, submission: dict) -> list:
-    batch = type_submissions(household.dictionary, [submission])
-    return batch.issues + FormValidator(household.dictionary).validate(batch.tables)
+    return _form_issues(household.dictionary, submission)
 
 
 def test_clean_submission_passes(household, clean) -> None:
@@ -52,6 +51,28 @@ def test_each_check_fires(household, clean, change, code, column) -> None:
     issues = _issues(household, broken)
     assert [(i.check_code, i.column_name) for i in issues if i.check_code != "required" or code == "required"][:1] == [(code, column)]
     assert all(i.root_uuid == clean["meta/rootUuid"] and i.severity == "error" and " / " in i.message for i in issues)
+
+
+@pytest.mark.parametrize("form_id, key", [("training_attendance", "session/session_date"),
+                                          ("water_point_inspection", "status/broken_since"),
+                                          ("water_point_inspection", "maintenance/last_repair_date")])
+def test_a_date_in_the_future_is_refused(form_id: str, key: str) -> None:
+    """A training held, a pump broken or repaired, on a day still to come: a slip of the
+    phone's date picker the forms let through, and the checks too."""
+    from forms.build import project_form
+
+    dictionary = project_form(form_id).dictionary
+    submissions = generate_submissions(dictionary, DEPLOYMENT, 80, seed=5, mistake_rate=0.0)
+    submission = copy.deepcopy(next(s for s in submissions if key in s))
+    assert not _form_issues(dictionary, submission)
+    submission[key] = (dt.date.today() + dt.timedelta(days=400)).isoformat()
+    assert [(i.check_code, i.column_name) for i in _form_issues(dictionary, submission)] == [
+        ("constraint", key.rsplit("/", 1)[1])]
+
+
+def _form_issues(dictionary: FieldDictionary, submission: dict) -> list:
+    batch = type_submissions(dictionary, [submission])
+    return batch.issues + FormValidator(dictionary).validate(batch.tables)
 
 
 def test_required_only_when_relevant(household, clean) -> None:
