@@ -461,7 +461,7 @@ class Warehouse:
 
     @contextmanager
     def reading(self, lost: tuple[str, str]) -> Iterator[None]:
-        """Turns a query short of memory (a report, an export) into a clear error saying
+        """Turns a query short of memory (a report, a corrections template) into a clear error saying
         what was not done (``lost``, in French and English) and which setting to raise."""
         try:
             yield
