@@ -151,9 +151,15 @@ def _refuse_unchecked(form_ids: list[str]) -> None:
     from forms.build import project_form, recorded_versions, version_problem
     from forms.check import check_all
     from forms.errors import FormError
-    from forms.source import source_paths
+    from forms.source import load_source, source_paths
 
-    sources = [path for path in source_paths() if path.stem in form_ids]  # a source is named by its form_id
+    sources = []
+    for path in source_paths():
+        try:
+            if load_source(path).form_id in form_ids:  # by its settings, whatever the file's name
+                sources.append(path)
+        except FormError:
+            sources.append(path)  # unreadable: check_all says why
     errors = [p for found in check_all(sources).values() for p in found if p.severity == "error"]
     for problem in errors:
         print(problem)

@@ -112,8 +112,10 @@ def read_xlsx_sheets(path: Path) -> dict[str, Sheet]:
 
 
 def read_admin_units(path: Path = ADMIN_UNITS_CSV) -> list[dict[str, str]]:
+    """The units, each with its ``line`` in the file (blank lines counted)."""
     with path.open(encoding="utf-8", newline="") as handle:
-        return list(csv.DictReader(handle))
+        reader = csv.DictReader(handle)
+        return [{**unit, "line": str(reader.line_num)} for unit in reader]
 
 
 def admin_unit_choices(units: list[dict[str, str]], origin: str = ADMIN_UNITS_CSV.name) -> list[dict[str, str]]:
@@ -122,11 +124,15 @@ def admin_unit_choices(units: list[dict[str, str]], origin: str = ADMIN_UNITS_CS
     them out of its commune's list (an enumerator there could not finish the form), and
     merge two villages in the warehouse; it is refused, with the rows to fix."""
     choices: list[dict[str, str]] = []
-    seen: dict[tuple[str, str], tuple[str, int]] = {}  # (level, code) -> (parent code, CSV line)
-    for line, unit in enumerate(units, start=2):
+    seen: dict[tuple[str, str], tuple[str, str]] = {}  # (level, code) -> (parent code, CSV line)
+    for number, unit in enumerate(units, start=2):
+        line = unit.get("line", str(number))
         for depth, level in enumerate(ADMIN_LEVELS):
             parent = ADMIN_LEVELS[depth - 1] if depth else None
             key, parent_code = (level, unit[level]), unit[parent] if parent else ""
+            if not unit[level].strip():
+                raise FormError(f"{origin}, ligne {line} : le code {level} est vide ; chaque unité a besoin d'un code",
+                                f"{origin}, line {line}: the {level} code is empty; every unit needs a code")
             if key in seen:
                 first_parent, first_line = seen[key]
                 if first_parent != parent_code:

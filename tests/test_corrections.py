@@ -113,8 +113,11 @@ def test_a_corrections_file_may_name_its_columns_in_french_or_in_both(tmp_path: 
     spanning = tmp_path / "spanning.csv"
     spanning.write_text('root_uuid,field,row_key,new_value,reason,author\n'
                         'uuid:a,head_age,,42,"vu avec\nl\'enquêteur\npar téléphone",Awa\n'
-                        'uuid:b,head_age,,43,ok,Awa\n', encoding="utf-8")
-    assert [(r["root_uuid"], r["line"]) for r in read_corrections(spanning)] == [("uuid:a", 2), ("uuid:b", 5)]
+                        'uuid:b,head_age,,43,ok,Awa\n'
+                        '\n'
+                        'uuid:c,head_age,,44,ok,Awa\n', encoding="utf-8")
+    assert [(r["root_uuid"], r["line"]) for r in read_corrections(spanning)] == [
+        ("uuid:a", 2), ("uuid:b", 5), ("uuid:c", 7)]  # a blank line counts too
 
 
 def test_the_written_template_recalls_unapplied_corrections_and_takes_an_undo_as_applied(

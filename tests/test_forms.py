@@ -122,13 +122,16 @@ def test_a_village_code_used_under_two_communes_is_refused_with_its_lines(tmp_pa
     rows = ADMIN_UNITS_CSV.read_text(encoding="utf-8").splitlines()
     kafana = next(i for i, row in enumerate(rows) if ",kafana," in row) + 1
     units = tmp_path / "admin_units.csv"
-    units.write_text("\n".join(rows + ["sikasso,Sikasso,sikasso,Sikasso,kapala,Kapala,kafana,Kafana,11.2,-5.9"]) + "\n",
-                     encoding="utf-8")
+    added = "sikasso,Sikasso,sikasso,Sikasso,kapala,Kapala,kafana,Kafana,11.2,-5.9"
+    units.write_text("\n".join(rows + ["", added]) + "\n", encoding="utf-8")  # a blank line before it counts
     with pytest.raises(FormError) as refused:
         load_source(SOURCES_DIR / "household_survey.md", admin_units=units)
-    assert (f"admin_units.csv, line {len(rows) + 1}: the village code 'kafana' is already a village of commune "
+    assert (f"admin_units.csv, line {len(rows) + 2}: the village code 'kafana' is already a village of commune "
             f"'dembela' (line {kafana}); give it a code of its own, e.g. 'kafana_kapala'") == refused.value.en
     assert "admin_units.csv, ligne" in refused.value.fr
+    units.write_text("\n".join(rows + [added.replace(",kafana,", ",,")]) + "\n", encoding="utf-8")
+    with pytest.raises(FormError, match=f"line {len(rows) + 1}: the village code is empty"):
+        load_source(SOURCES_DIR / "household_survey.md", admin_units=units)
     assert [p.code for p in check_source(SOURCES_DIR / "household_survey.md")] == []  # the project's own list is fine
 
 

@@ -72,11 +72,12 @@ def read_corrections(path: Path) -> list[dict[str, Any]]:
         text = _csv_text(path)
         header = text.partition("\n")[0]
         # French Excel saves "CSV (séparateur: point-virgule)" with semicolons.
-        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=";" if header.count(";") > header.count(",") else ",")
-        reader.fieldnames  # noqa: B018 - reads the header: line_num is then where it ends
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=";" if header.count(";") > header.count(",") else ",")
+        columns = [_column_of(h) for h in next(reader, [])]
         rows, ended = [], reader.line_num
-        for row in reader:  # a row's line is where it starts: a quoted answer may span lines
-            rows.append({**{_column_of(h or ""): v for h, v in row.items()}, "line": ended + 1})
+        for cells in reader:  # a row's line is where it starts: a quoted answer may span lines
+            if any(cells):  # a blank line (csv.reader gives it as []) still counts
+                rows.append({**dict(zip(columns, cells)), "line": ended + 1})
             ended = reader.line_num
     elif path.suffix.lower() in (".xlsx", ".xlsm"):
         import openpyxl
