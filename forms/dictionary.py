@@ -332,7 +332,12 @@ def merge_versions(versions: list[FieldDictionary]) -> FieldDictionary:
 
 
 def _content(dictionary: FieldDictionary) -> str:
-    return replace(dictionary, version="").to_json()
+    """What tells two versions' content apart. The personal marks do not: a version
+    stored by an older Terrain, which read fewer of them, is the same version (it gains
+    the marks instead: Warehouse.register_form_version)."""
+    unmarked = {name: replace(table, fields=[replace(f, pii=False) for f in table.fields])
+                for name, table in dictionary.tables.items()}
+    return replace(dictionary, version="", tables=unmarked).to_json()
 
 
 def choice_suffixes(choice_names: list[str]) -> list[str]:
@@ -373,6 +378,10 @@ def _and(*expressions: str | None) -> str | None:
     return " and ".join(f"({e})" for e in present)
 
 
+# How build_dictionary reads a form; raised when the same form source is read into more
+# than before, so versions stored with an older reading are read again (warehouse/store.py).
+# 2: terrain_pii "oui"/"vrai", and a group's or repeat's mark.
+DICTIONARY_READING = 2
 # terrain_pii: what marks a question (or a group: all its questions) personal, and what
 # says it is not; `forms check` refuses any other value (TF209).
 PERSONAL_WORDS = ("yes", "oui", "true", "vrai", "1")

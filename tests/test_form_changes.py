@@ -299,6 +299,63 @@ def test_a_personal_question_that_changed_type_stays_hidden_in_both_types(tmp_pa
     assert "home" not in seen["fr.tiny"].columns and len(seen["analyst.tiny"]["home"].dropna()) == 1
 
 
+def test_a_version_stored_by_an_older_terrain_takes_the_personal_marks_it_missed(tmp_path: Path, monkeypatch) -> None:
+    """An older Terrain read "oui" and a group's mark as not personal, and a version's
+    dictionary is stored once: the names stayed in clear after the upgrade, until a new
+    form version. The next sync marks them in the stored version too."""
+    from dataclasses import replace
+
+    from forms.dictionary import FieldDictionary
+
+    monkeypatch.setenv("TERRAIN_PII_SALT", "sel-de-test")
+    served = content([{"type": "text", "name": "head_name", "terrain_pii": "oui"},
+                      {"type": "begin_group", "name": "contact", "terrain_pii": "yes"},
+                      {"type": "text", "name": "phone"}, {"type": "end_group", "name": ""},
+                      {"type": "text", "name": "village"}], "1")
+    served["translations"] = ["Français (fr)"]
+    asset = tiny_asset(served)
+    path = tmp_path / "w.duckdb"
+    with LocalKoboServer({TOKEN: "someone"}, [asset]) as server:
+        server.add_submissions(asset.uid, [{"head_name": "Assétou Maïga", "contact/phone": "+223 76 12 34 56",
+                                            "village": "Kona"}])
+        sync(server, path)
+        with Warehouse(path) as warehouse:  # as the older Terrain stored it: nothing personal
+            stored = FieldDictionary.from_json(warehouse.con.execute(
+                "select dictionary::varchar from meta.form_versions").fetchone()[0])
+            unmarked = {name: replace(table, fields=[replace(f, pii=False) for f in table.fields])
+                        for name, table in stored.tables.items()}
+            warehouse.con.execute("update meta.form_versions set dictionary = ?, read_with = null",
+                                  [replace(stored, tables=unmarked).to_json()])
+            warehouse.refresh_analyst_tables()
+            assert warehouse.con.execute("select head_name from analyst.tiny").fetchone() == ("Assétou Maïga",)
+        sync(server, path)  # the same version, after the upgrade
+    with Warehouse(path) as warehouse:
+        warehouse.refresh_analyst_tables()
+        name, phone = warehouse.con.execute("select head_name, phone from analyst.tiny").fetchone()
+        view = {r[0] for r in warehouse.con.execute("select column_name from information_schema.columns "
+                                                    "where table_schema = 'fr' and table_name = 'tiny'").fetchall()}
+    assert len(name) == len(phone) == 64 and "Assétou" not in name
+    assert "village" in view and not {"head_name", "phone"} & view
+
+
+def test_a_personal_mark_added_under_the_same_version_name_is_kept(tmp_path: Path, monkeypatch) -> None:
+    """A project redeployed with only a new personal mark, its version name unchanged: the
+    same version (the marks do not make versions apart), marked now."""
+    monkeypatch.setenv("TERRAIN_PII_SALT", "sel-de-test")
+    asset = tiny_asset(content([{"type": "text", "name": "head_name"}], "1"))
+    path = tmp_path / "w.duckdb"
+    with LocalKoboServer({TOKEN: "someone"}, [asset]) as server:
+        server.add_submissions(asset.uid, [{"head_name": "Assétou Maïga"}])
+        sync(server, path)
+        redeploy(asset, content([{"type": "text", "name": "head_name", "terrain_pii": "yes"}], "1"))
+        sync(server, path)
+    with Warehouse(path) as warehouse:
+        assert [r[0] for r in warehouse.con.execute("select version from meta.form_versions").fetchall()] == ["1"]
+        warehouse.refresh_analyst_tables()
+        [(name,)] = warehouse.con.execute("select head_name from analyst.tiny").fetchall()
+    assert len(name) == 64
+
+
 def test_labels_are_those_of_the_version_deployed_last(tmp_path: Path, monkeypatch) -> None:
     """Version "10" follows "9" (and a form-builder project's versions have random names):
     the labels analysts read, in the views, the marts' lookups and the XLSX headers, are

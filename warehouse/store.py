@@ -15,7 +15,7 @@ import os
 import re
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator
@@ -23,7 +23,7 @@ from typing import Any, Iterator
 import duckdb
 import pandas as pd
 
-from forms.dictionary import FieldDictionary, Table, merge_versions
+from forms.dictionary import DICTIONARY_READING, FieldDictionary, Table, merge_versions
 from forms.errors import TerrainError
 from warehouse.labels import create_labelled_views, store_labels
 from warehouse.typing import Issue, root_uuid_of
@@ -503,20 +503,43 @@ class Warehouse:
     def register_form_version(self, dictionary: FieldDictionary) -> None:
         """Records a form version's dictionary, and creates or widens its tables, labels and
         views; a version already recorded costs one lookup."""
-        known = self.con.execute("SELECT count(*) FROM meta.form_versions WHERE form_id = ? AND version = ?",
-                                 [dictionary.form_id, dictionary.version]).fetchone()[0]
+        known = self.con.execute("SELECT dictionary::VARCHAR, read_with FROM meta.form_versions "
+                                 "WHERE form_id = ? AND version = ?", [dictionary.form_id, dictionary.version]).fetchone()
+        if known:  # the same version, maybe marked more now (a redeploy, or a newer reading)
+            self._mark_personal(FieldDictionary.from_json(known[0]), dictionary)
+            if (known[1] or 0) < DICTIONARY_READING:
+                self.con.execute("UPDATE meta.form_versions SET read_with = ? WHERE form_id = ? AND version = ?",
+                                 [DICTIONARY_READING, dictionary.form_id, dictionary.version])
         if known and all(self._table_exists(t.name) for t in dictionary.tables.values()):
             return
         self.con.execute(
-            "INSERT INTO meta.form_versions (form_id, version, dictionary, first_seen) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT DO NOTHING",
-            [dictionary.form_id, dictionary.version, dictionary.to_json(), dt.datetime.now(dt.timezone.utc)],
+            "INSERT INTO meta.form_versions (form_id, version, dictionary, first_seen, read_with) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            [dictionary.form_id, dictionary.version, dictionary.to_json(), dt.datetime.now(dt.timezone.utc),
+             DICTIONARY_READING],
         )
         for table in dictionary.tables.values():
             self._ensure_table(table)
         store_labels(self.con, dictionary)
         create_labelled_views(self.con, self.every_version(dictionary.form_id))
         self.create_marts()
+
+    def _mark_personal(self, stored: FieldDictionary, built: FieldDictionary) -> None:
+        """A question the form marks personal now and the stored version did not (stored by
+        an older Terrain, which read fewer marks: "oui", a group's mark; or the project
+        redeployed under the same version name with a new mark) is marked in the stored
+        version too, and the labelled views made again: else it stayed in clear until a
+        new form version. Marks are only added."""
+        personal = {f.kobo_key for f in built.fields() if f.pii}  # a question's path: one per form
+        if all(f.pii for f in stored.fields() if f.kobo_key in personal):
+            return
+        tables = {name: replace(table, fields=[replace(f, pii=f.pii or f.kobo_key in personal)
+                                               for f in table.fields]) for name, table in stored.tables.items()}
+        self.con.execute("UPDATE meta.form_versions SET dictionary = ? WHERE form_id = ? AND version = ?",
+                         [replace(stored, tables=tables).to_json(), stored.form_id, stored.version])
+        create_labelled_views(self.con, self.every_version(stored.form_id))
+        log.info("%s %s : questions personnelles marquées selon le formulaire / personal questions marked as the "
+                 "form says", stored.form_id, stored.version)
 
     def mark_deployed(self, dictionary: FieldDictionary) -> None:
         """Notes that a sync found this version deployed (meta.form_versions.last_deployed)."""
@@ -528,10 +551,13 @@ class Warehouse:
                          [asset_uid, version_uid, dictionary.form_id, dictionary.version])
 
     def dictionary_for(self, asset_uid: str, version_uid: str | None) -> FieldDictionary | None:
-        """The stored dictionary a submission of this version uid was typed with."""
+        """The stored dictionary a submission of this version uid was typed with; None when
+        unknown, or stored with an older reading of forms (then read again from the form,
+        once: see register_form_version)."""
         row = self.con.execute(
             "SELECT f.dictionary::VARCHAR FROM meta.asset_versions a JOIN meta.form_versions f USING (form_id, version) "
-            "WHERE a.asset_uid = ? AND a.version_uid = ?", [asset_uid, version_uid]).fetchone()
+            "WHERE a.asset_uid = ? AND a.version_uid = ? AND f.read_with >= ?",
+            [asset_uid, version_uid, DICTIONARY_READING]).fetchone()
         return FieldDictionary.from_json(row[0]) if row else None
 
     def create_marts(self) -> list[str]:

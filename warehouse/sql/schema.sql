@@ -46,6 +46,10 @@ CREATE TABLE IF NOT EXISTS meta.form_versions (
     -- deployed last, not the one first seen (a first sync meets the deployed version
     -- before the older ones its submissions were collected with).
     last_deployed TIMESTAMPTZ,
+    -- How Terrain read the form into this dictionary (forms.dictionary.DICTIONARY_READING);
+    -- empty: before it was noted. A version read with an older reading is read again from
+    -- its form once, and gains what that one missed (a personal mark).
+    read_with   INTEGER,
     PRIMARY KEY (form_id, version)
 );
 
