@@ -146,7 +146,7 @@ def version_lookup(client: KoboClient, warehouse: Warehouse, asset: dict[str, An
     """Finds the dictionary of an older form version: from the warehouse if it was seen
     before, else from the version's content on the server (``/versions/{uid}/``)."""
     def lookup(version_uid: str) -> FieldDictionary | None:
-        known = warehouse.dictionary_for(asset["uid"], version_uid)
+        known = warehouse.dictionary_for(asset["uid"], version_uid, current_reading=True)
         if known is not None:
             return known
         try:
@@ -247,7 +247,8 @@ def sync_asset(client: KoboClient, warehouse: Warehouse, asset_uid: str, progres
     # A deployed version seen before has its dictionary in the warehouse (kpi versions never
     # change): no form to compile again on every sync.
     deployed = asset.get("deployed_version_id")
-    dictionary = (deployed and warehouse.dictionary_for(asset_uid, deployed)) or dictionary_for_asset(asset)
+    dictionary = (deployed and warehouse.dictionary_for(asset_uid, deployed, current_reading=True)) \
+        or dictionary_for_asset(asset)
     summary = SyncSummary(form_id=dictionary.form_id, asset_uid=asset_uid)
     loader = FormLoader(warehouse, dictionary, asset_uid, version_lookup=version_lookup(client, warehouse, asset),
                         deployed_version=asset.get("deployed_version_id"))

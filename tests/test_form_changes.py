@@ -338,6 +338,23 @@ def test_a_version_stored_by_an_older_terrain_takes_the_personal_marks_it_missed
     assert "village" in view and not {"head_name", "phone"} & view
 
 
+def test_a_rebuild_types_versions_stored_by_an_older_terrain_as_stored(tmp_path: Path) -> None:
+    """A version stored with an older reading of forms is read again by the next sync
+    (it has the form); a rebuild is offline and types with the stored version, not with
+    the deployed one (which dropped a question: its answers would be lost)."""
+    asset = tiny_asset(content([{"type": "text", "name": "village"}, {"type": "integer", "name": "wells"}], "1"))
+    path = tmp_path / "w.duckdb"
+    with LocalKoboServer({TOKEN: "someone"}, [asset]) as server:
+        server.add_submissions(asset.uid, [{"village": "Kignan", "wells": "4"}])
+        redeploy(asset, content([{"type": "text", "name": "village"}], "2"))
+        server.add_submissions(asset.uid, [{"village": "Zégoua"}])
+        sync(server, path)
+    with Warehouse(path) as warehouse:
+        warehouse.con.execute("update meta.form_versions set read_with = null")
+        rebuild_all(warehouse)
+    assert rows(path, "select village, wells from tiny order by submission_id") == [("Kignan", 4), ("Zégoua", None)]
+
+
 def test_a_personal_mark_added_under_the_same_version_name_is_kept(tmp_path: Path, monkeypatch) -> None:
     """A project redeployed with only a new personal mark, its version name unchanged: the
     same version (the marks do not make versions apart), marked now."""

@@ -550,14 +550,16 @@ class Warehouse:
         self.con.execute("INSERT INTO meta.asset_versions VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
                          [asset_uid, version_uid, dictionary.form_id, dictionary.version])
 
-    def dictionary_for(self, asset_uid: str, version_uid: str | None) -> FieldDictionary | None:
-        """The stored dictionary a submission of this version uid was typed with; None when
-        unknown, or stored with an older reading of forms (then read again from the form,
-        once: see register_form_version)."""
+    def dictionary_for(self, asset_uid: str, version_uid: str | None,
+                       current_reading: bool = False) -> FieldDictionary | None:
+        """The stored dictionary a submission of this version uid was typed with (None:
+        unknown). ``current_reading``: None too for one stored with an older reading of
+        forms, which a sync then reads again from the form, once (register_form_version);
+        a rebuild, offline, takes it as stored."""
         row = self.con.execute(
             "SELECT f.dictionary::VARCHAR FROM meta.asset_versions a JOIN meta.form_versions f USING (form_id, version) "
-            "WHERE a.asset_uid = ? AND a.version_uid = ? AND f.read_with >= ?",
-            [asset_uid, version_uid, DICTIONARY_READING]).fetchone()
+            "WHERE a.asset_uid = ? AND a.version_uid = ? AND (NOT ? OR f.read_with >= ?)",
+            [asset_uid, version_uid, current_reading, DICTIONARY_READING]).fetchone()
         return FieldDictionary.from_json(row[0]) if row else None
 
     def create_marts(self) -> list[str]:
