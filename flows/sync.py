@@ -152,6 +152,9 @@ def version_lookup(client: KoboClient, warehouse: Warehouse, asset: dict[str, An
         try:
             version = client.get_json(f"api/v2/assets/{asset['uid']}/versions/{version_uid}/")
         except ProjectNotFound:
+            stored = warehouse.dictionary_for(asset["uid"], version_uid)  # read by an older Terrain: as it is
+            if stored is not None:
+                return stored
             log.warning("la version %s du formulaire du projet %s est inconnue du serveur : ses soumissions sont "
                         "typées avec la version déployée / form version %s of project %s is unknown to the server; "
                         "its submissions are typed with the deployed version", version_uid, asset["uid"],

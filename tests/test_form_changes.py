@@ -4,6 +4,7 @@ in the shapes kpi stores. Real HTTP to the local server, real DuckDB files."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -353,6 +354,18 @@ def test_a_rebuild_types_versions_stored_by_an_older_terrain_as_stored(tmp_path:
         warehouse.con.execute("update meta.form_versions set read_with = null")
         rebuild_all(warehouse)
     assert rows(path, "select village, wells from tiny order by submission_id") == [("Kignan", 4), ("Zégoua", None)]
+    assert rows(path, "select count(*) from meta.form_versions where read_with is null") == [(2,)]  # nothing read
+    # A sync reads the first version again from the server; where the server no longer
+    # has it, the stored one types its submissions (not the deployed one).
+    first = next(iter(asset.version_contents))
+    del asset.version_contents[first]
+    with LocalKoboServer({TOKEN: "someone"}, [asset]) as server:
+        server.edit_submission(asset.uid, asset.submissions[0]["_id"], {"village": "Kignan-Coura",
+                                                                         "__version__": first})  # still version 1
+        with KoboClient(server.url, TOKEN, backoff=0.01) as client, Warehouse(path) as warehouse:
+            sync_asset(client, warehouse, asset.uid, settings=replace(CALM, reconcile="always"))
+    assert rows(path, "select village, wells from tiny order by submission_id") == [
+        ("Kignan-Coura", 4), ("Zégoua", None)]
 
 
 def test_a_personal_mark_added_under_the_same_version_name_is_kept(tmp_path: Path, monkeypatch) -> None:

@@ -500,12 +500,13 @@ class Warehouse:
             raise
 
     # -- forms and tables -----------------------------------------------------------------
-    def register_form_version(self, dictionary: FieldDictionary) -> None:
+    def register_form_version(self, dictionary: FieldDictionary, read_now: bool = True) -> None:
         """Records a form version's dictionary, and creates or widens its tables, labels and
-        views; a version already recorded costs one lookup."""
+        views; a version already recorded costs one lookup. ``read_now``: the dictionary was
+        read from its form by this Terrain (not taken as stored, as a rebuild does)."""
         known = self.con.execute("SELECT dictionary::VARCHAR, read_with FROM meta.form_versions "
                                  "WHERE form_id = ? AND version = ?", [dictionary.form_id, dictionary.version]).fetchone()
-        if known:  # the same version, maybe marked more now (a redeploy, or a newer reading)
+        if known and read_now:  # the same version, maybe marked more now (a redeploy, or a newer reading)
             self._mark_personal(FieldDictionary.from_json(known[0]), dictionary)
             if (known[1] or 0) < DICTIONARY_READING:
                 self.con.execute("UPDATE meta.form_versions SET read_with = ? WHERE form_id = ? AND version = ?",
