@@ -142,6 +142,19 @@ def dictionary_for_asset(asset: dict[str, Any]) -> FieldDictionary:
                                   form_name=form_id or asset["uid"])
 
 
+def read_stored_versions_again(client: KoboClient, warehouse: Warehouse, asset: dict[str, Any]) -> None:
+    """The project's versions stored with an older reading of forms (an older Terrain read
+    fewer personal marks) are read again from their forms on the server, once: each gains
+    the marks it missed, whether or not a submission of it comes again."""
+    for version_uid, stored in warehouse.versions_read_before(asset["uid"]):
+        try:
+            version = client.get_json(f"api/v2/assets/{asset['uid']}/versions/{version_uid}/")
+            read = dictionary_for_asset({"uid": asset["uid"], "content": version.get("content") or {}})
+        except ProjectNotFound:  # the server no longer has it: nothing more to read
+            read = None
+        warehouse.bring_up_to_date(stored, read)
+
+
 def version_lookup(client: KoboClient, warehouse: Warehouse, asset: dict[str, Any]) -> Callable[[str], FieldDictionary | None]:
     """Finds the dictionary of an older form version: from the warehouse if it was seen
     before, else from the version's content on the server (``/versions/{uid}/``)."""
@@ -247,6 +260,7 @@ def sync_asset(client: KoboClient, warehouse: Warehouse, asset_uid: str, progres
     batch of work (pulled again by the next sync)."""
     started = time.monotonic()
     asset = client.get_asset(asset_uid)
+    read_stored_versions_again(client, warehouse, asset)
     # A deployed version seen before has its dictionary in the warehouse (kpi versions never
     # change): no form to compile again on every sync.
     deployed = asset.get("deployed_version_id")

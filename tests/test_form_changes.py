@@ -300,43 +300,60 @@ def test_a_personal_question_that_changed_type_stays_hidden_in_both_types(tmp_pa
     assert "home" not in seen["fr.tiny"].columns and len(seen["analyst.tiny"]["home"].dropna()) == 1
 
 
-def test_a_version_stored_by_an_older_terrain_takes_the_personal_marks_it_missed(tmp_path: Path, monkeypatch) -> None:
+def test_versions_stored_by_an_older_terrain_take_the_personal_marks_they_missed(tmp_path: Path, monkeypatch) -> None:
     """An older Terrain read "oui" and a group's mark as not personal, and a version's
-    dictionary is stored once: the names stayed in clear after the upgrade, until a new
-    form version. The next sync marks them in the stored version too."""
+    dictionary is stored once: the names stayed in clear after the upgrade. The next sync
+    reads each stored version again from its form, once, even a version no longer
+    deployed whose submissions do not come again (here version 1, whose name question
+    version 2 dropped)."""
     from dataclasses import replace
 
     from forms.dictionary import FieldDictionary
 
     monkeypatch.setenv("TERRAIN_PII_SALT", "sel-de-test")
-    served = content([{"type": "text", "name": "head_name", "terrain_pii": "oui"},
-                      {"type": "begin_group", "name": "contact", "terrain_pii": "yes"},
-                      {"type": "text", "name": "phone"}, {"type": "end_group", "name": ""},
-                      {"type": "text", "name": "village"}], "1")
-    served["translations"] = ["Français (fr)"]
-    asset = tiny_asset(served)
+
+    def version(name: str, with_name: bool) -> dict[str, Any]:
+        served = content(([{"type": "text", "name": "head_name", "terrain_pii": "oui"}] if with_name else []) +
+                         [{"type": "begin_group", "name": "contact", "terrain_pii": "yes"},
+                          {"type": "text", "name": "phone"}, {"type": "end_group", "name": ""},
+                          {"type": "text", "name": "village"}], name)
+        served["translations"] = ["Français (fr)"]
+        return served
+
+    asset = tiny_asset(version("1", with_name=True))
     path = tmp_path / "w.duckdb"
     with LocalKoboServer({TOKEN: "someone"}, [asset]) as server:
         server.add_submissions(asset.uid, [{"head_name": "Assétou Maïga", "contact/phone": "+223 76 12 34 56",
                                             "village": "Kona"}])
+        redeploy(asset, version("2", with_name=False))
+        server.add_submissions(asset.uid, [{"contact/phone": "+223 66 00 00 00", "village": "Kafana"}])
         sync(server, path)
-        with Warehouse(path) as warehouse:  # as the older Terrain stored it: nothing personal
-            stored = FieldDictionary.from_json(warehouse.con.execute(
-                "select dictionary::varchar from meta.form_versions").fetchone()[0])
-            unmarked = {name: replace(table, fields=[replace(f, pii=False) for f in table.fields])
-                        for name, table in stored.tables.items()}
-            warehouse.con.execute("update meta.form_versions set dictionary = ?, read_with = null",
-                                  [replace(stored, tables=unmarked).to_json()])
+        with Warehouse(path) as warehouse:  # as the older Terrain stored them: nothing personal
+            for name, text in warehouse.con.execute("select version, dictionary::varchar from meta.form_versions"
+                                                    ).fetchall():
+                stored = FieldDictionary.from_json(text)
+                unmarked = {table_name: replace(table, fields=[replace(f, pii=False) for f in table.fields])
+                            for table_name, table in stored.tables.items()}
+                warehouse.con.execute("update meta.form_versions set dictionary = ?, read_with = null where version = ?",
+                                      [replace(stored, tables=unmarked).to_json(), name])
             warehouse.refresh_analyst_tables()
-            assert warehouse.con.execute("select head_name from analyst.tiny").fetchone() == ("Assétou Maïga",)
-        sync(server, path)  # the same version, after the upgrade
+            assert ("Assétou Maïga",) in warehouse.con.execute("select head_name from analyst.tiny").fetchall()
+        sync(server, path)  # after the upgrade: nothing new on the server
+        before = server.requests_served
+        sync(server, path)  # and once more: nothing read again
+        again = server.requests_served - before
     with Warehouse(path) as warehouse:
         warehouse.refresh_analyst_tables()
-        name, phone = warehouse.con.execute("select head_name, phone from analyst.tiny").fetchone()
+        hidden = warehouse.con.execute("select head_name, phone from analyst.tiny order by submission_id").fetchall()
         view = {r[0] for r in warehouse.con.execute("select column_name from information_schema.columns "
                                                     "where table_schema = 'fr' and table_name = 'tiny'").fetchall()}
-    assert len(name) == len(phone) == 64 and "Assétou" not in name
+        personal = warehouse.con.execute("select distinct column_name from meta.field_labels where is_pii "
+                                         "order by 1").fetchall()
+        unread = warehouse.con.execute("select count(*) from meta.form_versions where read_with is null").fetchone()
+    assert len(hidden[0][0]) == len(hidden[0][1]) == len(hidden[1][1]) == 64 and hidden[1][0] is None
     assert "village" in view and not {"head_name", "phone"} & view
+    assert personal == [("head_name",), ("phone",)] and unread == (0,)
+    assert again <= 3, again  # the project, its page of new submissions, the list to reconcile: no version read
 
 
 def test_a_rebuild_types_versions_stored_by_an_older_terrain_as_stored(tmp_path: Path) -> None:

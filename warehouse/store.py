@@ -525,6 +525,25 @@ class Warehouse:
         create_labelled_views(self.con, self.every_version(dictionary.form_id))
         self.create_marts()
 
+    def versions_read_before(self, asset_uid: str) -> list[tuple[str, FieldDictionary]]:
+        """(version uid, stored dictionary) of the project's versions stored with an older
+        reading of forms than this Terrain's (DICTIONARY_READING)."""
+        rows = self.con.execute(
+            "SELECT a.version_uid, f.dictionary::VARCHAR FROM meta.asset_versions a JOIN meta.form_versions f "
+            "USING (form_id, version) WHERE a.asset_uid = ? AND coalesce(f.read_with, 0) < ? ORDER BY f.first_seen",
+            [asset_uid, DICTIONARY_READING]).fetchall()
+        return [(uid, FieldDictionary.from_json(text)) for uid, text in rows]
+
+    def bring_up_to_date(self, stored: FieldDictionary, read: FieldDictionary | None) -> None:
+        """A stored version, as this Terrain ``read`` it again from its form (None: the form
+        is gone): the marks it missed, then noted as read, in one transaction (a kill
+        between would leave the views in clear with the version noted as done)."""
+        with self.transaction():
+            if read is not None:
+                self._mark_personal(stored, read)
+            self.con.execute("UPDATE meta.form_versions SET read_with = ? WHERE form_id = ? AND version = ?",
+                             [DICTIONARY_READING, stored.form_id, stored.version])
+
     def _mark_personal(self, stored: FieldDictionary, built: FieldDictionary) -> None:
         """A question the form marks personal now and the stored version did not (stored by
         an older Terrain, which read fewer marks: "oui", a group's mark; or the project
@@ -536,8 +555,10 @@ class Warehouse:
             return
         tables = {name: replace(table, fields=[replace(f, pii=f.pii or f.kobo_key in personal)
                                                for f in table.fields]) for name, table in stored.tables.items()}
+        marked = replace(stored, tables=tables)
         self.con.execute("UPDATE meta.form_versions SET dictionary = ? WHERE form_id = ? AND version = ?",
-                         [replace(stored, tables=tables).to_json(), stored.form_id, stored.version])
+                         [marked.to_json(), stored.form_id, stored.version])
+        store_labels(self.con, marked)  # meta.field_labels.is_pii says so too
         create_labelled_views(self.con, self.every_version(stored.form_id))
         log.info("%s %s : questions personnelles marquées selon le formulaire / personal questions marked as the "
                  "form says", stored.form_id, stored.version)
