@@ -159,15 +159,12 @@ def version_lookup(client: KoboClient, warehouse: Warehouse, asset: dict[str, An
     """Finds the dictionary of an older form version: from the warehouse if it was seen
     before, else from the version's content on the server (``/versions/{uid}/``)."""
     def lookup(version_uid: str) -> FieldDictionary | None:
-        known = warehouse.dictionary_for(asset["uid"], version_uid, current_reading=True)
+        known = warehouse.dictionary_for(asset["uid"], version_uid)
         if known is not None:
             return known
         try:
             version = client.get_json(f"api/v2/assets/{asset['uid']}/versions/{version_uid}/")
         except ProjectNotFound:
-            stored = warehouse.dictionary_for(asset["uid"], version_uid)  # read by an older Terrain: as it is
-            if stored is not None:
-                return stored
             log.warning("la version %s du formulaire du projet %s est inconnue du serveur : ses soumissions sont "
                         "typées avec la version déployée / form version %s of project %s is unknown to the server; "
                         "its submissions are typed with the deployed version", version_uid, asset["uid"],
@@ -260,12 +257,11 @@ def sync_asset(client: KoboClient, warehouse: Warehouse, asset_uid: str, progres
     batch of work (pulled again by the next sync)."""
     started = time.monotonic()
     asset = client.get_asset(asset_uid)
-    read_stored_versions_again(client, warehouse, asset)
+    read_stored_versions_again(client, warehouse, asset)  # before the stored dictionaries are used
     # A deployed version seen before has its dictionary in the warehouse (kpi versions never
     # change): no form to compile again on every sync.
     deployed = asset.get("deployed_version_id")
-    dictionary = (deployed and warehouse.dictionary_for(asset_uid, deployed, current_reading=True)) \
-        or dictionary_for_asset(asset)
+    dictionary = (deployed and warehouse.dictionary_for(asset_uid, deployed)) or dictionary_for_asset(asset)
     summary = SyncSummary(form_id=dictionary.form_id, asset_uid=asset_uid)
     loader = FormLoader(warehouse, dictionary, asset_uid, version_lookup=version_lookup(client, warehouse, asset),
                         deployed_version=asset.get("deployed_version_id"))

@@ -111,11 +111,8 @@ class FormLoader:
 
     def __init__(self, warehouse: Warehouse, dictionary: FieldDictionary, asset_uid: str,
                  version_lookup: VersionLookup | None = None, deployed_version: str | None = None,
-                 quality: QualitySettings | None = None, read_from_forms: bool = True):
+                 quality: QualitySettings | None = None):
         self.warehouse = warehouse
-        # Whether the dictionaries given were read from the forms now (a sync), or taken as
-        # stored (a rebuild): only the first bring a stored version up to today's reading.
-        self.read_from_forms = read_from_forms
         self.quality = quality or QualitySettings()
         self.dictionary = dictionary
         self.asset_uid = asset_uid
@@ -146,7 +143,7 @@ class FormLoader:
         known = next((v for v in self._by_version.values()
                       if (v.dictionary.form_id, v.dictionary.version) == key), None)
         if known is None:
-            self.warehouse.register_form_version(dictionary, read_now=self.read_from_forms)
+            self.warehouse.register_form_version(dictionary)
             if all((d.form_id, d.version) != key for d in self._stored):
                 self._stored.append(dictionary)
             known = _Version(dictionary, FormValidator(dictionary), StagingPlan(dictionary))

@@ -29,8 +29,7 @@ def rebuild_asset(warehouse: Warehouse, asset_uid: str, roots: set[str] | None =
                                     [asset_uid]).fetchone()[0]
     current = next(d for d in warehouse.latest_dictionaries() if d.form_id == form_id)
     loader = FormLoader(warehouse, current, asset_uid,
-                        version_lookup=lambda version_uid: warehouse.dictionary_for(asset_uid, version_uid),
-                        read_from_forms=False)
+                        version_lookup=lambda version_uid: warehouse.dictionary_for(asset_uid, version_uid))
     now = dt.datetime.now(dt.timezone.utc)
     con = warehouse.con
     with warehouse.transaction():

@@ -500,17 +500,14 @@ class Warehouse:
             raise
 
     # -- forms and tables -----------------------------------------------------------------
-    def register_form_version(self, dictionary: FieldDictionary, read_now: bool = True) -> None:
+    def register_form_version(self, dictionary: FieldDictionary) -> None:
         """Records a form version's dictionary, and creates or widens its tables, labels and
-        views; a version already recorded costs one lookup. ``read_now``: the dictionary was
-        read from its form by this Terrain (not taken as stored, as a rebuild does)."""
-        known = self.con.execute("SELECT dictionary::VARCHAR, read_with FROM meta.form_versions "
-                                 "WHERE form_id = ? AND version = ?", [dictionary.form_id, dictionary.version]).fetchone()
-        if known and read_now:  # the same version, maybe marked more now (a redeploy, or a newer reading)
+        views; a version already recorded costs one lookup (and gains the personal marks
+        of a redeploy under its name)."""
+        known = self.con.execute("SELECT dictionary::VARCHAR FROM meta.form_versions WHERE form_id = ? AND version = ?",
+                                 [dictionary.form_id, dictionary.version]).fetchone()
+        if known:
             self._mark_personal(FieldDictionary.from_json(known[0]), dictionary)
-            if (known[1] or 0) < DICTIONARY_READING:
-                self.con.execute("UPDATE meta.form_versions SET read_with = ? WHERE form_id = ? AND version = ?",
-                                 [DICTIONARY_READING, dictionary.form_id, dictionary.version])
         if known and all(self._table_exists(t.name) for t in dictionary.tables.values()):
             return
         self.con.execute(
@@ -572,16 +569,13 @@ class Warehouse:
         self.con.execute("INSERT INTO meta.asset_versions VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
                          [asset_uid, version_uid, dictionary.form_id, dictionary.version])
 
-    def dictionary_for(self, asset_uid: str, version_uid: str | None,
-                       current_reading: bool = False) -> FieldDictionary | None:
+    def dictionary_for(self, asset_uid: str, version_uid: str | None) -> FieldDictionary | None:
         """The stored dictionary a submission of this version uid was typed with (None:
-        unknown). ``current_reading``: None too for one stored with an older reading of
-        forms, which a sync then reads again from the form, once (register_form_version);
-        a rebuild, offline, takes it as stored."""
+        unknown). A sync first reads again those stored with an older reading of forms
+        (flows.sync.read_stored_versions_again); a rebuild, offline, takes them as stored."""
         row = self.con.execute(
             "SELECT f.dictionary::VARCHAR FROM meta.asset_versions a JOIN meta.form_versions f USING (form_id, version) "
-            "WHERE a.asset_uid = ? AND a.version_uid = ? AND (NOT ? OR f.read_with >= ?)",
-            [asset_uid, version_uid, current_reading, DICTIONARY_READING]).fetchone()
+            "WHERE a.asset_uid = ? AND a.version_uid = ?", [asset_uid, version_uid]).fetchone()
         return FieldDictionary.from_json(row[0]) if row else None
 
     def create_marts(self) -> list[str]:
