@@ -147,12 +147,17 @@ def read_stored_versions_again(client: KoboClient, warehouse: Warehouse, asset: 
     fewer personal marks) are read again from their forms on the server, once: each gains
     the marks it missed, whether or not a submission of it comes again."""
     for version_uid, stored in warehouse.versions_read_before(asset["uid"]):
-        try:
-            version = client.get_json(f"api/v2/assets/{asset['uid']}/versions/{version_uid}/")
-            read = dictionary_for_asset({"uid": asset["uid"], "content": version.get("content") or {}})
-        except ProjectNotFound:  # the server no longer has it: nothing more to read
-            read = None
-        warehouse.bring_up_to_date(stored, read)
+        warehouse.bring_up_to_date(stored, version_on_server(client, asset["uid"], version_uid))
+
+
+def version_on_server(client: KoboClient, asset_uid: str, version_uid: str) -> FieldDictionary | None:
+    """An older form version as the server keeps it (``/versions/{uid}/``), compiled;
+    None when the server no longer has it."""
+    try:
+        version = client.get_json(f"api/v2/assets/{asset_uid}/versions/{version_uid}/")
+    except ProjectNotFound:
+        return None
+    return dictionary_for_asset({"uid": asset_uid, "content": version.get("content") or {}})
 
 
 def version_lookup(client: KoboClient, warehouse: Warehouse, asset: dict[str, Any]) -> Callable[[str], FieldDictionary | None]:
@@ -162,15 +167,13 @@ def version_lookup(client: KoboClient, warehouse: Warehouse, asset: dict[str, An
         known = warehouse.dictionary_for(asset["uid"], version_uid)
         if known is not None:
             return known
-        try:
-            version = client.get_json(f"api/v2/assets/{asset['uid']}/versions/{version_uid}/")
-        except ProjectNotFound:
+        found = version_on_server(client, asset["uid"], version_uid)
+        if found is None:
             log.warning("la version %s du formulaire du projet %s est inconnue du serveur : ses soumissions sont "
                         "typées avec la version déployée / form version %s of project %s is unknown to the server; "
                         "its submissions are typed with the deployed version", version_uid, asset["uid"],
                         version_uid, asset["uid"])
-            return None
-        return dictionary_for_asset({"uid": asset["uid"], "content": version.get("content") or {}})
+        return found
 
     return lookup
 
