@@ -107,6 +107,12 @@ def read_corrections(path: Path) -> list[dict[str, Any]]:
     return cleaned
 
 
+def last_line_of_each_answer(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """The rows of a file by the answer they correct (root_uuid, field, row_key): of two
+    lines for one answer, the last is the one applied."""
+    return {(r["root_uuid"], r["field"], r["row_key"]): r for r in rows}
+
+
 def _csv_text(path: Path) -> str:
     """A CSV file's text: UTF-8, else the Windows encoding Excel saves "CSV" in by default."""
     data = path.read_bytes()
@@ -133,7 +139,7 @@ def import_corrections(con, rows: list[dict[str, str]], source: str, now: dt.dat
     before = {(r[0], r[1], r[2]): r[3] for r in con.execute(
         "SELECT root_uuid, field, row_key, new_value FROM meta.corrections "
         "WHERE status NOT IN ('outdated', 'no_target')").fetchall()}
-    after = {(r["root_uuid"], r["field"], r["row_key"]): r for r in rows}  # the last line of an answer wins
+    after = last_line_of_each_answer(rows)
     undone = [key for key, row in after.items() if row["new_value"].lower() in UNDO]
     changed = [row for key, row in after.items() if key not in undone and before.get(key) != row["new_value"]]
     for root, name, row_key in undone:

@@ -30,7 +30,8 @@ import duckdb
 import xlsxwriter
 from xlsxwriter.utility import xl_range_abs, xl_rowcol_to_cell
 
-from validation.corrections import FRENCH_COLUMNS, UNDO, CorrectionsError, column_heading, read_corrections
+from validation.corrections import (FRENCH_COLUMNS, UNDO, CorrectionsError, column_heading, last_line_of_each_answer,
+                                    read_corrections)
 from warehouse.staging import json_path
 from warehouse.store import Warehouse, quote
 from warehouse.xpath_sql import sql_literal
@@ -913,14 +914,12 @@ def _not_over_unapplied_corrections(con: duckdb.DuckDBPyConnection, path: Path) 
     recorded = set(con.execute("SELECT root_uuid, field, row_key, new_value FROM meta.corrections").fetchall())
     corrected = {answer[:3] for answer in recorded}
 
-    def unapplied_line(row: dict[str, str]) -> bool:
-        answer = (row["root_uuid"], row["field"], row["row_key"])
+    def not_applied(answer: tuple[str, str, str], row: dict[str, str]) -> bool:
         if row["new_value"].lower() in UNDO:  # applied once no correction of that answer is recorded
             return answer in corrected
         return (*answer, row["new_value"]) not in recorded
 
-    last_lines = {(r["root_uuid"], r["field"], r["row_key"]): r for r in written}  # as the import reads them
-    unapplied = [r for r in last_lines.values() if unapplied_line(r)]
+    unapplied = [row for answer, row in last_line_of_each_answer(written).items() if not_applied(answer, row)]
     if not unapplied:
         return path
     beside = path.with_name(f"{path.stem}_{dt.datetime.now():%Y-%m-%d_%H%M%S}{path.suffix}")

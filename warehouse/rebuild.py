@@ -64,10 +64,10 @@ def apply_corrections_file(warehouse: Warehouse, path: Path) -> AppliedCorrectio
     """Imports the corrections file and retypes the submissions whose corrections changed;
     says which lines were not applied (this file's by their line), and which retyped
     submissions are still kept out, and why."""
-    from validation.corrections import import_corrections, read_corrections
+    from validation.corrections import import_corrections, last_line_of_each_answer, read_corrections
 
     rows = read_corrections(path)
-    lines = {(r["root_uuid"], r["field"], r["row_key"]): r["line"] for r in rows}  # the last line of an answer wins
+    lines = {answer: row["line"] for answer, row in last_line_of_each_answer(rows).items()}
     now = dt.datetime.now(dt.timezone.utc)
     with warehouse.transaction():
         result = import_corrections(warehouse.con, rows, str(path), now)
