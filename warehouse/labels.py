@@ -22,9 +22,16 @@ from forms.dictionary import FieldDictionary
 from warehouse.pii import without_personal_data
 
 LATEST_LABELS = "meta.latest_choice_labels"
-# Newest first: deployed last (a version never seen deployed: seen last), then the name.
-NEWEST_LABEL = ("arg_max(l.label, (v.last_deployed IS NOT NULL, coalesce(v.last_deployed, v.first_seen), "
-                "l.version)) AS label")
+
+
+def newest_version_key(prefix: str = "") -> str:
+    """What makes a version of meta.form_versions (``prefix``: its alias) the newest: it
+    was deployed last; one never found deployed comes before, by when it was first seen."""
+    return f"{prefix}last_deployed IS NOT NULL, coalesce({prefix}last_deployed, {prefix}first_seen)"
+
+
+# A label of the newest version that has it (then by version name, for a tie).
+NEWEST_LABEL = f"arg_max(l.label, ({newest_version_key('v.')}, l.version)) AS label"
 VERSION_OF_LABEL = "LEFT JOIN meta.form_versions AS v USING (form_id, version)"
 # The label of each column of a table in a language ($table, $language).
 COLUMN_LABELS = (f"SELECT l.column_name, {NEWEST_LABEL} FROM meta.field_labels AS l {VERSION_OF_LABEL} "

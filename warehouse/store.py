@@ -25,7 +25,7 @@ import pandas as pd
 
 from forms.dictionary import DICTIONARY_READING, FieldDictionary, Table, merge_versions
 from forms.errors import TerrainError
-from warehouse.labels import create_labelled_views, store_labels
+from warehouse.labels import create_labelled_views, newest_version_key, store_labels
 from warehouse.typing import Issue, root_uuid_of
 from warehouse.xpath_sql import sql_literal
 
@@ -81,8 +81,7 @@ COMMIT_OUT_OF_MEMORY = re.compile(r"(failed to pin|could not allocate) block")
 # DuckDB's words for a file another process holds (not "block", which a corrupt file's
 # checksum error names: that file must not be waited for as if in use).
 FILE_LOCKED = re.compile(r"Could not set lock on file|Conflicting lock is held")
-# The newest version of a form: deployed last; one never found deployed comes before.
-NEWEST_VERSION_ORDER = "(last_deployed IS NOT NULL, coalesce(last_deployed, first_seen))"
+NEWEST_VERSION_ORDER = f"({newest_version_key()})"  # the newest version of a form last
 _TYPE_NAMES: dict[str, str] = {}  # a dictionary's type -> DuckDB's name of it (Warehouse._type_name)
 DATABASE_INVALIDATED = "has been invalidated"  # DuckDB stopped the database (a failed checkpoint)
 # glibc serves a freed large block's size from its heap from then on (its mmap threshold
