@@ -99,14 +99,13 @@ def _format_table(columns: list[str], rows: list[tuple], max_width: int | None =
 
 
 def cmd_forms_build(args: argparse.Namespace) -> int:
-    from forms.build import BUILD_DIR, build_form, record_versions, recorded_versions, version_problem, write_build
+    from forms.build import BUILD_DIR, build_form, record_versions, version_problems, write_build
     from forms.errors import FormError
     from forms.source import source_paths
 
     out = Path(args.out) if args.out else BUILD_DIR
     forms = [build_form(path) for path in source_paths()]
-    recorded = recorded_versions()
-    problems = [p for p in (version_problem(built, recorded) for built in forms) if p]
+    problems = version_problems(forms)
     if problems:
         raise FormError("; ".join(p.fr for p in problems), "; ".join(p.en for p in problems))
     for built in forms:
@@ -148,7 +147,7 @@ def cmd_forms_publish(args: argparse.Namespace) -> int:
 def _refuse_unchecked(form_ids: list[str]) -> None:
     """Publishes only what `forms check` and `forms build` accept: a form with an error,
     or changed without a higher version, would otherwise reach the phones as it is."""
-    from forms.build import project_form, recorded_versions, version_problem
+    from forms.build import project_form, version_problems
     from forms.check import check_all
     from forms.errors import FormError
     from forms.source import load_source, source_paths
@@ -163,8 +162,7 @@ def _refuse_unchecked(form_ids: list[str]) -> None:
     errors = [p for found in check_all(sources).values() for p in found if p.severity == "error"]
     for problem in errors:
         print(problem)
-    recorded = recorded_versions()
-    versions = [p for p in (version_problem(project_form(form_id), recorded) for form_id in form_ids) if p]
+    versions = version_problems([project_form(form_id) for form_id in form_ids])
     if errors or versions:
         said_fr = [f"{len(errors)} erreur(s) ci-dessus (terrain forms check)"] if errors else []
         said_en = [f"{len(errors)} error(s) above (terrain forms check)"] if errors else []

@@ -163,6 +163,12 @@ def version_problem(built: BuiltForm, recorded: dict[str, dict[str, str]]) -> Fo
     return None
 
 
+def version_problems(forms: list[BuiltForm]) -> list[FormError]:
+    """version_problem of each form against the record (forms/versions.json)."""
+    recorded = recorded_versions()
+    return [problem for problem in (version_problem(built, recorded) for built in forms) if problem]
+
+
 def record_versions(forms: list[BuiltForm], path: Path = VERSIONS_FILE) -> None:
     import json
 
